@@ -1,0 +1,347 @@
+"""Public labelling entry points: ``tile_process`` and ``merge_tile_labels``.
+
+Both run the same pipeline: stage every tile once (local ids + seam planes),
+find the equivalences on the seam planes, plan the relabel on the driver, and
+rewrite every tile in one more task per tile into a new zarr array.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+
+from ._grid import TileGrid
+from ._io import LazySource, create_output, open_image, same_location
+from ._merge import plan_relabel, relabel_tile, touch_pairs_for_seam
+from ._run import new_token, run_tasks, shared, active_client
+from ._stage import StageJob, stage_tile
+
+import dask
+
+logger = logging.getLogger("patchworks")
+
+_DEFAULT_TILE_VOXELS = 1 << 24  # about 256^3 or 4096^2 when tile_shape is not given
+
+
+def _default_tile_shape(spatial_shape) -> tuple[int, ...]:
+    side = max(1, int(round(_DEFAULT_TILE_VOXELS ** (1 / len(spatial_shape)))))
+    return tuple(min(side, s) for s in spatial_shape)
+
+
+def _check_connectivity(connectivity, n_spatial: int) -> int:
+    if isinstance(connectivity, bool) or not isinstance(connectivity, (int, np.integer)) \
+            or not 1 <= connectivity <= n_spatial:
+        raise ValueError(
+            f"connectivity={connectivity!r}: use an int from 1 (face neighbours) to {n_spatial} "
+            f"(all neighbours) for {n_spatial} spatial axes")
+    return int(connectivity)
+
+
+def _align_fn_connectivity(fn, connectivity: int):
+    """Built-in labellers carry a connectivity; it must be the one the merge uses."""
+    own = getattr(fn, "connectivity", None)
+    if hasattr(fn, "with_connectivity"):
+        if own is None:
+            return fn.with_connectivity(connectivity)
+        if own != connectivity:
+            raise ValueError(
+                f"fn labels with connectivity={own} but tile_process merges with connectivity={connectivity}; "
+                f"pass the same value to both (or build fn with connectivity=None)")
+    return fn
+
+
+class _Output:
+    """Where the result goes: the user's ``write_to`` or a fresh temporary store."""
+
+    def __init__(self, write_to, component, *, overwrite, zarr_format, scratch_dir, inputs=()):
+        self.temporary = write_to is None
+        for item in inputs:
+            if not self.temporary and same_location(write_to, item):
+                raise ValueError(f"write_to={str(write_to)!r} is the input; patchworks never writes to its "
+                                 f"input: choose another output path")
+        if self.temporary:
+            self.root = Path(tempfile.mkdtemp(prefix="patchworks-", dir=scratch_dir))
+            self.path = self.root / "labels.zarr"
+        else:
+            self.path = Path(write_to)
+            target = self.path / component if component else self.path
+            if target.exists() and not overwrite:
+                raise FileExistsError(
+                    f"write_to={str(target)!r} already exists; pass overwrite=True to replace it, "
+                    f"or choose another path")
+            parent = Path(scratch_dir) if scratch_dir else self.path.absolute().parent
+            parent.mkdir(parents=True, exist_ok=True)
+            self.root = parent
+        self.component = component
+        self.overwrite = overwrite
+        self.zarr_format = zarr_format
+        self.scratch = Path(tempfile.mkdtemp(prefix=".patchworks-scratch-", dir=self.root))
+
+    def create(self, *, shape, dtype, chunks, attributes=None):
+        return create_output(self.path, shape=shape, dtype=dtype, chunks=chunks, component=self.component,
+                             zarr_format=self.zarr_format, overwrite=self.overwrite, attributes=attributes)
+
+    def discard_scratch(self):
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def discard_all(self):
+        self.discard_scratch()
+        if self.temporary:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, out: _Output, connectivity: int,
+                    sequential: bool, label_counts, client, progress, compute: bool, return_count: bool):
+    token = new_token()
+    spatial_shape, chunks = grid.spatial_shape, grid.chunks
+    staging = create_output(out.scratch / "staging.zarr", shape=spatial_shape, dtype=np.uint32, chunks=chunks)
+    planes = {}
+    for a, n_rows in enumerate(grid.grid_shape):
+        if n_rows > 1:
+            shape = list(spatial_shape)
+            shape[a] = 2 * n_rows
+            plane_chunks = list(chunks)
+            plane_chunks[a] = 2
+            planes[a] = create_output(out.scratch / f"planes_axis{a}.zarr", shape=tuple(shape), dtype=np.uint32,
+                                      chunks=tuple(plane_chunks))
+    try:
+        # 1. stage: fn once per tile, local ids + seam planes written, counts back
+        job = shared(StageJob(grid=grid, staging=staging, planes=planes, fn=job_fn, source=source,
+                              label_counts=label_counts), f"patchworks-job-{token}")
+        stage = dask.delayed(stage_tile, pure=False)
+        prefix = f"patchworks-stage-{token}"
+        tasks = [stage(job, i, None if windows is None else windows(grid.tile(i)), dask_key_name=f"{prefix}-{i}")
+                 for i in range(grid.n_tiles)]
+        results = run_tasks(tasks, client=client, progress=progress, desc="staging tiles", prefix=prefix)
+        counts = np.zeros(grid.n_tiles, dtype=np.int64)
+        for r in results:
+            counts[r.linear_index] = r.n_labels
+
+        # 2. seams: pairs of global ids that touch, one task per seam plane of the grid
+        offsets = np.zeros(grid.n_tiles, dtype=np.uint64)
+        np.cumsum(counts[:-1], out=offsets[1:])
+        seam_args = shared((planes, grid, offsets, connectivity), f"patchworks-seam-args-{token}")
+        seam = dask.delayed(lambda args, a, r: touch_pairs_for_seam(args[0], args[1], a, r, args[2], args[3]),
+                            pure=False)
+        seam_tasks = [seam(seam_args, a, r, dask_key_name=f"patchworks-seam-{token}-{a}-{r}")
+                      for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)]
+        pairs = run_tasks(seam_tasks, client=client, progress=False)
+        pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
+
+        # 3. plan on the driver: union-find over boundary labels only
+        plan = plan_relabel(counts, pairs, sequential=sequential)
+        logger.info("patchworks: %d tiles, %d labels, %d seam pairs, %d boundary labels -> %d objects",
+                    grid.n_tiles, int(counts.sum()), len(pairs), plan.n_boundary_labels, plan.n_objects)
+
+        # 4. relabel: each task builds its own small look-up table
+        output = out.create(shape=spatial_shape, dtype=plan.dtype, chunks=chunks,
+                            attributes={"patchworks": {"complete": False}})
+        relabel_args = shared((staging, output, grid), f"patchworks-relabel-args-{token}")
+        relabel = dask.delayed(lambda args, i, p: relabel_tile(args[0], args[1], args[2], i, p), pure=False)
+        prefix = f"patchworks-relabel-{token}"
+        tasks = [relabel(relabel_args, i, plan.tiles[i], dask_key_name=f"{prefix}-{i}")
+                 for i in range(grid.n_tiles) if plan.tiles[i].n_labels]
+        run_tasks(tasks, client=client, progress=progress, desc="relabelling tiles", prefix=prefix)
+        # completion is recorded last
+        output.attrs["patchworks"] = {"complete": True, "n_objects": plan.n_objects,
+                                      "sequential_labels": bool(sequential), "connectivity": connectivity,
+                                      "tile_shape": list(grid.tile_shape), "overlap": list(grid.overlap)}
+    except BaseException:
+        out.discard_all()
+        raise
+    out.discard_scratch()
+
+    if compute:
+        result = np.asarray(output[...])
+        out.discard_all()
+    else:
+        result = da.from_zarr(output)
+    return (result, plan.n_objects) if return_count else result
+
+
+def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write_to=None,
+                 sequential_labels=False, compute=False, progress=None, client=None, overwrite=False,
+                 component=None, level=0, channel=None, channel_axis=None, axes=None,
+                 output_component=None, zarr_format=3, scratch_dir=None, return_count=False):
+    """Run ``fn`` on every tile of ``image`` and merge the labels into one consistent array.
+
+    ``fn`` receives each tile with its halo (``overlap`` voxels per side, as
+    far as the image reaches) and returns integer labels for that window
+    (0 = background). It is called exactly once per tile. Labels are made
+    globally unique and objects cut by a seam are joined: for a ``fn`` that
+    labels connected components, the result is the same partition as
+    labelling the whole image at once with the same ``connectivity``.
+
+    Parameters
+    ----------
+    image : array-like or path
+        numpy or dask array, zarr array or path (v2/v3, OME-Zarr), TIFF,
+        HDF5 or ``.npy``; see :func:`patchworks.open_image`. Never written to.
+    fn : callable
+        ``fn(window) -> labels`` with labels of the window's spatial shape.
+    tile_shape : int, tuple or dict, optional
+        Core size per spatial axis; default about 2**24 voxels per tile.
+    overlap : int, tuple or dict, default 0
+        Halo per side per spatial axis given to ``fn`` for context.
+    connectivity : int, default 1
+        Which neighbours join across seams: 1 = faces ... ndim = all
+        (scikit-image convention). Must match what ``fn`` labels with.
+    write_to : path, optional
+        zarr store to write (v3 unless ``zarr_format=2``), chunks aligned
+        with the tile cores. Default: a temporary store.
+    sequential_labels : bool, default False
+        Number objects ``1..n``; otherwise ids are unique but may have gaps.
+        Costs no extra pass.
+    compute : bool, default False
+        Return a numpy array instead of a lazy dask array.
+    progress : bool, optional
+        tqdm progress bar; default: only on a terminal.
+    client : distributed.Client, optional
+        Cluster to run on; default the active client, else threads.
+    overwrite : bool, default False
+        Replace ``write_to`` if it exists.
+    component, level, channel :
+        Which array of a zarr group / OME-Zarr / HDF5 file to read.
+    channel_axis, axes :
+        Non-spatial axes of the image, carried whole into every tile.
+    output_component : str, optional
+        Write the labels as this array inside a group at ``write_to``.
+    zarr_format : {3, 2}
+        Output zarr format.
+    scratch_dir : path, optional
+        Where the run's scratch (staged tiles) lives; default next to
+        ``write_to``, else the system temp dir. Removed at the end.
+    return_count : bool, default False
+        Also return the number of objects.
+
+    Returns
+    -------
+    dask.array.Array or numpy.ndarray
+        uint32 labels (uint64 when the count needs it), lazily backed by the
+        written store, or numpy with ``compute=True``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from patchworks import tile_process, threshold
+    >>> img = np.zeros((6, 6)); img[1:5, 2] = 1
+    >>> tile_process(img, threshold(0.5), tile_shape=2, compute=True).max()
+    np.uint32(1)
+    """
+    if not callable(fn):
+        raise TypeError(f"fn={fn!r} is not callable; pass a function tile -> labels, e.g. patchworks.threshold(0.5)")
+    source = open_image(image, component=component, level=level, channel=channel)
+    if axes is None and isinstance(source, LazySource):
+        axes = source.axes
+    probe = TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes)
+    if tile_shape is None:
+        tile_shape = _default_tile_shape(probe.spatial_shape)
+    grid = TileGrid(source.shape, tile_shape, overlap, channel_axis=channel_axis, axes=axes)
+    connectivity = _check_connectivity(connectivity, len(grid.spatial_axes))
+    fn = _align_fn_connectivity(fn, connectivity)
+    out = _Output(write_to, output_component, overwrite=overwrite, zarr_format=zarr_format,
+                  scratch_dir=scratch_dir, inputs=(image,))
+
+    windows = None
+    if isinstance(source, np.ndarray) and active_client(client) is not None:
+        # a cluster cannot share the driver's memory: ship the array once, cut by tile
+        source = da.from_array(source, chunks=tuple(grid.tile_shape[grid.spatial_axes.index(i)]
+                                                    if i in grid.spatial_axes else -1
+                                                    for i in range(len(source.shape))))
+    if isinstance(source, da.Array):
+        dsource = source
+        windows = lambda tile: dsource[tile.window]  # noqa: E731
+        source = None
+    return _label_pipeline(grid=grid, job_fn=fn, source=source, windows=windows, out=out,
+                           connectivity=connectivity, sequential=sequential_labels, label_counts=None,
+                           client=client, progress=progress, compute=compute, return_count=return_count)
+
+
+def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_component=None, overlap=0,
+                      connectivity=1, sequential_labels=False, label_counts=None, return_count=False,
+                      progress=False, client=None, overwrite=False, compute=False, zarr_format=3,
+                      scratch_dir=None):
+    """Merge per-tile labels that someone else computed into globally consistent labels.
+
+    Each block of ``labeled`` (dask chunks, or the chunks of a zarr array)
+    is one tile whose labels are unique within the tile only. Ids are made
+    globally unique and labels touching across a block boundary are joined,
+    exactly as :func:`tile_process` does. The input is never modified.
+
+    Parameters
+    ----------
+    labeled : dask.array.Array, zarr array or path
+        Per-tile integer labels (0 = background).
+    write_to : path, optional
+        Output zarr store; default a temporary one.
+    input_component : str, optional
+        Array inside a zarr group / HDF5 file at ``labeled``.
+    output_component : str, optional
+        Array name inside a group at ``write_to``.
+    overlap : int, tuple or dict, default 0
+        For a dask array whose blocks include a halo of this many voxels per
+        side (``map_overlap(..., trim=False, boundary="none")``): the halo is
+        cropped before merging. Zarr inputs hold cores only, so 0.
+    connectivity : int, default 1
+        Neighbourhood used to join labels across block boundaries.
+    sequential_labels : bool, default False
+        Number objects ``1..n``.
+    label_counts : array of int, optional
+        Number of labels of each block, with labels already ``1..n`` in each
+        block (saves the renumbering).
+    return_count : bool, default False
+        Also return the number of objects.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np
+    >>> from patchworks import merge_tile_labels
+    >>> tiles = da.from_array(np.array([[1, 1, 1, 1]]), chunks=(1, 2))  # id 1 in each of two tiles
+    >>> merge_tile_labels(tiles, compute=True, return_count=True)[1]
+    1
+    """
+    if isinstance(labeled, np.ndarray):
+        raise TypeError("labeled is a numpy array, which has no tiles; wrap it as "
+                        "dask.array.from_array(labels, chunks=tile_shape) or pass a zarr array")
+    source = open_image(labeled, component=input_component, name="labeled")
+    windows = None
+    if isinstance(source, da.Array):
+        halo = _core_halo(overlap, source.ndim)
+        core_chunks = []
+        for ax, (c, h) in enumerate(zip(source.chunks, halo)):
+            n = len(c)
+            core = [size - h * (i > 0) - h * (i < n - 1) for i, size in enumerate(c)]
+            if any(s <= 0 for s in core):
+                raise ValueError(f"overlap={overlap!r}: blocks on axis {ax} ({c}) are too small to hold a halo of {h}")
+            core_chunks.append(tuple(core))
+        grid = TileGrid.from_chunks(tuple(sum(c) for c in core_chunks), core_chunks, halo)
+        blocks = source
+        windows = lambda tile: blocks.blocks[tile.index]  # noqa: E731
+        source = None
+    else:
+        if any(_core_halo(overlap, source.ndim)):
+            raise ValueError(f"overlap={overlap!r}: a zarr input holds tile cores only; use overlap=0")
+        chunks = source.chunks or source.shape
+        grid = TileGrid(source.shape, chunks)
+    connectivity = _check_connectivity(connectivity, len(grid.spatial_axes))
+    if label_counts is not None:
+        label_counts = np.asarray(label_counts, dtype=np.int64).reshape(grid.grid_shape) \
+            if np.size(label_counts) == grid.n_tiles else None
+        if label_counts is None:
+            raise ValueError(f"label_counts must hold one count per tile ({grid.n_tiles} for the grid "
+                             f"{grid.grid_shape})")
+    out = _Output(write_to, output_component, overwrite=overwrite, zarr_format=zarr_format,
+                  scratch_dir=scratch_dir, inputs=(labeled,))
+    return _label_pipeline(grid=grid, job_fn=None, source=source, windows=windows, out=out,
+                           connectivity=connectivity, sequential=sequential_labels, label_counts=label_counts,
+                           client=client, progress=progress, compute=compute, return_count=return_count)
+
+
+def _core_halo(overlap, ndim):
+    from ._grid import normalize_per_axis
+    return normalize_per_axis(overlap, ndim, "overlap", default=0)

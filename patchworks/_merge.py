@@ -1,0 +1,233 @@
+"""Seams -> equivalences -> one small relabel plan per tile.
+
+Global ids are ``offset_t + local`` with ``offset`` the exclusive prefix sum
+of the per-tile counts. Equivalences come from the seam planes the tile tasks
+stored; union-find (``scipy.sparse.csgraph``) runs over the labels that occur
+in a seam pair only, so the driver's memory follows the number of boundary
+labels, never the largest id. Each relabel task then builds its own look-up
+table from a few numbers and the overrides of its own boundary labels.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ._grid import TileGrid
+
+_UINT32_MAX = int(np.iinfo(np.uint32).max)
+# Seam planes are scanned in blocks of at most this many voxels per plane.
+_SEAM_BLOCK_VOXELS = 1 << 24
+
+
+def _in_plane_shifts(n_in_plane: int, connectivity: int) -> list[tuple[int, ...]]:
+    """Offsets within a seam plane that are neighbours across it under ``connectivity``.
+
+    Crossing the seam already uses one of the ``connectivity`` axes a
+    neighbour may differ in (skimage convention), so at most
+    ``connectivity - 1`` in-plane axes may shift by one.
+    """
+    return [s for s in itertools.product((-1, 0, 1), repeat=n_in_plane)
+            if sum(map(bool, s)) <= connectivity - 1]
+
+
+def _globalise(local: np.ndarray, offsets_plane: np.ndarray, grid_bounds, starts) -> np.ndarray:
+    """Local ids of a block of a seam plane -> global ids, using each voxel's tile offset."""
+    idx = [np.searchsorted(b, np.arange(s, s + n), side="right") - 1
+           for b, s, n in zip(grid_bounds, starts, local.shape)]
+    offs = offsets_plane[np.ix_(*idx)] if idx else offsets_plane
+    out = local.astype(np.uint64)
+    np.add(out, offs, out=out, where=local != 0)
+    return out
+
+
+def _shift_slices(shift, lo_start, lo_len, hi_start, hi_len):
+    """Slices pairing lo[p] with hi[p + shift] along one axis (hi starts at hi_start)."""
+    # positions p in [lo_start, lo_start+lo_len) with p+shift in [hi_start, hi_start+hi_len)
+    p0 = max(lo_start, hi_start - shift)
+    p1 = min(lo_start + lo_len, hi_start + hi_len - shift)
+    if p1 <= p0:
+        return None
+    return slice(p0 - lo_start, p1 - lo_start), slice(p0 + shift - hi_start, p1 + shift - hi_start)
+
+
+def touch_pairs_for_seam(planes, grid: TileGrid, axis: int, row: int, offsets: np.ndarray,
+                         connectivity: int) -> np.ndarray:
+    """Pairs of global ids that touch across the seam after tile row ``row`` on ``axis``.
+
+    Compares the last core plane of row ``row`` with the first of row
+    ``row + 1`` over the whole cross-section, so contacts through an edge or
+    a corner of the tile grid are found too. Returns a ``(k, 2)`` uint64
+    array without duplicates.
+    """
+    in_plane = [a for a in range(len(grid.grid_shape)) if a != axis]
+    bounds = [grid.boundaries[a] for a in in_plane]
+    sizes = [grid.spatial_shape[a] for a in in_plane]
+    offsets_grid = offsets.reshape(grid.grid_shape)
+    lo_offsets = offsets_grid.take(row, axis=axis)
+    hi_offsets = offsets_grid.take(row + 1, axis=axis)
+    shifts = _in_plane_shifts(len(in_plane), connectivity)
+
+    # Block along the first in-plane axis; the other side gets a one-voxel ring.
+    per_row = int(np.prod(sizes[1:])) if len(sizes) > 1 else 1
+    step = max(1, _SEAM_BLOCK_VOXELS // max(per_row, 1))
+    found = []
+    first_len = sizes[0] if sizes else 1
+    for b0 in range(0, first_len, step):
+        b1 = min(b0 + step, first_len)
+        r0, r1 = (max(b0 - 1, 0), min(b1 + 1, first_len)) if sizes else (0, 1)
+
+        def read(plane_index, lo, hi):
+            key = [slice(None)] * len(grid.grid_shape)
+            key[axis] = plane_index
+            if sizes:
+                key[in_plane[0]] = slice(lo, hi)
+            return np.asarray(planes[axis][tuple(key)])
+
+        lo_local = read(2 * row + 1, b0, b1)
+        hi_local = read(2 * row + 2, r0, r1)
+        if not lo_local.any() or not hi_local.any():
+            continue
+        starts_lo = [b0] + [0] * (len(sizes) - 1)
+        starts_hi = [r0] + [0] * (len(sizes) - 1)
+        lo = _globalise(lo_local, lo_offsets, bounds, starts_lo)
+        hi = _globalise(hi_local, hi_offsets, bounds, starts_hi)
+        for shift in shifts:
+            lo_key, hi_key = [], []
+            for k, s in enumerate(shift):
+                pair = _shift_slices(s, starts_lo[k], lo.shape[k], starts_hi[k], hi.shape[k])
+                if pair is None:
+                    break
+                lo_key.append(pair[0])
+                hi_key.append(pair[1])
+            else:
+                a, b = lo[tuple(lo_key)], hi[tuple(hi_key)]
+                both = (a != 0) & (b != 0)
+                if both.any():
+                    found.append(np.stack([a[both], b[both]], axis=1))
+    if not found:
+        return np.zeros((0, 2), np.uint64)
+    return np.unique(np.concatenate(found), axis=0)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How one relabel task turns a tile's local ids into final ids.
+
+    ``final(l) = offset + l - (base + number of absorbed ids below offset+l)``
+    for a label of its own, and ``override_final`` for the tile's boundary
+    labels. ``absorbed`` holds the absorbed ids inside the tile only, so the
+    plan stays small.
+    """
+
+    offset: int
+    n_labels: int
+    base: int
+    absorbed: np.ndarray          # sorted global ids inside this tile that join an earlier label
+    override_local: np.ndarray    # local ids of this tile's boundary labels
+    override_final: np.ndarray    # their final ids
+
+    def lookup(self, dtype) -> np.ndarray:
+        """The tile's look-up table: ``lut[local] = final`` (``lut[0] = 0``)."""
+        g = np.arange(self.n_labels + 1, dtype=np.uint64) + np.uint64(self.offset)
+        final = g - np.uint64(self.base)
+        if self.absorbed.size:
+            final -= np.searchsorted(self.absorbed, g).astype(np.uint64)
+        final[self.override_local] = self.override_final
+        final[0] = 0
+        return final.astype(dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """The result of the union-find: per-tile plans, object count and output dtype."""
+
+    tiles: list
+    n_objects: int
+    max_label: int
+    dtype: np.dtype
+    n_boundary_labels: int
+
+
+def plan_relabel(counts, pairs: np.ndarray, *, sequential: bool) -> MergePlan:
+    """Union-find over the boundary labels and one :class:`TilePlan` per tile.
+
+    Parameters
+    ----------
+    counts : sequence of int
+        Number of labels per tile, in linear tile order.
+    pairs : (k, 2) uint64 array
+        Global ids that belong to one object.
+    sequential : bool
+        Number the objects ``1..n`` in tile order instead of keeping the
+        smallest global id of each object (no extra pass either way).
+
+    Examples
+    --------
+    >>> plan = plan_relabel([2, 3], np.array([[2, 3]], np.uint64), sequential=True)
+    >>> plan.n_objects, plan.tiles[1].lookup(np.uint32).tolist()
+    (4, [0, 2, 3, 4])
+    """
+    counts = np.asarray(counts, dtype=np.uint64)
+    offsets = np.zeros(len(counts) + 1, dtype=np.uint64)
+    np.cumsum(counts, out=offsets[1:])
+    total = int(offsets[-1])
+
+    pairs = np.asarray(pairs, dtype=np.uint64).reshape(-1, 2)
+    boundary = np.unique(pairs)
+    if boundary.size:
+        ends = np.searchsorted(boundary, pairs)
+        n = boundary.size
+        graph = coo_matrix((np.ones(len(ends), dtype=np.int8), (ends[:, 0], ends[:, 1])), shape=(n, n))
+        _, component = connected_components(graph, directed=False)
+        # boundary is sorted, so the first member of each component is its smallest id
+        _, first = np.unique(component, return_index=True)
+        root = boundary[first][component]
+    else:
+        root = boundary
+    absorbed = boundary[root != boundary]
+    n_objects = total - absorbed.size
+
+    def final_of(g):  # final id of surviving global ids g
+        g = np.asarray(g, dtype=np.uint64)
+        if not sequential:
+            return g
+        return g - np.searchsorted(absorbed, g).astype(np.uint64)
+
+    boundary_final = final_of(root)
+    if sequential:
+        max_label = n_objects
+    else:  # the largest id that was not absorbed into a smaller one
+        tail = absorbed[::-1] == (np.uint64(total) - np.arange(absorbed.size, dtype=np.uint64))
+        max_label = total - int(np.argmin(tail) if not tail.all() else tail.size)
+    dtype = np.dtype(np.uint32 if max_label <= _UINT32_MAX else np.uint64)
+
+    tiles = []
+    b_lo = np.searchsorted(boundary, offsets[:-1] + 1)
+    b_hi = np.searchsorted(boundary, offsets[1:], side="right")
+    a_lo = np.searchsorted(absorbed, offsets[:-1] + 1)
+    a_hi = np.searchsorted(absorbed, offsets[1:], side="right")
+    for t in range(len(counts)):
+        tiles.append(TilePlan(
+            offset=int(offsets[t]), n_labels=int(counts[t]),
+            base=int(a_lo[t]) if sequential else 0,
+            absorbed=absorbed[a_lo[t]:a_hi[t]] if sequential else absorbed[:0],
+            override_local=(boundary[b_lo[t]:b_hi[t]] - offsets[t]).astype(np.int64),
+            override_final=boundary_final[b_lo[t]:b_hi[t]],
+        ))
+    return MergePlan(tiles=tiles, n_objects=int(n_objects), max_label=int(max_label), dtype=dtype,
+                     n_boundary_labels=int(boundary.size))
+
+
+def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TilePlan) -> int:
+    """Rewrite one tile's core from local to final ids (the body of a relabel task)."""
+    if plan.n_labels == 0:
+        return 0  # nothing staged; the output's fill value is already 0
+    tile = grid.tile(linear_index)
+    local = np.asarray(staging[tile.spatial_core])
+    output[tile.spatial_core] = plan.lookup(output.dtype)[local]
+    return plan.n_labels
