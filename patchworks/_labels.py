@@ -201,8 +201,9 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write
         Return a numpy array instead of a lazy dask array.
     progress : bool, optional
         tqdm progress bar; default: only on a terminal.
-    client : distributed.Client, optional
+    client : distributed.Client or False, optional
         Cluster to run on; default the active client, else threads.
+        ``False`` runs on threads even when a client is active.
     overwrite : bool, default False
         Replace ``write_to`` if it exists.
     component, level, channel :
@@ -284,9 +285,10 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
     output_component : str, optional
         Array name inside a group at ``write_to``.
     overlap : int, tuple or dict, default 0
-        For a dask array whose blocks include a halo of this many voxels per
-        side (``map_overlap(..., trim=False, boundary="none")``): the halo is
-        cropped before merging. Zarr inputs hold cores only, so 0.
+        For a dask array made by ``map_overlap(..., depth=overlap,
+        trim=False, boundary="none")``: its ``chunks`` are the tile cores and
+        each block holds the core plus this halo (clipped at the image edge),
+        which is cropped before merging. Zarr inputs hold cores only, so 0.
     connectivity : int, default 1
         Neighbourhood used to join labels across block boundaries.
     sequential_labels : bool, default False
@@ -311,15 +313,9 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
     source = open_image(labeled, component=input_component, name="labeled")
     windows = None
     if isinstance(source, da.Array):
-        halo = _core_halo(overlap, source.ndim)
-        core_chunks = []
-        for ax, (c, h) in enumerate(zip(source.chunks, halo)):
-            n = len(c)
-            core = [size - h * (i > 0) - h * (i < n - 1) for i, size in enumerate(c)]
-            if any(s <= 0 for s in core):
-                raise ValueError(f"overlap={overlap!r}: blocks on axis {ax} ({c}) are too small to hold a halo of {h}")
-            core_chunks.append(tuple(core))
-        grid = TileGrid.from_chunks(tuple(sum(c) for c in core_chunks), core_chunks, halo)
+        # map_overlap(..., trim=False) keeps the core sizes in .chunks while each
+        # block really holds core + halo: the chunks are the cores, the blocks the windows
+        grid = TileGrid.from_chunks(source.shape, source.chunks, overlap)
         blocks = source
         windows = lambda tile: blocks.blocks[tile.index]  # noqa: E731
         source = None

@@ -128,18 +128,39 @@ class TilePlan:
     n_labels: int
     base: int
     absorbed: np.ndarray          # sorted global ids inside this tile that join an earlier label
-    override_local: np.ndarray    # local ids of this tile's boundary labels
+    override_local: np.ndarray    # local ids of this tile's boundary labels, sorted
     override_final: np.ndarray    # their final ids
 
-    def lookup(self, dtype) -> np.ndarray:
-        """The tile's look-up table: ``lut[local] = final`` (``lut[0] = 0``)."""
-        g = np.arange(self.n_labels + 1, dtype=np.uint64) + np.uint64(self.offset)
+    def final_ids(self, local) -> np.ndarray:
+        """Final ids (uint64) of the given local ids of this tile (0 stays 0)."""
+        local = np.asarray(local, dtype=np.uint64)
+        g = local + np.uint64(self.offset)
         final = g - np.uint64(self.base)
         if self.absorbed.size:
             final -= np.searchsorted(self.absorbed, g).astype(np.uint64)
-        final[self.override_local] = self.override_final
-        final[0] = 0
-        return final.astype(dtype, copy=False)
+        if self.override_local.size:
+            pos = np.searchsorted(self.override_local, local)
+            hit = pos < self.override_local.size
+            hit[hit] = self.override_local[pos[hit]] == local[hit]
+            final[hit] = self.override_final[pos[hit]]
+        final[local == 0] = 0
+        return final
+
+    def lookup(self, dtype) -> np.ndarray:
+        """The tile's look-up table: ``lut[local] = final`` (``lut[0] = 0``)."""
+        return self.final_ids(np.arange(self.n_labels + 1, dtype=np.uint64)).astype(dtype, copy=False)
+
+    def apply(self, local: np.ndarray, dtype) -> np.ndarray:
+        """Relabel a block of this tile's local ids.
+
+        A look-up table costs O(labels) and a sort of the ids present costs
+        O(voxels); take whichever is smaller, so a tile that claims a huge
+        count (``label_counts``) still needs little memory.
+        """
+        if self.n_labels < local.size:
+            return self.lookup(dtype)[local]
+        present, inverse = np.unique(local, return_inverse=True)
+        return self.final_ids(present).astype(dtype, copy=False)[inverse].reshape(local.shape)
 
 
 @dataclass(frozen=True)
@@ -216,7 +237,7 @@ def plan_relabel(counts, pairs: np.ndarray, *, sequential: bool) -> MergePlan:
             offset=int(offsets[t]), n_labels=int(counts[t]),
             base=int(a_lo[t]) if sequential else 0,
             absorbed=absorbed[a_lo[t]:a_hi[t]] if sequential else absorbed[:0],
-            override_local=(boundary[b_lo[t]:b_hi[t]] - offsets[t]).astype(np.int64),
+            override_local=boundary[b_lo[t]:b_hi[t]] - offsets[t],
             override_final=boundary_final[b_lo[t]:b_hi[t]],
         ))
     return MergePlan(tiles=tiles, n_objects=int(n_objects), max_label=int(max_label), dtype=dtype,
@@ -229,5 +250,5 @@ def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TileP
         return 0  # nothing staged; the output's fill value is already 0
     tile = grid.tile(linear_index)
     local = np.asarray(staging[tile.spatial_core])
-    output[tile.spatial_core] = plan.lookup(output.dtype)[local]
+    output[tile.spatial_core] = plan.apply(local, output.dtype)
     return plan.n_labels

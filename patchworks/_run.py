@@ -18,7 +18,12 @@ logger = logging.getLogger("patchworks")
 
 
 def active_client(client=None):
-    """The ``distributed.Client`` to use: the one given, else the active default, else None."""
+    """The ``distributed.Client`` to use: the one given, else the active default, else None.
+
+    ``client=False`` means "not on a cluster", even when a client is active.
+    """
+    if client is False:
+        return None
     if client is not None:
         return client
     try:

@@ -1,0 +1,335 @@
+"""The ``patchworks`` command: label huge images tile by tile from the shell.
+
+Subcommands
+-----------
+``patchworks label INPUT OUTPUT``
+    Threshold + connected components, tile by tile, into a zarr store.
+``patchworks info PATH``
+    Shape, dtype, chunks, axes, number of labels and run attributes of an image.
+``patchworks demo``
+    Label a generated volume tiled and whole and check both agree.
+
+Library errors (bad option values, missing input, existing output) are shown
+as one line ``patchworks: error: ...`` with exit status 2, like argparse's own
+usage errors; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from importlib.metadata import entry_points
+
+# Errors that mean "the user asked for something wrong", not a bug: one line, exit 2.
+# OSError covers FileExistsError / FileNotFoundError and also permission or
+# connection problems (e.g. an unreachable --scheduler).
+_USER_ERRORS = (ValueError, TypeError, ImportError, OSError)
+_BUILTIN_METHODS = ("otsu", "threshold")
+_METHOD_GROUP = "patchworks.methods"
+
+
+class CLIError(Exception):
+    """A usage problem found after parsing; printed like an argparse error."""
+
+
+# -- argument types ------------------------------------------------------------------
+
+
+def per_axis(text: str):
+    """Parse ``"64"`` -> 64 or ``"64,512,512"`` -> (64, 512, 512).
+
+    Examples
+    --------
+    >>> per_axis("8"), per_axis("0, 8,8")
+    (8, (0, 8, 8))
+    """
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one int or a comma list of ints, e.g. 64,512,512") from None
+    return values[0] if len(values) == 1 else values
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    value = per_axis(text)
+    shape = (value,) if isinstance(value, int) else value
+    if any(s < 1 for s in shape):
+        raise argparse.ArgumentTypeError(f"{text!r}: every size must be >= 1")
+    return shape
+
+
+# -- methods -------------------------------------------------------------------------
+
+
+def _registered_methods() -> dict:
+    """Entry points other packages register under ``patchworks.methods`` (name -> EntryPoint)."""
+    return {ep.name: ep for ep in entry_points(group=_METHOD_GROUP)}
+
+
+def _load_spec(spec: str):
+    """``module:attr`` (attr may be dotted) -> the object, with errors naming the spec."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise CLIError(f"--method {spec!r}: expected module:function, e.g. mypkg.seg:label_tile")
+    # like `python -m`, find modules in the current directory (the console script does not)
+    added = os.getcwd() not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CLIError(f"--method {spec!r}: cannot import module {module_name!r} ({exc})") from exc
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CLIError(f"--method {spec!r}: module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def _method_name(args) -> str:
+    if args.method is None:  # --threshold alone means a fixed threshold; otherwise Otsu
+        return "threshold" if args.threshold is not None else "otsu"
+    return args.method
+
+
+def build_method(args, out=None):
+    """The tile function that ``--method`` (and ``--threshold``) ask for."""
+    import patchworks
+
+    method = _method_name(args)
+    if args.threshold is not None and method != "threshold":
+        raise CLIError(f"--threshold only applies to --method threshold (got --method {method})")
+    if method == "threshold":
+        if args.threshold is None:
+            raise CLIError("--method threshold needs a value: add --threshold V (foreground is image > V)")
+        return patchworks.threshold(args.threshold)
+    if method == "otsu":
+        fn = patchworks.otsu(args.input, component=args.component, level=args.level, channel=args.channel)
+        print(f"otsu threshold: {fn.value:.6g}", file=out or sys.stdout)
+        return fn
+    if ":" in method:
+        fn = _load_spec(method)
+    else:
+        registered = _registered_methods()
+        if method not in registered:
+            names = sorted(set(_BUILTIN_METHODS) | set(registered))
+            raise CLIError(f"--method {method!r}: unknown method; available: {', '.join(names)}, "
+                           f"or module:function")
+        try:
+            fn = registered[method].load()
+        except Exception as exc:  # a broken plugin must not look like a patchworks bug
+            raise CLIError(f"--method {method!r}: could not load entry point "
+                           f"{registered[method].value!r}: {type(exc).__name__}: {exc}") from exc
+    if not callable(fn):
+        raise CLIError(f"--method {method!r}: {type(fn).__name__} object is not callable; "
+                       "it must be a tile function window -> labels")
+    return fn
+
+
+# -- subcommands ---------------------------------------------------------------------
+
+
+def cmd_label(args) -> int:
+    import patchworks
+
+    # Check input and output before the Otsu estimate, which reads a sample of the image.
+    source = patchworks.open_image(args.input, component=args.component, level=args.level, channel=args.channel)
+    if os.path.exists(args.output) and not args.overwrite:
+        raise CLIError(f"output {args.output!r} already exists; add --overwrite to replace it")
+    axes = getattr(source, "axes", None) or ""
+    if _method_name(args) in _BUILTIN_METHODS and "c" in axes:
+        # the built-in methods threshold a single-channel image; say so before any work
+        n = source.shape[axes.index("c")]
+        raise CLIError(f"{args.input!r} has {n} channels (axes {axes}); --method "
+                       f"{_method_name(args)} labels one channel: pick it with --channel 0..{n - 1}")
+    fn = build_method(args)
+    client = None
+    if args.scheduler:
+        from distributed import Client
+
+        client = Client(args.scheduler)
+    try:
+        start = time.perf_counter()
+        labels, n = patchworks.tile_process(
+            args.input, fn, tile_shape=args.tile, overlap=args.overlap, connectivity=args.connectivity,
+            write_to=args.output, sequential_labels=args.sequential, progress=args.progress, client=client,
+            overwrite=args.overwrite, component=args.component, level=args.level, channel=args.channel,
+            channel_axis=args.channel_axis, zarr_format=args.zarr_format, return_count=True)
+        elapsed = time.perf_counter() - start
+    finally:
+        if client is not None:
+            client.close()
+    print(f"output:  {args.output}")
+    print(f"shape:   {labels.shape}")
+    print(f"dtype:   {labels.dtype}")
+    print(f"objects: {n}")
+    print(f"time:    {elapsed:.2f} s")
+    return 0
+
+
+def _scan_tile_shape(shape, chunks, target=1 << 22):
+    """Whole on-disk chunks, grown to about ``target`` voxels so tiny chunks (TIFF strips) are not read one by one."""
+    tile = list(chunks) if chunks else [1] * len(shape)
+    while True:
+        size = 1
+        for t in tile:
+            size *= t
+        growable = [i for i, (t, s) in enumerate(zip(tile, shape)) if t < s]
+        if size >= target or not growable:
+            return tuple(tile)
+        i = min(growable, key=lambda i: tile[i] / shape[i])  # the axis covered least so far
+        tile[i] = min(tile[i] * 2, shape[i])
+
+
+def count_labels(source) -> int:
+    """Distinct non-zero values, read window by window: memory grows with the labels, not the image."""
+    import fastremap
+    import numpy as np
+
+    import patchworks
+
+    if 0 in source.shape:
+        return 0
+    grid = patchworks.TileGrid(source.shape, tile_shape=_scan_tile_shape(source.shape, source.chunks))
+    seen: set[int] = set()
+    for tile in grid:
+        values = fastremap.unique(np.asarray(source[tile.window]))
+        seen.update(values[values != 0].tolist())
+    return len(seen)
+
+
+def _patchworks_attrs(path, component):
+    """The ``patchworks`` attributes of a zarr array (written by ``tile_process``), or None."""
+    from pathlib import Path
+
+    import zarr
+
+    if not Path(path).is_dir():
+        return None
+    try:
+        arr = zarr.open_array(store=str(path), mode="r", path=component or "")
+    except Exception:  # a group, an OME-Zarr, or not zarr at all: nothing to show
+        return None
+    attrs = arr.attrs.get("patchworks")
+    return dict(attrs) if isinstance(attrs, dict) else None
+
+
+def cmd_info(args) -> int:
+    import patchworks
+
+    source = patchworks.open_image(args.path, component=args.component, level=args.level)
+    rows = [("path", args.path), ("shape", source.shape), ("dtype", source.dtype),
+            ("chunks", getattr(source, "chunks", None))]
+    axes = getattr(source, "axes", None)
+    if axes:
+        rows.append(("axes", axes))
+    for key, value in rows:
+        print(f"{key + ':':<9}{value}")
+    if source.dtype.kind in "iu" and not args.no_count:
+        print(f"{'objects:':<9}{count_labels(source)}")
+    attrs = _patchworks_attrs(args.path, args.component)
+    if attrs:
+        print("patchworks attributes:")
+        for key, value in attrs.items():
+            print(f"  {key}: {value}")
+        if attrs.get("complete") is False:
+            print("  (incomplete: the run that wrote it did not finish)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from patchworks._demo import run_demo
+
+    return run_demo(args.out, shape=args.shape, tile=args.tile)
+
+
+# -- parser --------------------------------------------------------------------------
+
+
+def _add_source_options(p):
+    p.add_argument("--component", metavar="NAME", help="array inside a zarr group / HDF5 file")
+    p.add_argument("--level", type=int, default=0, metavar="N", help="resolution level of a multiscale image")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from patchworks import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="patchworks",
+        description="Run a function tile by tile over huge N-D images and merge labels exactly.",
+        epilog="Start with: patchworks demo")
+    parser.add_argument("--version", action="version", version=f"patchworks {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "label", help="label connected components tile by tile into a zarr store",
+        description="Threshold INPUT and label its connected components tile by tile; the result in OUTPUT "
+                    "(zarr) is the same partition as labelling the whole image at once.")
+    p.add_argument("input", metavar="INPUT", help="zarr / OME-Zarr store, TIFF, HDF5 or .npy")
+    p.add_argument("output", metavar="OUTPUT", help="zarr store to write, e.g. labels.zarr")
+    p.add_argument("--tile", type=per_axis, metavar="T", help="tile core size: one int or one per spatial axis, "
+                   "e.g. 64,512,512 (default: about 2**24 voxels)")
+    p.add_argument("--overlap", type=per_axis, default=0, metavar="H",
+                   help="halo per side given to the method: one int or one per spatial axis (default 0)")
+    p.add_argument("--connectivity", type=int, default=1, metavar="K",
+                   help="1 = face neighbours ... ndim = all neighbours (default 1)")
+    p.add_argument("--method", metavar="M", help="otsu (default), threshold (needs --threshold), a name "
+                   f"registered in the {_METHOD_GROUP!r} entry-point group, or module:function")
+    p.add_argument("--threshold", type=float, metavar="V", help="foreground is image > V (implies --method threshold)")
+    p.add_argument("--sequential", action="store_true", help="number objects 1..n without gaps")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="dask.distributed scheduler, e.g. tcp://host:8786 "
+                   "(default: local threads)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: only on a terminal)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    _add_source_options(p)
+    p.add_argument("--channel", type=int, metavar="N", help="use this channel of the c axis only")
+    p.add_argument("--channel-axis", type=int, metavar="N", help="axis carried whole into every tile (not tiled)")
+    p.add_argument("--zarr-format", type=int, choices=(3, 2), default=3, help="output zarr format (default 3)")
+    p.set_defaults(run=cmd_label)
+
+    p = sub.add_parser("info", help="describe an image or label store",
+                       description="Print shape, dtype, chunks, axes, the number of distinct non-zero labels "
+                                   "(integer images, counted chunk by chunk) and patchworks run attributes.")
+    p.add_argument("path", metavar="PATH")
+    _add_source_options(p)
+    p.add_argument("--no-count", action="store_true", help="skip counting labels (it reads the whole image)")
+    p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("demo", help="label a generated volume tiled and whole, and compare",
+                       description="Generate a blob volume, label it tile by tile and whole, and check that "
+                                   "both give the identical partition.")
+    p.add_argument("--out", default="patchworks-demo", metavar="DIR",
+                   help="where sample.zarr and labels.zarr go (default ./patchworks-demo, overwritten)")
+    p.add_argument("--shape", type=_shape, default=(96, 256, 256), metavar="S", help="volume shape (default 96,256,256)")
+    p.add_argument("--tile", type=per_axis, default=(32, 64, 64), metavar="T", help="tile shape (default 32,64,64)")
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 demo check failed, 2 error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help / --version / usage error: return the status, callers may be in-process
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return args.run(args)
+    except (CLIError, *_USER_ERRORS) as exc:
+        print(f"patchworks: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("patchworks: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

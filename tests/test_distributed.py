@@ -1,0 +1,66 @@
+"""The same run on a real two-process LocalCluster gives the identical result."""
+
+import os
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from distributed import Client, LocalCluster, get_task_stream
+
+from patchworks import label_components, merge_tile_labels, threshold, tile_process
+from patchworks.testing import assert_labels_equivalent, random_blobs
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as c:
+        yield c
+
+
+def _record_pid(path):
+    def fn(tile):
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return label_components(tile > 0.5)
+    return fn
+
+
+def test_cluster_run_is_identical_to_threaded_run(tmp_path, client):
+    image = random_blobs((40, 36, 30), seed=21, sigma=1.5)
+    src = tmp_path / "image.zarr"
+    zarr.create_array(store=src, data=image, chunks=(10, 12, 10))
+    pids = tmp_path / "pids.txt"
+    with get_task_stream(client) as stream:
+        on_cluster = tile_process(str(src), _record_pid(pids), tile_shape=(10, 12, 10), overlap=2,
+                                  write_to=tmp_path / "cluster.zarr", client=client, sequential_labels=True)
+    threaded = tile_process(str(src), threshold(0.5), tile_shape=(10, 12, 10), overlap=2,
+                            write_to=tmp_path / "threads.zarr", client=False, sequential_labels=True)
+    np.testing.assert_array_equal(on_cluster.compute(scheduler="threads"), threaded.compute(scheduler="threads"))
+    workers = {int(p) for p in pids.read_text().split()}
+    assert os.getpid() not in workers and len(workers) >= 1
+    assert len(pids.read_text().split()) == 4 * 3 * 3, "fn runs once per tile on the cluster"
+    names = {t["key"] if isinstance(t["key"], str) else t["key"][0] for t in stream.data}
+    assert any(n.startswith("patchworks-stage-") for n in names)
+    assert any(n.startswith("patchworks-relabel-") for n in names)
+
+
+def test_numpy_and_dask_inputs_on_the_cluster(client):
+    image = random_blobs((48, 40), seed=22)
+    truth = tile_process(image, threshold(0.5), tile_shape=(12, 10), compute=True, client=False)
+    from_numpy = tile_process(image, threshold(0.5), tile_shape=(12, 10), compute=True, client=client)
+    from_dask = tile_process(da.from_array(image, chunks=(20, 20)), threshold(0.5), tile_shape=(12, 10),
+                             compute=True, client=client)
+    np.testing.assert_array_equal(from_numpy, truth)
+    np.testing.assert_array_equal(from_dask, truth)
+
+
+def test_active_client_is_used_by_default_and_merge_runs_there(client):
+    mask = random_blobs((30, 30), seed=23) > 0.5
+    labeled = da.from_array(mask, chunks=10).map_blocks(lambda b: label_components(b), dtype=np.uint32)
+    with get_task_stream(client) as stream:
+        merged = merge_tile_labels(labeled, compute=True)  # no client= : the active one is used
+    assert any(str(t["key"]).startswith("patchworks-relabel-") for t in stream.data)
+    from scipy import ndimage
+    assert_labels_equivalent(merged, ndimage.label(mask)[0])
