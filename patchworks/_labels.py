@@ -18,6 +18,7 @@ import numpy as np
 from ._grid import TileGrid
 from ._io import LazySource, create_output, open_image, same_location
 from ._merge import plan_relabel, relabel_tile, touch_pairs_for_seam
+from ._methods import Threshold
 from ._run import new_token, run_tasks, shared, active_client
 from ._stage import StageJob, stage_tile
 
@@ -245,6 +246,11 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write
     grid = TileGrid(source.shape, tile_shape, overlap, channel_axis=channel_axis, axes=axes)
     connectivity = _check_connectivity(connectivity, len(grid.spatial_axes))
     fn = _align_fn_connectivity(fn, connectivity)
+    if isinstance(fn, Threshold) and len(grid.spatial_axes) != len(grid.shape):
+        raise ValueError(
+            f"fn={fn.method} labels a single-channel image but this one has non-spatial axes "
+            f"{[i for i in range(len(grid.shape)) if i not in grid.spatial_axes]}; choose one with channel=N "
+            f"(OME-Zarr / OME-TIFF) or pass a function that handles channels")
     out = _Output(write_to, output_component, overwrite=overwrite, zarr_format=zarr_format,
                   scratch_dir=scratch_dir, inputs=(image,))
 

@@ -80,8 +80,8 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
     Examples
     --------
-    >>> otsu_threshold(np.r_[np.zeros(50), np.ones(50)])
-    0.498046875
+    >>> otsu_threshold(np.r_[np.full(50, 10), np.full(50, 20)])
+    10.0
     """
     values = np.asarray(values).ravel()
     values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
@@ -90,8 +90,13 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     lo, hi = float(values.min()), float(values.max())
     if lo == hi:
         return lo
-    hist, edges = np.histogram(values, bins=bins, range=(lo, hi))
-    centers = (edges[:-1] + edges[1:]) / 2
+    if values.dtype.kind in "iu" and hi - lo <= 1 << 16:
+        # integers: one bin per value, so the cut falls between two integers as in scikit-image
+        hist = np.bincount((values - values.min()).astype(np.int64))
+        centers = np.arange(hist.size) + lo
+    else:
+        hist, edges = np.histogram(values, bins=bins, range=(lo, hi))
+        centers = (edges[:-1] + edges[1:]) / 2
     hist = hist.astype(np.float64)
     w1 = np.cumsum(hist)
     w2 = np.cumsum(hist[::-1])[::-1]
@@ -142,5 +147,9 @@ def otsu(image, *, connectivity: int | None = None, n_voxels: int = 1 << 22, **o
     from ._io import open_image
 
     source = open_image(image, **open_kwargs)
+    axes = getattr(source, "axes", None) or ""
+    if "c" in axes:
+        raise ValueError(f"otsu: image has a channel axis (axes {axes!r}); one threshold over mixed channels "
+                         f"means nothing: choose a channel with channel=N")
     values = sample_values(source, n_voxels=n_voxels)
     return Threshold(otsu_threshold(values), connectivity, method="otsu")

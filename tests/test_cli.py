@@ -1,0 +1,234 @@
+"""Tests for the ``patchworks`` command line (patchworks.cli), run in-process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from scipy import ndimage
+
+from patchworks.cli import main, per_axis
+from patchworks.testing import assert_labels_equivalent, random_blobs
+
+REPO = Path(__file__).resolve().parents[1]
+IMG = random_blobs((12, 40, 36), seed=3)  # float32 in [0, 1], blobs cross the 4x16x16 seams
+
+
+def write_zarr(path, data, chunks=(4, 16, 16)):
+    arr = zarr.create_array(store=str(path), shape=data.shape, chunks=chunks, dtype=data.dtype)
+    arr[...] = data
+    return str(path)
+
+
+def scipy_labels(image, value):
+    return ndimage.label(image > value)[0]
+
+
+def read(path):
+    return np.asarray(zarr.open_array(str(path), mode="r")[...])
+
+
+@pytest.fixture
+def zarr_input(tmp_path):
+    return write_zarr(tmp_path / "img.zarr", IMG)
+
+
+@pytest.fixture
+def tiff_input(tmp_path):
+    path = tmp_path / "img.tif"
+    tifffile.imwrite(path, IMG)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["zarr", "tiff"])
+def test_label_threshold(kind, request, tmp_path, capsys):
+    src = request.getfixturevalue(f"{kind}_input")
+    out = tmp_path / "labels.zarr"
+    rc = main(["label", src, str(out), "--method", "threshold", "--threshold", "0.5",
+               "--tile", "4,16,16", "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    expected = scipy_labels(IMG, 0.5)
+    result = read(out)
+    assert_labels_equivalent(result, expected)
+    assert f"objects: {expected.max()}" in text
+    assert str(out) in text and "(12, 40, 36)" in text and "uint32" in text
+
+
+@pytest.mark.parametrize("kind", ["zarr", "tiff"])
+def test_label_otsu_is_default(kind, request, tmp_path, capsys):
+    src = request.getfixturevalue(f"{kind}_input")
+    out = tmp_path / "labels.zarr"
+    rc = main(["label", src, str(out), "--tile", "6", "--overlap", "0,2,2", "--sequential", "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    value = float(text.split("otsu threshold:")[1].split()[0])
+    expected = scipy_labels(IMG, value)
+    result = read(out)
+    assert_labels_equivalent(result, expected)
+    assert result.max() == expected.max()  # --sequential: 1..n
+
+
+def test_label_threshold_alone_implies_method(zarr_input, tmp_path, capsys):
+    assert main(["label", zarr_input, str(tmp_path / "o.zarr"), "--threshold", "0.6", "--tile", "6,20,18"]) == 0
+    assert_labels_equivalent(read(tmp_path / "o.zarr"), scipy_labels(IMG, 0.6))
+    assert "otsu" not in capsys.readouterr().out
+
+
+@pytest.fixture
+def seg_module(tmp_path, monkeypatch):
+    """A user module on sys.path with a tile function: my_seg:label_tile."""
+    (tmp_path / "my_seg.py").write_text(
+        "import numpy as np\n"
+        "from scipy import ndimage\n"
+        "def label_tile(tile):\n"
+        "    return ndimage.label(np.asarray(tile) > 0.55)[0]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_seg:label_tile"
+
+
+def test_label_module_function(zarr_input, seg_module, tmp_path, capsys):
+    out = tmp_path / "labels.zarr"
+    rc = main(["label", zarr_input, str(out), "--method", seg_module, "--tile", "4,16,16"])
+    assert rc == 0, capsys.readouterr().err
+    assert_labels_equivalent(read(out), scipy_labels(IMG, 0.55))
+
+
+@pytest.mark.parametrize("spec, needle", [("no_such_mod_xyz:f", "cannot import module 'no_such_mod_xyz'"),
+                                          ("os.path:no_such_fn", "has no attribute 'no_such_fn'"),
+                                          ("os:sep", "not callable")])
+def test_label_bad_module_function(spec, needle, zarr_input, tmp_path, capsys):
+    assert main(["label", zarr_input, str(tmp_path / "o.zarr"), "--method", spec]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("patchworks: error:") and spec in err and needle in err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_unknown_method_lists_names(zarr_input, tmp_path, capsys):
+    assert main(["label", zarr_input, str(tmp_path / "o.zarr"), "--method", "magic"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method" in err and "otsu" in err and "threshold" in err and "module:function" in err
+    assert "Traceback" not in err
+
+
+def test_entry_point_method(zarr_input, seg_module, tmp_path, monkeypatch, capsys):
+    from importlib.metadata import EntryPoint
+
+    import patchworks.cli as cli
+
+    # what another package's pyproject would declare: [project.entry-points."patchworks.methods"]
+    ep = EntryPoint(name="myseg", value=seg_module, group="patchworks.methods")
+    monkeypatch.setattr(cli, "_registered_methods", lambda: {"myseg": ep})
+    assert main(["label", zarr_input, str(tmp_path / "o.zarr"), "--method", "myseg", "--tile", "6,20,18"]) == 0
+    assert_labels_equivalent(read(tmp_path / "o.zarr"), scipy_labels(IMG, 0.55))
+    assert main(["label", zarr_input, str(tmp_path / "p.zarr"), "--method", "nope"]) == 2
+    assert "myseg" in capsys.readouterr().err
+
+
+def test_missing_threshold(zarr_input, tmp_path, capsys):
+    assert main(["label", zarr_input, str(tmp_path / "o.zarr"), "--method", "threshold"]) == 2
+    assert "--threshold" in capsys.readouterr().err
+
+
+def test_output_exists_needs_overwrite(zarr_input, tmp_path, capsys):
+    out = tmp_path / "o.zarr"
+    args = ["label", zarr_input, str(out), "--threshold", "0.5", "--tile", "12,20,18"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("patchworks: error:") and "already exists" in err and "Traceback" not in err
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_library_errors_are_one_line(zarr_input, tmp_path, capsys):
+    assert main(["label", str(tmp_path / "missing.zarr"), str(tmp_path / "o.zarr"), "--threshold", "1"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["label", zarr_input, str(tmp_path / "o.zarr"), "--threshold", "1", "--tile", "4",
+                 "--overlap", "4"]) == 2
+    assert "overlap" in capsys.readouterr().err
+    assert main(["label", zarr_input, str(tmp_path / "o.zarr"), "--tile", "4,x"]) == 2  # argparse usage error
+    assert "comma list" in capsys.readouterr().err
+
+
+def test_channels(tmp_path, capsys):
+    path = tmp_path / "czyx.tif"
+    tifffile.imwrite(path, np.stack([IMG, 1 - IMG]), metadata={"axes": "CZYX"})
+    assert main(["label", str(path), str(tmp_path / "o.zarr"), "--threshold", "0.5"]) == 2
+    assert "--channel 0..1" in capsys.readouterr().err  # told how to pick one, before any work
+    assert main(["label", str(path), str(tmp_path / "o.zarr"), "--threshold", "0.5", "--channel", "1",
+                 "--tile", "6,20,18"]) == 0
+    assert_labels_equivalent(read(tmp_path / "o.zarr"), scipy_labels(1 - IMG, 0.5))
+
+
+def test_info_label_store(tmp_path, capsys):
+    out = tmp_path / "labels.zarr"
+    src = write_zarr(tmp_path / "img.zarr", IMG)
+    assert main(["label", src, str(out), "--threshold", "0.5", "--tile", "4,16,16", "--zarr-format", "2"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    n = scipy_labels(IMG, 0.5).max()
+    assert "(12, 40, 36)" in text and "uint32" in text and "(4, 16, 16)" in text
+    assert f"objects: {n}" in text
+    assert "complete: True" in text and f"n_objects: {n}" in text
+
+
+def test_info_counts_chunk_by_chunk(tmp_path, capsys):
+    labels = np.zeros((20, 30), np.int64)
+    labels[0:3, 0:25] = 7  # one label spread over several chunks counts once
+    labels[10, 5] = -2
+    labels[19, 29] = 123456789012
+    write_zarr(tmp_path / "l.zarr", labels, chunks=(4, 4))
+    assert main(["info", str(tmp_path / "l.zarr")]) == 0
+    text = capsys.readouterr().out
+    assert "objects: 3" in text and "patchworks attributes" not in text
+
+
+def test_info_float_image_has_no_count(tiff_input, capsys):
+    assert main(["info", tiff_input]) == 0
+    text = capsys.readouterr().out
+    assert "float32" in text and "objects" not in text
+
+
+def test_demo(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--shape", "16,40,40", "--tile", "8,16,16"]) == 0
+    text = capsys.readouterr().out
+    assert "identical partition:  yes" in text
+    assert str(out / "labels.zarr") in text
+    assert (out / "sample.zarr").is_dir() and (out / "labels.zarr").is_dir()
+    # re-running overwrites
+    assert main(["demo", "--out", str(out), "--shape", "16,40,40", "--tile", "8,16,16"]) == 0
+
+
+def test_demo_reports_failure(tmp_path, monkeypatch, capsys):
+    import patchworks._demo as demo
+
+    monkeypatch.setattr(demo.patchworks, "label_components", lambda mask: np.zeros(mask.shape, np.uint32))
+    assert main(["demo", "--out", str(tmp_path), "--shape", "8,16,16", "--tile", "4,8,8"]) == 1
+    assert "identical partition:  NO" in capsys.readouterr().out
+
+
+def test_per_axis():
+    assert per_axis("5") == 5 and per_axis("1,2,3") == (1, 2, 3)
+
+
+def test_no_command_and_help(capsys):
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+    assert "label" in capsys.readouterr().out
+
+
+def test_python_dash_m_help():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, "-m", "patchworks", "--help"], capture_output=True, text=True,
+                         cwd=REPO, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "usage: patchworks" in res.stdout and "demo" in res.stdout
