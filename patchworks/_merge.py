@@ -55,7 +55,7 @@ def _shift_slices(shift, lo_start, lo_len, hi_start, hi_len):
     return slice(p0 - lo_start, p1 - lo_start), slice(p0 + shift - hi_start, p1 + shift - hi_start)
 
 
-def touch_pairs_for_seam(planes, grid: TileGrid, axis: int, row: int, offsets: np.ndarray,
+def touch_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, offsets: np.ndarray,
                          connectivity: int) -> np.ndarray:
     """Pairs of global ids that touch across the seam after tile row ``row`` on ``axis``.
 
@@ -81,15 +81,8 @@ def touch_pairs_for_seam(planes, grid: TileGrid, axis: int, row: int, offsets: n
         b1 = min(b0 + step, first_len)
         r0, r1 = (max(b0 - 1, 0), min(b1 + 1, first_len)) if sizes else (0, 1)
 
-        def read(plane_index, lo, hi):
-            key = [slice(None)] * len(grid.grid_shape)
-            key[axis] = plane_index
-            if sizes:
-                key[in_plane[0]] = slice(lo, hi)
-            return np.asarray(planes[axis][tuple(key)])
-
-        lo_local = read(2 * row + 1, b0, b1)
-        hi_local = read(2 * row + 2, r0, r1)
+        lo_local = staging.read_plane(axis, 2 * row + 1, b0, b1)
+        hi_local = staging.read_plane(axis, 2 * row + 2, r0, r1)
         if not lo_local.any() or not hi_local.any():
             continue
         starts_lo = [b0] + [0] * (len(sizes) - 1)
@@ -245,10 +238,14 @@ def plan_relabel(counts, pairs: np.ndarray, *, sequential: bool) -> MergePlan:
 
 
 def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TilePlan) -> int:
-    """Rewrite one tile's core from local to final ids (the body of a relabel task)."""
+    """Write one tile's final ids (the body of a relabel task)."""
     if plan.n_labels == 0:
         return 0  # nothing staged; the output's fill value is already 0
     tile = grid.tile(linear_index)
-    local = np.asarray(staging[tile.spatial_core])
-    output[tile.spatial_core] = plan.apply(local, output.dtype)
+    ids, local_lut = staging.take(tile)
+    if local_lut is not None:  # raw ids: compose the two look-ups, then one pass over the tile
+        final = plan.lookup(output.dtype)[local_lut]
+        output[tile.spatial_core] = final[ids]
+    else:
+        output[tile.spatial_core] = plan.apply(ids, output.dtype)
     return plan.n_labels

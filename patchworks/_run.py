@@ -16,6 +16,8 @@ from dask.callbacks import Callback
 
 logger = logging.getLogger("patchworks")
 
+_LOCAL_SCHEDULERS = ("threads", "threading", "synchronous", "sync", "single-threaded")
+
 
 def active_client(client=None):
     """The ``distributed.Client`` to use: the one given, else the active default, else None.
@@ -85,7 +87,11 @@ def run_tasks(tasks: list, *, client=None, progress=None, desc: str = "tiles", p
             results = client.gather(futures)
             del futures
             return results
-        scheduler = dask.config.get("scheduler", None) or "threads"
+        # a local scheduler the user chose (e.g. synchronous, to debug) is kept;
+        # anything else (an inactive cluster's setting) falls back to threads
+        scheduler = dask.config.get("scheduler", None)
+        if scheduler not in _LOCAL_SCHEDULERS:
+            scheduler = "threads"
         if bar is not None:
             with _TileProgress(bar, prefix):
                 return list(dask.compute(*tasks, scheduler=scheduler))

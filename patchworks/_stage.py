@@ -1,10 +1,9 @@
-"""What one tile task does: read window -> fn -> validate -> renumber -> write.
+"""What one tile task does: read window -> fn -> validate -> number -> stage.
 
-The task writes the tile's core (local ids ``1..n``) to the staging store and
-its seam planes (first and last core plane along every tiled axis) to a small
-side store, then returns only a tiny :class:`TileResult`. The merge works from
-the seam planes, so it never re-reads the volume, and ``fn`` is never called a
-second time.
+The task stages the tile's core with its local numbering ``1..n`` and its
+seam planes (see ``_staging``), then returns only a tiny
+:class:`TileResult`. The merge works from the seam planes, so it never
+re-reads the volume, and ``fn`` is never called a second time.
 """
 
 from __future__ import annotations
@@ -30,11 +29,10 @@ class TileResult:
 
 @dataclass
 class StageJob:
-    """Everything a tile task needs; pickled once per task for a cluster."""
+    """Everything a tile task needs; enters the task graph once."""
 
     grid: TileGrid
-    staging: Any                 # zarr array of local ids (uint32), chunks = tile cores
-    planes: dict                 # tiled axis -> zarr array of seam planes
+    staging: Any                 # MemoryStaging or DiskStaging
     fn: Callable | None = None   # None: the source already holds labels (merge_tile_labels)
     source: Any = None           # numpy array or LazySource; None when windows arrive as task inputs
     label_counts: Any = None     # per-tile counts the caller vouches for (labels already 1..n)
@@ -71,43 +69,33 @@ def validate_labels(labels, tile: Tile, expected_shape, what: str = "fn") -> np.
     return labels
 
 
-def renumber_local(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Renumber the non-zero labels of a tile to ``1..n`` (uint32), keeping 0."""
-    if labels.size == 0:
-        return np.zeros(labels.shape, np.uint32), 0
-    top = int(labels.max())
-    if top == 0:
-        return np.zeros(labels.shape, np.uint32), 0
-    if top <= 4 * labels.size + 1024:
-        # A dense look-up table beats fastremap's dict for the compact ids
-        # segmenters produce (about twice as fast on a 128^3 cc3d tile).
+def local_ids(core: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Number a tile's non-zero labels ``1..n`` without rewriting the tile.
+
+    Returns ``(ids, lut, n)`` with ``lut[ids]`` the local ids (``lut`` is
+    None when ``ids`` already are local). For the compact ids segmenters
+    produce, only a presence table is built here; the relabel task applies
+    ``lut`` composed with the final look-up in one pass, so the tile is
+    rewritten once instead of twice.
+    """
+    if core.size == 0 or not core.any():
+        return np.zeros(core.shape, np.uint32), None, 0
+    top = int(core.max())
+    if top <= 4 * core.size + 1024:
         present = np.zeros(top + 1, dtype=bool)
-        present[labels] = True
+        present[core] = True
         present[0] = False
         lut = np.cumsum(present, dtype=np.uint64)
         n = int(lut[-1])
-        if n > _UINT32_MAX:
-            raise ValueError("a single tile holds more than 2**32-1 labels; use smaller tiles")
-        return lut.astype(np.uint32, copy=False)[labels], n
-    renumbered, mapping = fastremap.renumber(np.ascontiguousarray(labels), preserve_zero=True)
-    return renumbered.astype(np.uint32, copy=False), len(mapping) - (0 in mapping)
-
-
-def write_seam_planes(planes: dict, grid: TileGrid, tile: Tile, local: np.ndarray) -> None:
-    """Store the first and last core plane of the tile along every tiled axis.
-
-    The plane array of axis ``a`` has ``2 * grid_shape[a]`` entries along ``a``:
-    row ``i``'s first plane at ``2i`` and its last at ``2i + 1``, and is
-    chunked so that each tile writes exactly one chunk of its own.
-    """
-    for a, n_rows in enumerate(grid.grid_shape):
-        if n_rows < 2:
-            continue
-        i = tile.index[a]
-        region = list(tile.spatial_core)
-        region[a] = slice(2 * i, 2 * i + 2)
-        both = np.concatenate([local.take([0], axis=a), local.take([-1], axis=a)], axis=a)
-        planes[a][tuple(region)] = both
+        ids = core if core.dtype == np.uint32 else core.astype(np.uint32)
+        if n == top:  # already 1..n
+            return ids, None, n
+        return ids, lut.astype(np.uint32), n
+    renumbered, mapping = fastremap.renumber(np.ascontiguousarray(core), preserve_zero=True)
+    n = len(mapping) - (0 in mapping)
+    if n > _UINT32_MAX:
+        raise ValueError("a single tile holds more than 2**32-1 labels; use smaller tiles")
+    return renumbered.astype(np.uint32, copy=False), None, n
 
 
 def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
@@ -121,6 +109,8 @@ def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
     else:
         labels = validate_labels(job.fn(window), tile, tile.window_shape)
     core = labels[tile.spatial_crop]
+    if core.shape != labels.shape:
+        core = np.ascontiguousarray(core)  # do not keep the halo alive while the tile waits
     if job.label_counts is not None:
         n = int(job.label_counts[tile.index])
         top = int(core.max()) if core.size else 0
@@ -128,10 +118,9 @@ def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
             raise ValueError(
                 f"label_counts[{tile.index}] = {n} but that tile holds label {top}; label_counts must be the "
                 f"number of labels of each tile, numbered 1..n, or leave label_counts=None")
-        local = core.astype(np.uint32, copy=False)
+        ids, lut = core.astype(np.uint32, copy=False), None
     else:
-        local, n = renumber_local(core)
-    if n:  # an empty tile writes nothing: zarr reads missing chunks as 0
-        job.staging[tile.spatial_core] = local
-        write_seam_planes(job.planes, grid, tile, local)
+        ids, lut, n = local_ids(core)
+    if n:  # an empty tile stages nothing: it reads back as 0
+        job.staging.put(tile, ids, lut)
     return TileResult(linear_index=tile.linear_index, n_labels=n)
