@@ -446,10 +446,11 @@ def _zarr_dimension_axes(arr) -> str | None:
     return None
 
 
-# Output: Blosc zstd clevel 3 + byte shuffle. On a 64x512x512 uint32 label image
-# (721 objects, 16 % foreground) it wrote as fast as lz4 (~0.1 s) and read as fast or
-# faster (0.03 s vs 0.11 s), at ~3x the compression ratio (70x vs 24x for lz4).
-_BLOSC = dict(cname="zstd", clevel=3)
+# Output: Blosc zstd clevel 1 + byte shuffle. On 128^3 chunks of a uint32 label image
+# with globally offset ids: zstd-1 wrote in 18 ms at 18x, zstd-3 in 26 ms at 21x,
+# lz4-1 in 15 ms at only 6x. Writing the output is most of a cheap tile function's
+# cost, and label volumes are large: zstd-1 is the balance.
+_BLOSC = dict(cname="zstd", clevel=1)
 
 
 def create_output(
@@ -517,6 +518,9 @@ def create_output(
         overwrite=overwrite,
         attributes=attributes,
         fill_value=fill_value,
+        # tasks only write chunks that hold labels; skipping zarr's all-fill
+        # check on each write made chunk writes ~35 % faster
+        config={"write_empty_chunks": True},
     )
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import dask
 import dask.array as da
 import numpy as np
-import psutil
 
 from ._grid import TileGrid
 from ._io import LazySource, create_output, open_image, same_location
@@ -23,7 +22,7 @@ from ._merge import plan_relabel, relabel_tile, touch_pairs_for_seam
 from ._methods import Threshold
 from ._run import active_client, new_token, run_tasks, shared
 from ._stage import StageJob, stage_tile
-from ._staging import DiskStaging, MemoryStaging
+from ._staging import TileStaging
 
 logger = logging.getLogger("patchworks")
 
@@ -97,30 +96,15 @@ class _Output:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _choose_staging(staging: str, grid: TileGrid, client, scratch: Path):
-    """Memory on threads when the staged ids fit a quarter of the free RAM, else scratch zarr."""
-    if staging not in ("auto", "memory", "disk"):
-        raise ValueError(f"staging={staging!r}: use 'auto', 'memory' or 'disk'")
-    on_cluster = active_client(client) is not None
-    if staging == "memory" and on_cluster:
-        raise ValueError("staging='memory' keeps tiles in this process; a cluster needs staging='disk' or 'auto'")
-    if staging == "auto":
-        need = 4 * int(np.prod(grid.spatial_shape, dtype=np.float64))
-        staging = "disk" if on_cluster or need > psutil.virtual_memory().available // 4 else "memory"
-    logger.debug("patchworks: staging tiles in %s", staging)
-    return MemoryStaging(grid) if staging == "memory" else DiskStaging(grid, scratch)
-
-
 def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, out: _Output, connectivity: int,
-                    sequential: bool, label_counts, client, progress, compute: bool, return_count: bool,
-                    staging: str = "auto"):
+                    sequential: bool, label_counts, client, progress, compute: bool, return_count: bool):
     token = new_token()
     spatial_shape, chunks = grid.spatial_shape, grid.chunks
     try:
-        stage_store = _choose_staging(staging, grid, client, out.scratch)
+        stage_store = TileStaging(grid, out.scratch / "tiles")
         # 1. stage: fn once per tile, local ids + seam planes kept, counts back
         job = shared(StageJob(grid=grid, staging=stage_store, fn=job_fn, source=source,
-                              label_counts=label_counts), f"patchworks-job-{token}")
+                              label_counts=label_counts, compact=sequential), f"patchworks-job-{token}")
         stage = dask.delayed(stage_tile, pure=False)
         prefix = f"patchworks-stage-{token}"
         tasks = [stage(job, i, None if windows is None else windows(grid.tile(i)), dask_key_name=f"{prefix}-{i}")
@@ -175,7 +159,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, out: _Output, co
 def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write_to=None,
                  sequential_labels=False, compute=False, progress=None, client=None, overwrite=False,
                  component=None, level=0, channel=None, channel_axis=None, axes=None,
-                 output_component=None, zarr_format=3, scratch_dir=None, staging="auto", return_count=False):
+                 output_component=None, zarr_format=3, scratch_dir=None, return_count=False):
     """Run ``fn`` on every tile of ``image`` and merge the labels into one consistent array.
 
     ``fn`` receives each tile with its halo (``overlap`` voxels per side, as
@@ -225,12 +209,6 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write
     scratch_dir : path, optional
         Where the run's scratch (staged tiles) lives; default next to
         ``write_to``, else the system temp dir. Removed at the end.
-    staging : {"auto", "memory", "disk"}
-        Where staged tiles wait for the merge. ``"memory"`` (threads only)
-        writes every tile once, straight to the output; ``"disk"`` uses
-        scratch zarr arrays and scales past RAM and across a cluster.
-        ``"auto"``: memory on threads when the staged ids (4 bytes per
-        voxel) fit a quarter of the available RAM, else disk.
     return_count : bool, default False
         Also return the number of objects.
 
@@ -279,14 +257,13 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write
         source = None
     return _label_pipeline(grid=grid, job_fn=fn, source=source, windows=windows, out=out,
                            connectivity=connectivity, sequential=sequential_labels, label_counts=None,
-                           client=client, progress=progress, compute=compute, return_count=return_count,
-                           staging=staging)
+                           client=client, progress=progress, compute=compute, return_count=return_count)
 
 
 def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_component=None, overlap=0,
                       connectivity=1, sequential_labels=False, label_counts=None, return_count=False,
                       progress=False, client=None, overwrite=False, compute=False, zarr_format=3,
-                      scratch_dir=None, staging="auto"):
+                      scratch_dir=None):
     """Merge per-tile labels that someone else computed into globally consistent labels.
 
     Each block of ``labeled`` (dask chunks, or the chunks of a zarr array)
@@ -318,7 +295,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         block (saves the renumbering).
     return_count : bool, default False
         Also return the number of objects.
-    progress, client, overwrite, compute, zarr_format, scratch_dir, staging :
+    progress, client, overwrite, compute, zarr_format, scratch_dir :
         As for :func:`tile_process`.
 
     Examples
@@ -357,8 +334,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
                   scratch_dir=scratch_dir, inputs=(labeled,))
     return _label_pipeline(grid=grid, job_fn=None, source=source, windows=windows, out=out,
                            connectivity=connectivity, sequential=sequential_labels, label_counts=label_counts,
-                           client=client, progress=progress, compute=compute, return_count=return_count,
-                           staging=staging)
+                           client=client, progress=progress, compute=compute, return_count=return_count)
 
 
 def _core_halo(overlap, ndim):

@@ -36,6 +36,7 @@ class StageJob:
     fn: Callable | None = None   # None: the source already holds labels (merge_tile_labels)
     source: Any = None           # numpy array or LazySource; None when windows arrive as task inputs
     label_counts: Any = None     # per-tile counts the caller vouches for (labels already 1..n)
+    compact: bool = True         # number 1..n without gaps (sequential output needs it)
 
 
 def _window_text(tile: Tile) -> str:
@@ -69,18 +70,22 @@ def validate_labels(labels, tile: Tile, expected_shape, what: str = "fn") -> np.
     return labels
 
 
-def local_ids(core: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, int]:
+def local_ids(core: np.ndarray, compact: bool = True) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Number a tile's non-zero labels ``1..n`` without rewriting the tile.
 
     Returns ``(ids, lut, n)`` with ``lut[ids]`` the local ids (``lut`` is
-    None when ``ids`` already are local). For the compact ids segmenters
-    produce, only a presence table is built here; the relabel task applies
-    ``lut`` composed with the final look-up in one pass, so the tile is
-    rewritten once instead of twice.
+    None when ``ids`` already are local). For the small ids segmenters
+    produce, the ids are kept as they are: with ``compact=False`` the tile
+    simply reserves ``1..max`` (unused ids become gaps in a non-sequential
+    output), otherwise a presence table numbers them ``1..n``, which the
+    relabel task composes with the final look-up, so the tile is rewritten
+    once instead of twice.
     """
-    if core.size == 0 or not core.any():
+    top = int(core.max()) if core.size else 0
+    if top == 0:
         return np.zeros(core.shape, np.uint32), None, 0
-    top = int(core.max())
+    if top <= 4 * core.size + 1024 and not compact:
+        return core.astype(np.uint32, copy=False), None, top
     if top <= 4 * core.size + 1024:
         present = np.zeros(top + 1, dtype=bool)
         present[core] = True
@@ -120,7 +125,7 @@ def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
                 f"number of labels of each tile, numbered 1..n, or leave label_counts=None")
         ids, lut = core.astype(np.uint32, copy=False), None
     else:
-        ids, lut, n = local_ids(core)
+        ids, lut, n = local_ids(core, job.compact)
     if n:  # an empty tile stages nothing: it reads back as 0
         job.staging.put(tile, ids, lut)
     return TileResult(linear_index=tile.linear_index, n_labels=n)

@@ -64,8 +64,3 @@ def test_active_client_is_used_by_default_and_merge_runs_there(client):
     assert any(str(t["key"]).startswith("patchworks-relabel-") for t in stream.data)
     from scipy import ndimage
     assert_labels_equivalent(merged, ndimage.label(mask)[0])
-
-
-def test_memory_staging_is_refused_on_a_cluster(client):
-    with pytest.raises(ValueError, match="staging='memory' keeps tiles in this process; a cluster needs"):
-        tile_process(np.zeros((8, 8)), threshold(0.5), tile_shape=4, client=client, staging="memory")

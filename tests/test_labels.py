@@ -36,28 +36,24 @@ def masks(draw):
     tile = tuple(draw(st.integers(1, s)) for s in shape)
     overlap = tuple(draw(st.integers(0, max(0, t - 1))) for t in tile)
     connectivity = draw(st.integers(1, ndim))
-    staging = draw(st.sampled_from(["memory", "disk"]))
-    return mask, tile, overlap, connectivity, staging
+    sequential = draw(st.booleans())
+    return mask, tile, overlap, connectivity, sequential
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(masks())
 def test_tiled_labels_equal_whole_image_labels(case):
-    mask, tile, overlap, connectivity, staging = case
-    check_exact(mask, tile, connectivity, overlap, staging=staging)
+    mask, tile, overlap, connectivity, sequential = case
+    out = check_exact(mask, tile, connectivity, overlap, sequential_labels=sequential)
+    if sequential:
+        assert np.unique(out).tolist() == list(range(out.max() + 1))
 
 
-@pytest.mark.parametrize("staging", ["memory", "disk"])
 @pytest.mark.parametrize("shape, tile", [((50,), 7), ((5, 6, 4, 7), (2, 3, 3, 4))])
-def test_exact_in_1d_and_4d(shape, tile, staging):
+def test_exact_in_1d_and_4d(shape, tile):
     mask = np.random.default_rng(len(shape)).random(shape) > 0.45
     for connectivity in range(1, len(shape) + 1):
-        check_exact(mask, tile, connectivity, staging=staging)
-
-
-def test_staging_choice_is_checked():
-    with pytest.raises(ValueError, match="staging='ram': use 'auto', 'memory' or 'disk'"):
-        tile_process(np.zeros((4, 4)), threshold(0.5), tile_shape=2, staging="ram")
+        check_exact(mask, tile, connectivity)
 
 
 @pytest.mark.parametrize("connectivity", [1, 2])
@@ -68,12 +64,12 @@ def test_exact_2d_on_blobs(tile, connectivity):
     check_exact(mask, tile, connectivity)
 
 
-@pytest.mark.parametrize("staging", ["memory", "disk"])
+@pytest.mark.parametrize("sequential", [False, True])
 @pytest.mark.parametrize("connectivity", [1, 2, 3])
 @pytest.mark.parametrize("tile", [(8, 8, 8), (5, 7, 6), (1, 12, 12)])
-def test_exact_3d_on_blobs(tile, connectivity, staging):
+def test_exact_3d_on_blobs(tile, connectivity, sequential):
     mask = random_blobs((16, 24, 24), seed=5, sigma=1.5) > 0.5
-    check_exact(mask, tile, connectivity, overlap=(0 if tile[0] == 1 else 1, 2, 2), staging=staging)
+    check_exact(mask, tile, connectivity, overlap=(0 if tile[0] == 1 else 1, 2, 2), sequential_labels=sequential)
 
 
 def test_empty_image_and_empty_tiles():

@@ -1,0 +1,581 @@
+"""Benchmark of ``patchworks.tile_process`` labelling against a no-merge floor and whole-image cc3d.
+
+Run from the repository root::
+
+    python benchmarks/bench_labels.py            # full: 256^3 / 512^3 (128^3 tiles), 8192^2 / 16384^2 (512^2 tiles)
+    python benchmarks/bench_labels.py --smoke    # tiny sizes, a few seconds (CI)
+
+For every case it writes a smooth random blob image (uint8 zarr v3, chunks =
+tiles) to a temporary directory, outside all timings, then runs each timed job
+in a fresh subprocess of this script while this process samples the child's
+resident memory (process + children, every ~20 ms):
+
+* floor       -- the tile function on every tile and its raw output written, no
+                 merge: dask delayed, one task per tile, threaded scheduler,
+                 output made with ``patchworks.create_output`` (same codec).
+* end-to-end  -- ``patchworks.tile_process(path, threshold(T), tile_shape=..., write_to=out)``;
+                 its phases (stage / seams / plan / relabel) are timed by wrapping the
+                 library's internal calls in the worker process only.
+* whole       -- ``cc3d.connected_components(vol > T)`` on the image loaded in memory
+                 (load not timed); afterwards, untimed, the tiled output is checked to
+                 be the same partition (``patchworks.testing.assert_labels_equivalent``).
+* phases      -- one extra, untimed-for-the-table run with per-operation wrappers that
+                 sums task-seconds (over both worker threads) per operation.
+
+Times are the best of N repeats; peak memory is the largest over the repeats,
+minus the child's RSS at the moment its timed section starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+_ROOT = Path(__file__).resolve().parent.parent
+if importlib.util.find_spec("patchworks") is None and (_ROOT / "patchworks").is_dir():
+    sys.path.insert(0, str(_ROOT))  # run from a checkout without installing (PYTHONPATH wins)
+
+HEADER = ("case", "image", "tile", "tiles", "objects", "floor s", "e2e s", "overhead", "whole s",
+          "tiled/whole", "whole+io s", "peak MB", "whole peak MB", "equal")
+
+# targets
+OVERHEAD_TARGET = 0.10      # (e2e - floor) / floor
+TILED_WHOLE_TARGET = 1.0    # e2e / whole-image cc3d (2 cores)
+PEAK_GROWTH_TARGET = 1.5    # peak(large) / peak(small): memory must not follow the volume
+
+THRESHOLD = 127.5           # the uint8 images put the blob cut at 127.5
+
+# name, image shape, tile shape, (upsampling factor, coarse sigma, foreground fraction)
+# 3-D uses a lower foreground fraction: a 3-D gaussian field percolates (one giant
+# object) near 15 %; at 8 % blobs are ~20-30 voxels across, in 2-D at 30 % as well.
+FULL_CASES = [
+    ("3d-256", (256,) * 3, (128,) * 3, (8, 1.2, 0.08)),
+    ("3d-512", (512,) * 3, (128,) * 3, (8, 1.2, 0.08)),
+    ("2d-8192", (8192,) * 2, (512,) * 2, (8, 1.0, 0.30)),
+    ("2d-16384", (16384,) * 2, (512,) * 2, (8, 1.0, 0.30)),
+]
+SMOKE_CASES = [
+    ("3d-64", (64,) * 3, (32,) * 3, (8, 1.2, 0.08)),
+    ("3d-128", (128,) * 3, (32,) * 3, (8, 1.2, 0.08)),
+    ("2d-256", (256,) * 2, (64,) * 2, (8, 1.0, 0.30)),
+    ("2d-512", (512,) * 2, (64,) * 2, (8, 1.0, 0.30)),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def _upsample_linear(coarse: np.ndarray, factor: int, shape) -> np.ndarray:
+    """Separable linear interpolation of ``coarse`` to ``shape`` (cheaper than ndimage.zoom)."""
+    out = coarse
+    for ax, size in enumerate(shape):
+        x = (np.arange(size, dtype=np.float32) + 0.5) / factor
+        i0 = np.floor(x).astype(np.intp)
+        w = (x - i0).astype(np.float32).reshape([size if a == ax else 1 for a in range(out.ndim)])
+        lo = np.take(out, i0, axis=ax)
+        hi = np.take(out, i0 + 1, axis=ax)
+        hi -= lo
+        hi *= w
+        lo += hi
+        out = lo
+    return out
+
+
+def make_blobs(shape, factor: int, sigma: float, density: float, seed: int = 0) -> np.ndarray:
+    """uint8 image whose ``> 127.5`` mask is smooth random blobs covering about ``density``."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    coarse_shape = tuple(-(-s // factor) + 1 for s in shape)
+    coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape).astype(np.float32), sigma, mode="wrap")
+    field = _upsample_linear(coarse, factor, shape)
+    sample = field.ravel()[:: max(1, field.size // (1 << 22))]
+    cut = float(np.quantile(sample, 1 - density))
+    scale = float(np.abs(sample - cut).max()) or 1.0
+    field -= cut
+    field *= 127.5 / scale
+    field += 127.5
+    np.clip(field, 0, 255, out=field)
+    return field.astype(np.uint8)
+
+
+def write_input(path: Path, shape, tile, params) -> None:
+    from patchworks import create_output
+
+    marker = path / "bench.json"
+    meta = {"shape": list(shape), "tile": list(tile), "params": list(params), "version": 1}
+    if marker.exists() and json.loads(marker.read_text()) == meta:
+        return  # reuse an input from an earlier run (--workdir)
+    vol = make_blobs(shape, *params)
+    arr = create_output(path, shape=shape, dtype=np.uint8, chunks=tile, overwrite=True)
+    arr[...] = vol
+    del vol, arr
+    marker.write_text(json.dumps(meta))
+
+
+# ---------------------------------------------------------------------------------------------
+# worker side (runs in a fresh subprocess: ``bench_labels.py --worker JSON``)
+
+
+def tree_rss(pid: int | None = None) -> int:
+    """Resident memory of a process and all its children, in bytes."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc] + proc.children(recursive=True)
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _emit(tag: str, payload=None) -> None:
+    sys.stdout.write(f"@@{tag} {json.dumps(payload)}\n")
+    sys.stdout.flush()
+
+
+class _FloorJob:
+    """What each floor task needs (shared once in the graph, like patchworks' StageJob)."""
+
+    def __init__(self, grid, source, out, fn):
+        self.grid, self.source, self.out, self.fn = grid, source, out, fn
+
+
+def _floor_tile(job: _FloorJob, i: int) -> None:
+    tile = job.grid.tile(i)
+    window = np.asarray(job.source[tile.window])
+    labels = job.fn(window)
+    job.out[tile.spatial_core] = labels[tile.spatial_crop]
+
+
+def run_floor(input_path, out_path, tile_shape) -> None:
+    """fn on every tile, raw output written: the same execution machinery, no merge."""
+    import dask
+
+    from patchworks import TileGrid, create_output, open_image, threshold
+
+    source = open_image(input_path)
+    grid = TileGrid(source.shape, tile_shape)
+    out = create_output(out_path, shape=grid.spatial_shape, dtype=np.uint32, chunks=grid.chunks, overwrite=True)
+    job = dask.delayed(_FloorJob(grid, source, out, threshold(THRESHOLD, connectivity=1)),
+                       name="floor-job", traverse=False)
+    task = dask.delayed(_floor_tile, pure=False)
+    dask.compute(*[task(job, i, dask_key_name=f"floor-{i}") for i in range(grid.n_tiles)], scheduler="threads")
+
+
+def run_e2e(input_path, out_path, tile_shape):
+    import patchworks
+
+    return patchworks.tile_process(input_path, patchworks.threshold(THRESHOLD), tile_shape=tile_shape,
+                                   write_to=out_path, overwrite=True, progress=False, return_count=True)[1]
+
+
+def _install_phase_timers(events: list) -> None:
+    """Time the pipeline's phases by wrapping what ``_labels`` calls (this process only)."""
+    import patchworks._labels as L
+
+    names = iter(["stage", "seams", "relabel"])  # run_tasks is called in this order
+    run_tasks, plan_relabel = L.run_tasks, L.plan_relabel
+
+    def timed_run_tasks(*a, **k):
+        name = next(names, "tasks")
+        t0 = time.perf_counter()
+        try:
+            return run_tasks(*a, **k)
+        finally:
+            events.append((name, t0, time.perf_counter()))
+
+    def timed_plan(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return plan_relabel(*a, **k)
+        finally:
+            events.append(("plan", t0, time.perf_counter()))
+
+    L.run_tasks, L.plan_relabel = timed_run_tasks, timed_plan
+
+
+def _install_op_timers(acc: dict) -> None:
+    """Sum the seconds spent per operation inside tasks (over all threads): read, fn, renumber, writes..."""
+    import zarr
+
+    import patchworks._io as io
+    import patchworks._merge as M
+    import patchworks._methods as methods
+    import patchworks._stage as S
+
+    lock = threading.Lock()
+
+    def add(name, dt):
+        with lock:
+            acc[name][0] += dt
+            acc[name][1] += 1
+
+    def wrap(owner, attr, name):
+        orig = getattr(owner, attr, None)
+        if orig is None:  # the library moved on: time what exists
+            return
+
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return orig(*a, **k)
+            finally:
+                add(name, time.perf_counter() - t0)
+
+        setattr(owner, attr, timed)
+
+    def store_name(arr):
+        try:
+            n = Path(str(arr.store_path.store.root)).name
+        except AttributeError:
+            return "?"
+        if n.startswith("planes"):
+            return "seam planes"
+        if "-input" in n:
+            return "input"
+        if "-labels" in n:
+            return "output (floor)" if n.endswith(".floor") else "output"
+        return n.replace(".zarr", "")
+
+    get, set_ = zarr.Array.__getitem__, zarr.Array.__setitem__
+
+    def timed_get(self, key):
+        t0 = time.perf_counter()
+        try:
+            return get(self, key)
+        finally:
+            add(f"zarr read {store_name(self)}", time.perf_counter() - t0)
+
+    def timed_set(self, key, value):
+        t0 = time.perf_counter()
+        try:
+            return set_(self, key, value)
+        finally:
+            add(f"zarr write {store_name(self)}", time.perf_counter() - t0)
+
+    zarr.Array.__getitem__, zarr.Array.__setitem__ = timed_get, timed_set
+    wrap(io.LazySource, "__getitem__", "read input window (LazySource, incl. zarr read)")
+    wrap(methods.Threshold, "__call__", "fn: threshold + cc3d")
+    wrap(S, "validate_labels", "stage: validate_labels")
+    wrap(S, "renumber_local", "stage: renumber_local")
+    wrap(S, "write_seam_planes", "stage: write_seam_planes (incl. zarr write)")
+    import patchworks._labels as L
+
+    wrap(L, "stage_tile", "stage: stage_tile total")
+    wrap(L, "touch_pairs_for_seam", "seams: touch_pairs_for_seam total")
+    wrap(L, "relabel_tile", "relabel: relabel_tile total")
+    wrap(M.TilePlan, "lookup", "relabel: TilePlan.lookup")
+    wrap(M.TilePlan, "apply", "relabel: TilePlan.apply")
+
+
+def worker_main(specs) -> None:
+    """Run one job (full mode) or several in a row (smoke mode), each framed by START/STOP/RESULT."""
+    for spec in specs if isinstance(specs, list) else [specs]:
+        _one_job(spec)
+
+
+def _one_job(spec: dict) -> None:
+    job = spec["job"]
+    # imports and opening happen before the timed section
+    import cc3d  # noqa: F401
+    import dask  # noqa: F401
+    import zarr
+
+    import patchworks  # noqa: F401
+
+    result: dict = {}
+    vol = labels = None
+    if job == "whole":
+        t_load = time.perf_counter()
+        vol = np.asarray(zarr.open_array(spec["input"], mode="r")[...])
+        result["load_seconds"] = time.perf_counter() - t_load
+    events: list = []
+    ops: dict = defaultdict(lambda: [0.0, 0])
+    if job in ("e2e", "phases"):
+        _install_phase_timers(events)
+    if job == "phases":
+        _install_op_timers(ops)
+    gc.collect()
+    _emit("START", {"rss": tree_rss()})
+    t0 = time.perf_counter()
+    if job == "floor":
+        run_floor(spec["input"], spec["out"], spec["tile"])
+    elif job in ("e2e", "phases"):
+        if job == "phases":  # floor first, same wrappers, for a like-for-like breakdown
+            run_floor(spec["input"], spec["out"] + ".floor", spec["tile"])
+            result["floor_ops"] = {k: list(v) for k, v in ops.items()}
+            ops.clear()
+            t0 = time.perf_counter()
+        result["n_objects"] = int(run_e2e(spec["input"], spec["out"], spec["tile"]))
+    elif job == "whole":
+        import cc3d
+
+        conn = 6 if vol.ndim == 3 else 4
+        labels, n = cc3d.connected_components(vol > THRESHOLD, connectivity=conn, return_N=True)
+        result["n_objects"] = int(n)
+    else:
+        raise SystemExit(f"unknown job {job!r}")
+    elapsed = time.perf_counter() - t0
+    _emit("STOP")
+    result["seconds"] = elapsed
+    if events:
+        result["phases"] = {name: b - a for name, a, b in events}
+        result["phases"]["other (open, create stores, cleanup)"] = elapsed - sum(result["phases"].values())
+    if ops:
+        result["ops"] = {k: list(v) for k, v in ops.items()}
+    if job == "whole":  # untimed for the ratio: what the I/O of a whole-image run would add
+        t_write = time.perf_counter()
+        patchworks.create_output(spec["out"] + ".whole", shape=labels.shape, dtype=labels.dtype,
+                                 chunks=spec["tile"], overwrite=True)[...] = labels
+        result["write_seconds"] = time.perf_counter() - t_write
+    if job == "whole" and spec.get("verify"):
+        from patchworks.testing import assert_labels_equivalent
+
+        tiled = np.asarray(zarr.open_array(spec["verify"], mode="r")[...])
+        try:
+            assert_labels_equivalent(labels, tiled)
+            result["equal"] = True
+        except AssertionError as exc:
+            result["equal"] = False
+            result["equal_error"] = str(exc)[:300]
+    _emit("RESULT", result)
+
+
+# ---------------------------------------------------------------------------------------------
+# parent side
+
+
+def run_jobs(specs: list[dict], *, interval: float = 0.02) -> list[dict]:
+    """Run jobs in one fresh subprocess and sample its process tree's RSS meanwhile.
+
+    Each job reports the peak above the RSS at its own START (the worker's
+    process tree), sampled by this process every ``interval`` seconds.
+    """
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(specs)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    samples: list = []
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            samples.append((time.monotonic(), tree_rss(proc.pid)))
+            done.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    windows, results = [], []
+    for line in proc.stdout:
+        if not line.startswith("@@"):
+            sys.stdout.write(line)
+            continue
+        tag, _, payload = line[2:].partition(" ")
+        payload = json.loads(payload)
+        if tag == "START":
+            windows.append([time.monotonic(), None, payload["rss"]])
+        elif tag == "STOP":
+            windows[-1][1] = time.monotonic()
+        elif tag == "RESULT":
+            results.append(payload)
+    rc = proc.wait()
+    done.set()
+    sampler.join()
+    if rc != 0 or len(results) != len(specs):
+        raise RuntimeError(f"worker for jobs {[s['job'] for s in specs]} failed (exit {rc})")
+    for result, (start, stop, base) in zip(results, windows):
+        inside = [r for t, r in samples if start <= t <= (stop if stop is not None else t)]
+        result["peak_mb"] = max(0, max(inside, default=base) - base) / 2 ** 20
+        result["base_mb"] = base / 2 ** 20
+    return results
+
+
+def run_job(spec: dict) -> dict:
+    return run_jobs([spec])[0]
+
+
+def _fmt_shape(shape) -> str:
+    return f"{shape[0]}^{len(shape)}" if len(set(shape)) == 1 else "x".join(map(str, shape))
+
+
+def _mark(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def print_table(rows: list[dict]) -> None:
+    cells = [HEADER]
+    for r in rows:
+        cells.append((r["name"], _fmt_shape(r["shape"]), _fmt_shape(r["tile"]), str(r["n_tiles"]),
+                      str(r["n_objects"]), f"{r['floor']:.2f}", f"{r['e2e']:.2f}", f"{100 * r['overhead']:+.1f} %",
+                      f"{r['whole']:.2f}", f"{r['ratio']:.2f}", f"{r['whole_io']:.2f}", f"{r['peak']:.0f}", f"{r['whole_peak']:.0f}",
+                      {True: "yes", False: "NO", None: "-"}[r["equal"]]))
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
+    line = "  ".join("-" * w for w in widths)
+    print(line)
+    for k, c in enumerate(cells):
+        print("  ".join(s.rjust(w) if i >= 3 else s.ljust(w) for i, (s, w) in enumerate(zip(c, widths))))
+        if k == 0:
+            print(line)
+    print(line)
+
+
+def print_targets(rows: list[dict]) -> None:
+    print("\ntargets")
+    out = []
+    for r in rows:
+        out.append((f"{r['name']} overhead (e2e - floor) / floor", f"{100 * r['overhead']:+.1f} %",
+                    f"<= {100 * OVERHEAD_TARGET:.0f} %", _mark(r["overhead"] <= OVERHEAD_TARGET)))
+        out.append((f"{r['name']} tiled / whole-image cc3d", f"{r['ratio']:.2f}",
+                    f"<= {TILED_WHOLE_TARGET:.1f}", _mark(r["ratio"] <= TILED_WHOLE_TARGET)))
+        out.append((f"{r['name']} peak RSS (e2e, above baseline)", f"{r['peak']:.0f} MB",
+                    f"flat in size", "(see growth)"))
+    by_dim = defaultdict(list)
+    for r in rows:
+        by_dim[len(r["shape"])].append(r)
+    for ndim, rs in sorted(by_dim.items()):
+        rs = sorted(rs, key=lambda r: np.prod(r["shape"]))
+        small, large = rs[0], rs[-1]
+        growth = large["peak"] / max(small["peak"], 1.0)
+        vol = np.prod(large["shape"]) / np.prod(small["shape"])
+        out.append((f"{ndim}-D peak {large['name']} / {small['name']} (volume x{vol:.0f})", f"{growth:.2f}x",
+                    f"<= {PEAK_GROWTH_TARGET}x", _mark(growth <= PEAK_GROWTH_TARGET)))
+    for r in rows:
+        if r["equal"] is not None:
+            out.append((f"{r['name']} tiled == whole-image labels (up to renaming)", "yes" if r["equal"] else "NO",
+                        "yes", _mark(r["equal"])))
+    w = [max(len(o[i]) for o in out) for i in range(4)]
+    for o in out:
+        print(f"  {o[0]:<{w[0]}}  {o[1]:>{w[1]}}  {o[2]:<{w[2]}}  {o[3]}")
+
+
+def print_notes() -> None:
+    print("\nnotes: whole s = cc3d on the image already in memory (the ratio's denominator); whole+io s = the same"
+          "\n       plus reading the zarr input and writing the labels with patchworks' codec (single-threaded, "
+          "\n       not part of any target); peak MB = max RSS of the worker's process tree above its RSS at start.")
+
+
+def print_phases(rows: list[dict]) -> None:
+    print("\nend-to-end breakdown (wall seconds per phase, best e2e run; threaded, 1 task per tile)")
+    for r in rows:
+        ph = r["phases"]
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in ph.items())
+        print(f"  {r['name']:<9} total {r['e2e']:.2f}: {parts}")
+    if not any(r.get("ops") for r in rows):
+        return
+    print("\nper-operation task-seconds (summed over worker threads; separate 'phases' run with wrappers)")
+    for r in rows:
+        if not r.get("ops"):
+            continue
+        print(f"  {r['name']}  [floor run: "
+              + ", ".join(f"{k} {v[0]:.2f}" for k, v in sorted(r["floor_ops"].items())) + "]")
+        for k, (sec, calls) in sorted(r["ops"].items(), key=lambda kv: kv[0]):
+            print(f"    {k:<52} {sec:8.2f} s  {calls:6d} calls")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat (CI)")
+    ap.add_argument("--repeats", type=int, default=None, help="best of N (default 2, 1 with --smoke)")
+    ap.add_argument("--cases", default=None, help="comma-separated case names to run")
+    ap.add_argument("--workdir", default=None, help="keep inputs/outputs here (reused across runs)")
+    ap.add_argument("--no-phases", action="store_true", help="skip the per-operation 'phases' run")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker_main(json.loads(args.worker))
+        return 0
+
+    cases = SMOKE_CASES if args.smoke else FULL_CASES
+    if args.cases:
+        keep = set(args.cases.split(","))
+        cases = [c for c in cases if c[0] in keep]
+    repeats = args.repeats or (1 if args.smoke else 2)
+    do_phases = not (args.no_phases or args.smoke)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-labels-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    import patchworks
+
+    print(f"patchworks {patchworks.__version__} from {Path(patchworks.__file__).parent}")
+    print(f"patchworks labelling benchmark ({'smoke' if args.smoke else 'full'}): {os.cpu_count()} cores, "
+          f"best of {repeats}, threshold {THRESHOLD}, connectivity 1, data in {workdir}", flush=True)
+    rows = []
+    try:
+        for name, shape, tile, params in cases:
+            inp, out = workdir / f"{name}-input.zarr", workdir / f"{name}-labels.zarr"
+            t0 = time.perf_counter()
+            write_input(inp, shape, tile, params)
+            print(f"[{name}] input {_fmt_shape(shape)} ready ({time.perf_counter() - t0:.1f} s, not timed)",
+                  flush=True)
+            spec = {"input": str(inp), "out": str(out), "tile": list(tile)}
+            specs = []
+            for _ in range(repeats):  # interleaved so that drift hits both alike
+                specs += [{**spec, "job": "floor", "out": str(out) + ".floor"}, {**spec, "job": "e2e"}]
+            specs += [{**spec, "job": "whole", "verify": str(out) if k == 0 else None} for k in range(repeats)]
+            if args.smoke:  # one subprocess per case: start-up costs more than the jobs
+                results = run_jobs(specs)
+            else:  # one fresh subprocess per job: no peak carries over
+                results = [run_job(s) for s in specs]
+            floor = [r for s, r in zip(specs, results) if s["job"] == "floor"]
+            e2e = [r for s, r in zip(specs, results) if s["job"] == "e2e"]
+            whole = [r for s, r in zip(specs, results) if s["job"] == "whole"]
+            best_e2e = min(e2e, key=lambda r: r["seconds"])
+            row = dict(
+                name=name, shape=shape, tile=tile,
+                n_tiles=int(np.prod([-(-s // t) for s, t in zip(shape, tile)])),
+                n_objects=best_e2e["n_objects"],
+                floor=min(r["seconds"] for r in floor), e2e=best_e2e["seconds"],
+                whole=min(r["seconds"] for r in whole),
+                whole_io=min(r["load_seconds"] + r["seconds"] + r["write_seconds"] for r in whole),
+                peak=max(r["peak_mb"] for r in e2e), floor_peak=max(r["peak_mb"] for r in floor),
+                whole_peak=max(r["peak_mb"] for r in whole),
+                equal=whole[0].get("equal"), phases=best_e2e["phases"],
+            )
+            if whole[0].get("n_objects") != row["n_objects"]:
+                row["equal"] = False
+            if row["equal"] is False:
+                print(f"[{name}] MISMATCH: {whole[0].get('equal_error', 'object counts differ')}", flush=True)
+            row["overhead"] = (row["e2e"] - row["floor"]) / row["floor"]
+            row["ratio"] = row["e2e"] / row["whole"]
+            if do_phases:
+                ph = run_job({**spec, "job": "phases", "out": str(out) + ".phases"})
+                row["ops"], row["floor_ops"] = ph["ops"], ph["floor_ops"]
+            print(f"[{name}] floor {row['floor']:.2f} s, e2e {row['e2e']:.2f} s, whole {row['whole']:.2f} s, "
+                  f"peak {row['peak']:.0f} MB", flush=True)
+            rows.append(row)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print()
+    print_table(rows)
+    print_notes()
+    print_targets(rows)
+    print_phases(rows)
+    correct = all(r["equal"] is not False for r in rows)
+    missed = any(r["overhead"] > OVERHEAD_TARGET or r["ratio"] > TILED_WHOLE_TARGET for r in rows)
+    if not correct:
+        return 1
+    return 1 if (args.strict and missed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

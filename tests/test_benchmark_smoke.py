@@ -1,0 +1,27 @@
+"""The labelling benchmark's smoke mode runs end to end (tiny sizes, a few seconds)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_labels.py"
+
+
+def test_bench_labels_smoke():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH.parent.parent), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, str(BENCH), "--smoke"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    header = [line.split() for line in out.splitlines() if line.startswith("case ")]
+    assert header, out
+    for column in ("floor", "e2e", "overhead", "tiled/whole", "peak", "equal"):
+        assert column in header[0], header[0]
+    assert "targets" in out and "end-to-end breakdown" in out
+    # every case was checked against whole-image labelling and agreed
+    assert out.count("tiled == whole-image labels") == 4, out
+    assert "MISMATCH" not in out
