@@ -83,17 +83,34 @@ class _Output:
         self.zarr_format = zarr_format
         self.scratch = Path(tempfile.mkdtemp(prefix=".patchworks-scratch-", dir=self.root))
 
+        self.created = False
+
     def create(self, *, shape, dtype, chunks, attributes=None):
-        return create_output(self.path, shape=shape, dtype=dtype, chunks=chunks, component=self.component,
-                             zarr_format=self.zarr_format, overwrite=self.overwrite, attributes=attributes)
+        array = create_output(self.path, shape=shape, dtype=dtype, chunks=chunks, component=self.component,
+                              zarr_format=self.zarr_format, overwrite=self.overwrite, attributes=attributes)
+        self.created = True
+        return array
 
     def discard_scratch(self):
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     def discard_all(self):
+        """After a failure: remove what this run wrote, so no half-written output is left."""
         self.discard_scratch()
         if self.temporary:
             shutil.rmtree(self.root, ignore_errors=True)
+        elif self.created:
+            shutil.rmtree(self.path / self.component if self.component else self.path, ignore_errors=True)
+
+
+def _seam_task(args, axis, row):
+    staging, grid, offsets, connectivity = args
+    return touch_pairs_for_seam(staging, grid, axis, row, offsets, connectivity)
+
+
+def _relabel_task(args, linear_index, plan):
+    staging, output, grid = args
+    return relabel_tile(staging, output, grid, linear_index, plan)
 
 
 def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, out: _Output, connectivity: int,
@@ -118,8 +135,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, out: _Output, co
         offsets = np.zeros(grid.n_tiles, dtype=np.uint64)
         np.cumsum(counts[:-1], out=offsets[1:])
         seam_args = shared((stage_store, grid, offsets, connectivity), f"patchworks-seam-args-{token}")
-        seam = dask.delayed(lambda args, a, r: touch_pairs_for_seam(args[0], args[1], a, r, args[2], args[3]),
-                            pure=False)
+        seam = dask.delayed(_seam_task, pure=False)
         seam_tasks = [seam(seam_args, a, r, dask_key_name=f"patchworks-seam-{token}-{a}-{r}")
                       for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)]
         pairs = run_tasks(seam_tasks, client=client, progress=False)
@@ -134,7 +150,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, out: _Output, co
         output = out.create(shape=spatial_shape, dtype=plan.dtype, chunks=chunks,
                             attributes={"patchworks": {"complete": False}})
         relabel_args = shared((stage_store, output, grid), f"patchworks-relabel-args-{token}")
-        relabel = dask.delayed(lambda args, i, p: relabel_tile(args[0], args[1], args[2], i, p), pure=False)
+        relabel = dask.delayed(_relabel_task, pure=False)
         prefix = f"patchworks-relabel-{token}"
         tasks = [relabel(relabel_args, i, plan.tiles[i], dask_key_name=f"{prefix}-{i}")
                  for i in range(grid.n_tiles) if plan.tiles[i].n_labels]
@@ -185,7 +201,8 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write
         (scikit-image convention). Must match what ``fn`` labels with.
     write_to : path, optional
         zarr store to write (v3 unless ``zarr_format=2``), chunks aligned
-        with the tile cores. Default: a temporary store.
+        with the tile cores. Default: a store in a new temporary directory,
+        which backs the returned lazy array (removed with ``compute=True``).
     sequential_labels : bool, default False
         Number objects ``1..n``; otherwise ids are unique but may have gaps.
         Costs no extra pass.

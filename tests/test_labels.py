@@ -317,3 +317,16 @@ def test_label_count_beyond_uint32_promotes_to_uint64_without_wrapping():
     seq = merge_tile_labels(labeled, label_counts=[[2**32 - 1], [2]], compute=True, sequential_labels=True)
     assert seq.dtype == np.uint64  # 2**32 + 1 objects still need 64 bits
     assert len(np.unique(seq)) == 5
+
+
+def test_failure_while_relabelling_removes_the_partial_output(tmp_path, monkeypatch):
+    import patchworks._labels as labels_module
+
+    def broken(args, linear_index, plan):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(labels_module, "_relabel_task", broken)
+    image = random_blobs((16, 16), seed=17)
+    with pytest.raises(OSError, match="disk full"):
+        tile_process(image, threshold(0.5), tile_shape=8, write_to=tmp_path / "out.zarr")
+    assert list(tmp_path.iterdir()) == []
