@@ -8,19 +8,18 @@ rewrite every tile in one more task per tile into a new zarr array.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
-from pathlib import Path
 
 import dask
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
 
 from ._grid import TileGrid
-from ._io import LazySource, create_output, open_image, same_location
+from ._io import LazySource, open_image
 from ._merge import plan_relabel, relabel_tile, touch_pairs_for_seam
-from ._methods import Threshold
+from ._methods import Threshold, otsu_threshold, sample_values
 from ._run import active_client, new_token, run_tasks, shared
+from ._rundir import RunDir
 from ._stage import StageJob, stage_tile
 from ._staging import TileStaging
 
@@ -56,53 +55,6 @@ def _align_fn_connectivity(fn, connectivity: int):
     return fn
 
 
-class _Output:
-    """Where the result goes: the user's ``write_to`` or a fresh temporary store."""
-
-    def __init__(self, write_to, component, *, overwrite, zarr_format, scratch_dir, inputs=()):
-        self.temporary = write_to is None
-        for item in inputs:
-            if not self.temporary and same_location(write_to, item):
-                raise ValueError(f"write_to={str(write_to)!r} is the input; patchworks never writes to its "
-                                 f"input: choose another output path")
-        if self.temporary:
-            self.root = Path(tempfile.mkdtemp(prefix="patchworks-", dir=scratch_dir))
-            self.path = self.root / "labels.zarr"
-        else:
-            self.path = Path(write_to)
-            target = self.path / component if component else self.path
-            if target.exists() and not overwrite:
-                raise FileExistsError(
-                    f"write_to={str(target)!r} already exists; pass overwrite=True to replace it, "
-                    f"or choose another path")
-            parent = Path(scratch_dir) if scratch_dir else self.path.absolute().parent
-            parent.mkdir(parents=True, exist_ok=True)
-            self.root = parent
-        self.component = component
-        self.overwrite = overwrite
-        self.zarr_format = zarr_format
-        self.scratch = Path(tempfile.mkdtemp(prefix=".patchworks-scratch-", dir=self.root))
-
-        self.created = False
-
-    def create(self, *, shape, dtype, chunks, attributes=None):
-        array = create_output(self.path, shape=shape, dtype=dtype, chunks=chunks, component=self.component,
-                              zarr_format=self.zarr_format, overwrite=self.overwrite, attributes=attributes)
-        self.created = True
-        return array
-
-    def discard_scratch(self):
-        shutil.rmtree(self.scratch, ignore_errors=True)
-
-    def discard_all(self):
-        """After a failure: remove what this run wrote, so no half-written output is left."""
-        self.discard_scratch()
-        if self.temporary:
-            shutil.rmtree(self.root, ignore_errors=True)
-        elif self.created:
-            shutil.rmtree(self.path / self.component if self.component else self.path, ignore_errors=True)
-
-
 def _seam_task(args, axis, row):
     staging, grid, offsets, connectivity = args
     return touch_pairs_for_seam(staging, grid, axis, row, offsets, connectivity)
@@ -113,28 +65,66 @@ def _relabel_task(args, linear_index, plan):
     return relabel_tile(staging, output, grid, linear_index, plan)
 
 
-def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, out: _Output, connectivity: int,
-                    sequential: bool, label_counts, client, progress, compute: bool, return_count: bool):
+def _fn_token(fn) -> str:
+    """A token for the tile function that changes when its code or captured values change."""
+    code = getattr(fn, "__code__", None)
+    try:
+        if code is not None:
+            cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())]
+            return tokenize(getattr(fn, "__module__", None), getattr(fn, "__qualname__", None),
+                            code.co_code, repr(code.co_consts), cells, ensure_deterministic=True)
+        return tokenize(fn, ensure_deterministic=True)
+    except Exception:  # not deterministically tokenizable: fall back to its pickled bytes
+        try:
+            import cloudpickle
+            return tokenize(cloudpickle.dumps(fn))
+        except Exception:
+            return f"unpicklable-{type(fn).__qualname__}"
+
+
+def _source_token(source) -> str:
+    if isinstance(source, LazySource):
+        return tokenize(source.description, source.shape, str(source.dtype))
+    if isinstance(source, da.Array):
+        return source.name
+    return tokenize(source)  # numpy: hashes the data
+
+
+def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, connectivity: int,
+                    sequential: bool, label_counts, client, progress, compute: bool, return_count: bool,
+                    empty_threshold=None):
+    if run.finished:  # same run already complete: a no-op
+        output = run.open_existing()
+        return _result(output, run, compute, return_count, output.attrs["patchworks"].get("n_objects"))
     token = new_token()
     spatial_shape, chunks = grid.spatial_shape, grid.chunks
     try:
-        stage_store = TileStaging(grid, out.scratch / "tiles")
-        # 1. stage: fn once per tile, local ids + seam planes kept, counts back
-        job = shared(StageJob(grid=grid, staging=stage_store, fn=job_fn, source=source,
-                              label_counts=label_counts, compact=sequential), f"patchworks-job-{token}")
+        staging = TileStaging(grid, run.scratch / "tiles")
+        # 1. stage: fn once per tile, local ids + seam planes kept, counts back; a resumed run
+        #    skips the tiles it already staged
+        counts = np.zeros(grid.n_tiles, dtype=np.int64)
+        done = staging.staged_counts()
+        for i, n in done.items():
+            counts[i] = n
+        todo = [i for i in range(grid.n_tiles) if i not in done]
+        if done:
+            logger.info("patchworks: resuming %s: %d of %d tiles already staged", run.target, len(done),
+                        grid.n_tiles)
+        job = shared(StageJob(grid=grid, staging=staging, fn=job_fn, source=source, label_counts=label_counts,
+                              compact=sequential, empty_threshold=empty_threshold), f"patchworks-job-{token}")
         stage = dask.delayed(stage_tile, pure=False)
         prefix = f"patchworks-stage-{token}"
         tasks = [stage(job, i, None if windows is None else windows(grid.tile(i)), dask_key_name=f"{prefix}-{i}")
-                 for i in range(grid.n_tiles)]
+                 for i in todo]
         results = run_tasks(tasks, client=client, progress=progress, desc="staging tiles", prefix=prefix)
-        counts = np.zeros(grid.n_tiles, dtype=np.int64)
         for r in results:
             counts[r.linear_index] = r.n_labels
+        n_skipped = sum(r.skipped for r in results)
 
         # 2. seams: pairs of global ids that touch, one task per seam plane of the grid
         offsets = np.zeros(grid.n_tiles, dtype=np.uint64)
         np.cumsum(counts[:-1], out=offsets[1:])
-        seam_args = shared((stage_store, grid, offsets, connectivity), f"patchworks-seam-args-{token}")
+        seam_args = shared((staging, grid, offsets, connectivity), f"patchworks-seam-args-{token}")
         seam = dask.delayed(_seam_task, pure=False)
         seam_tasks = [seam(seam_args, a, r, dask_key_name=f"patchworks-seam-{token}-{a}-{r}")
                       for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)]
@@ -143,37 +133,41 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, out: _Output, co
 
         # 3. plan on the driver: union-find over boundary labels only
         plan = plan_relabel(counts, pairs, sequential=sequential)
-        logger.info("patchworks: %d tiles, %d labels, %d seam pairs, %d boundary labels -> %d objects",
-                    grid.n_tiles, int(counts.sum()), len(pairs), plan.n_boundary_labels, plan.n_objects)
+        logger.info("patchworks: %d tiles (%d skipped as empty), %d labels, %d seam pairs, %d boundary labels "
+                    "-> %d objects", grid.n_tiles, n_skipped, int(counts.sum()), len(pairs),
+                    plan.n_boundary_labels, plan.n_objects)
 
-        # 4. relabel: each task builds its own small look-up table
-        output = out.create(shape=spatial_shape, dtype=plan.dtype, chunks=chunks,
-                            attributes={"patchworks": {"complete": False}})
-        relabel_args = shared((stage_store, output, grid), f"patchworks-relabel-args-{token}")
+        # 4. relabel: each task builds its own small look-up table; idempotent, so a
+        #    resumed or retried run simply writes the same chunks again
+        output = run.create(shape=spatial_shape, dtype=plan.dtype, chunks=chunks)
+        relabel_args = shared((staging, output, grid), f"patchworks-relabel-args-{token}")
         relabel = dask.delayed(_relabel_task, pure=False)
         prefix = f"patchworks-relabel-{token}"
         tasks = [relabel(relabel_args, i, plan.tiles[i], dask_key_name=f"{prefix}-{i}")
                  for i in range(grid.n_tiles) if plan.tiles[i].n_labels]
         run_tasks(tasks, client=client, progress=progress, desc="relabelling tiles", prefix=prefix)
-        # completion is recorded last
-        output.attrs["patchworks"] = {"complete": True, "n_objects": plan.n_objects,
-                                      "sequential_labels": bool(sequential), "connectivity": connectivity,
-                                      "tile_shape": list(grid.tile_shape), "overlap": list(grid.overlap)}
+        run.mark_complete(output, {"n_objects": plan.n_objects, "sequential_labels": bool(sequential),
+                                   "connectivity": connectivity, "tile_shape": list(grid.tile_shape),
+                                   "overlap": list(grid.overlap), "n_skipped": int(n_skipped)})
     except BaseException:
-        out.discard_all()
+        run.fail()
         raise
-    out.discard_scratch()
+    run.finish()
+    return _result(output, run, compute, return_count, plan.n_objects)
 
+
+def _result(output, run: RunDir, compute: bool, return_count: bool, n_objects):
     if compute:
         result = np.asarray(output[...])
-        out.discard_all()
+        run.discard_temporary()
     else:
         result = da.from_zarr(output)
-    return (result, plan.n_objects) if return_count else result
+    return (result, n_objects) if return_count else result
 
 
 def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write_to=None,
                  sequential_labels=False, compute=False, progress=None, client=None, overwrite=False,
+                 resume=True, skip_empty=False, empty_threshold=None,
                  component=None, level=0, channel=None, channel_axis=None, axes=None,
                  output_component=None, zarr_format=3, scratch_dir=None, return_count=False):
     """Run ``fn`` on every tile of ``image`` and merge the labels into one consistent array.
@@ -214,7 +208,21 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write
         Cluster to run on; default the active client, else threads.
         ``False`` runs on threads even when a client is active.
     overwrite : bool, default False
-        Replace ``write_to`` if it exists.
+        Replace ``write_to`` if it exists (and discard any unfinished run).
+    resume : bool, default True
+        Re-running an interrupted call with the same arguments skips every
+        tile it already staged (``fn`` is not called again for them); a
+        finished run re-run is a no-op. A different call on the same
+        ``write_to`` is refused instead of mixing two runs. ``False`` starts
+        over. Runs without ``write_to`` never resume.
+    skip_empty : bool, default False
+        Skip tiles whose whole window (halo included) is at or below
+        ``empty_threshold``: ``fn`` is not called, nothing is written and the
+        merge ignores them. Exact, since the window the tile reads decides.
+    empty_threshold : float, optional
+        Background level for ``skip_empty``; default Otsu's threshold of a
+        sample of the whole image (never a silent 0). See
+        :func:`patchworks.estimate_empty_tiles`.
     component, level, channel :
         Which array of a zarr group / OME-Zarr / HDF5 file to read.
     channel_axis, axes :
@@ -224,8 +232,10 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write
     zarr_format : {3, 2}
         Output zarr format.
     scratch_dir : path, optional
-        Where the run's scratch (staged tiles) lives; default next to
-        ``write_to``, else the system temp dir. Removed at the end.
+        Where the run's scratch (staged tiles, one lz4 file per tile) lives;
+        default next to ``write_to`` (a hidden ``.patchworks-*`` directory),
+        else the system temp dir. Removed when the run completes, kept after
+        a failure so that the run can resume.
     return_count : bool, default False
         Also return the number of objects.
 
@@ -259,8 +269,19 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write
             f"fn={fn.method} labels a single-channel image but this one has non-spatial axes "
             f"{[i for i in range(len(grid.shape)) if i not in grid.spatial_axes]}; choose one with channel=N "
             f"(OME-Zarr / OME-TIFF) or pass a function that handles channels")
-    out = _Output(write_to, output_component, overwrite=overwrite, zarr_format=zarr_format,
-                  scratch_dir=scratch_dir, inputs=(image,))
+    if skip_empty and empty_threshold is None:
+        empty_threshold = otsu_threshold(sample_values(source))
+        logger.info("patchworks: skip_empty threshold (Otsu of a sample) = %g", empty_threshold)
+    elif not skip_empty:
+        empty_threshold = None
+    describe = {"image": _describe_source(image, source), "tile_shape": grid.tile_shape, "overlap": grid.overlap,
+                "fn": getattr(fn, "__qualname__", type(fn).__qualname__), "connectivity": connectivity,
+                "sequential_labels": bool(sequential_labels), "empty_threshold": empty_threshold}
+    fingerprint = tokenize("tile_process", _source_token(source), grid.shape, grid.spatial_axes, grid.tile_shape,
+                           grid.overlap, _fn_token(fn), connectivity, bool(sequential_labels), empty_threshold,
+                           zarr_format)
+    run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
+                 resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(image,))
 
     windows = None
     if isinstance(source, np.ndarray) and active_client(client) is not None:
@@ -272,15 +293,24 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write
         dsource = source
         windows = lambda tile: dsource[tile.window]  # noqa: E731
         source = None
-    return _label_pipeline(grid=grid, job_fn=fn, source=source, windows=windows, out=out,
+    return _label_pipeline(grid=grid, job_fn=fn, source=source, windows=windows, run=run,
                            connectivity=connectivity, sequential=sequential_labels, label_counts=None,
-                           client=client, progress=progress, compute=compute, return_count=return_count)
+                           client=client, progress=progress, compute=compute, return_count=return_count,
+                           empty_threshold=empty_threshold)
+
+
+def _describe_source(image, source) -> str:
+    if isinstance(source, LazySource):
+        return source.description
+    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        return str(image)
+    return f"{type(source).__name__} {tuple(source.shape)} {source.dtype}"
 
 
 def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_component=None, overlap=0,
                       connectivity=1, sequential_labels=False, label_counts=None, return_count=False,
-                      progress=False, client=None, overwrite=False, compute=False, zarr_format=3,
-                      scratch_dir=None):
+                      progress=False, client=None, overwrite=False, resume=True, compute=False,
+                      zarr_format=3, scratch_dir=None):
     """Merge per-tile labels that someone else computed into globally consistent labels.
 
     Each block of ``labeled`` (dask chunks, or the chunks of a zarr array)
@@ -312,7 +342,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         block (saves the renumbering).
     return_count : bool, default False
         Also return the number of objects.
-    progress, client, overwrite, compute, zarr_format, scratch_dir :
+    progress, client, overwrite, resume, compute, zarr_format, scratch_dir :
         As for :func:`tile_process`.
 
     Examples
@@ -327,7 +357,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         raise TypeError("labeled is a numpy array, which has no tiles; wrap it as "
                         "dask.array.from_array(labels, chunks=tile_shape) or pass a zarr array")
     source = open_image(labeled, component=input_component, name="labeled")
-    windows = None
+    windows = blocks = None
     if isinstance(source, da.Array):
         # map_overlap(..., trim=False) keeps the core sizes in .chunks while each
         # block really holds core + halo: the chunks are the cores, the blocks the windows
@@ -347,9 +377,15 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         if label_counts is None:
             raise ValueError(f"label_counts must hold one count per tile ({grid.n_tiles} for the grid "
                              f"{grid.grid_shape})")
-    out = _Output(write_to, output_component, overwrite=overwrite, zarr_format=zarr_format,
-                  scratch_dir=scratch_dir, inputs=(labeled,))
-    return _label_pipeline(grid=grid, job_fn=None, source=source, windows=windows, out=out,
+    describe = {"labeled": _describe_source(labeled, source if source is not None else blocks),
+                "tiles": grid.grid_shape, "overlap": grid.overlap, "connectivity": connectivity,
+                "sequential_labels": bool(sequential_labels)}
+    fingerprint = tokenize("merge_tile_labels", _source_token(source if source is not None else blocks),
+                           [b.tolist() for b in grid.boundaries], grid.overlap, connectivity, bool(sequential_labels),
+                           None if label_counts is None else label_counts.tolist(), zarr_format)
+    run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
+                 resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(labeled,))
+    return _label_pipeline(grid=grid, job_fn=None, source=source, windows=windows, run=run,
                            connectivity=connectivity, sequential=sequential_labels, label_counts=label_counts,
                            client=client, progress=progress, compute=compute, return_count=return_count)
 

@@ -76,12 +76,16 @@ def threshold(value: float, *, connectivity: int | None = None) -> Threshold:
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a sample of intensities (same rule as scikit-image).
+    """Otsu's threshold of a sample of intensities.
+
+    The rule of scikit-image, except for ties: when a range of cuts separates
+    the classes equally well (an empty gap in the histogram) the middle of the
+    gap is returned rather than its lowest end.
 
     Examples
     --------
     >>> otsu_threshold(np.r_[np.full(50, 10), np.full(50, 20)])
-    10.0
+    14.5
     """
     values = np.asarray(values).ravel()
     values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
@@ -103,7 +107,12 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     m1 = np.cumsum(hist * centers) / w1
     m2 = (np.cumsum((hist * centers)[::-1]) / w2[::-1])[::-1]
     between = w1[:-1] * w2[1:] * (m1[:-1] - m2[1:]) ** 2
-    return float(centers[:-1][np.argmax(between)])
+    # Every cut inside an empty stretch of the histogram splits the classes the
+    # same way; take the middle of that plateau, not its lowest end (which sits
+    # on the tail of the lower class and lets its noise through).
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    run_end = best[0] + np.argmax(np.diff(np.r_[best, best[-1] + 2]) != 1)
+    return float((centers[best[0]] + centers[run_end]) / 2)
 
 
 def sample_values(image, *, n_voxels: int = 1 << 22, n_blocks: int = 64, seed: int = 0) -> np.ndarray:

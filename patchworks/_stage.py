@@ -25,6 +25,7 @@ class TileResult:
 
     linear_index: int
     n_labels: int
+    skipped: bool = False        # skip_empty: the whole window was at or below the threshold
 
 
 @dataclass
@@ -37,6 +38,7 @@ class StageJob:
     source: Any = None           # numpy array or LazySource; None when windows arrive as task inputs
     label_counts: Any = None     # per-tile counts the caller vouches for (labels already 1..n)
     compact: bool = True         # number 1..n without gaps (sequential output needs it)
+    empty_threshold: float | None = None  # skip fn when the whole window is <= this
 
 
 def _window_text(tile: Tile) -> str:
@@ -109,6 +111,9 @@ def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
     tile = grid.tile(linear_index)
     if window is None:
         window = np.asarray(job.source[tile.window])
+    if job.empty_threshold is not None and (window.size == 0 or window.max() <= job.empty_threshold):
+        job.staging.put(tile, None, None, 0)  # exact: the window it would have seen is all background
+        return TileResult(linear_index=tile.linear_index, n_labels=0, skipped=True)
     if job.fn is None:
         labels = validate_labels(window, tile, tile.window_shape, what="the input")
     else:
@@ -126,6 +131,5 @@ def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
         ids, lut = core.astype(np.uint32, copy=False), None
     else:
         ids, lut, n = local_ids(core, job.compact)
-    if n:  # an empty tile stages nothing: it reads back as 0
-        job.staging.put(tile, ids, lut)
+    job.staging.put(tile, ids, lut, n)
     return TileResult(linear_index=tile.linear_index, n_labels=n)

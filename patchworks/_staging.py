@@ -1,14 +1,17 @@
 """Where staged tiles wait between the tile tasks and the relabel tasks.
 
 One file per tile in the run's scratch directory, ``tile-<i>.bin``, written
-atomically (our own format, which skips zarr's machinery):
+atomically (our own format, which skips zarr's machinery), also for an empty
+or skipped tile, so that the file's presence means "this tile is staged" and
+an interrupted run can resume:
 
-1. the tile's seam planes, raw uint32 in local ids, one tiled axis after the
-   other (first and last core plane along that axis; their shapes follow from
-   the grid). They are captured while the tile is in memory, and the seam
-   scan reads only this head of the file, never the volume;
-2. a header of three uint64: the lengths of the two blobs below and the size
-   of the look-up table;
+1. a header of four uint64: the tile's label count ``n``, the lengths of the
+   two blobs below and the size of the look-up table;
+2. when ``n > 0``, the tile's seam planes, raw uint32 in local ids, one tiled
+   axis after the other (first and last core plane along that axis; their
+   shapes follow from the grid). They are captured while the tile is in
+   memory, and the seam scan reads only the head of the file, never the
+   volume;
 3. the core ids, Blosc-lz4 compressed, and the tile's local look-up table
    when the ids are not yet ``1..n``; the relabel task composes that table
    with the final one and rewrites the tile in a single pass.
@@ -62,8 +65,11 @@ class TileStaging:
                 shapes[a] = tuple(shape)
         return shapes
 
-    def put(self, tile: Tile, ids: np.ndarray, lut: np.ndarray | None) -> None:
-        """Stage a tile's core ``ids``; ``lut[ids]`` are its local ids (``ids`` are when ``lut`` is None)."""
+    def put(self, tile: Tile, ids: np.ndarray | None, lut: np.ndarray | None, n: int) -> None:
+        """Stage a tile: ``n`` labels in its core ``ids``, ``lut[ids]`` local (``ids`` are when ``lut`` is None)."""
+        if n == 0:
+            _atomic_write(self._path(tile.linear_index), np.zeros(4, np.uint64).tobytes())
+            return
         ids = np.ascontiguousarray(ids, dtype=np.uint32)
         planes = []
         for a in self._plane_shapes(tile):
@@ -71,24 +77,36 @@ class TileStaging:
             planes.append((both if lut is None else lut[both]).ravel())
         body = _CODEC.encode(ids)
         extra = b"" if lut is None else _CODEC.encode(np.ascontiguousarray(lut, dtype=np.uint32))
-        header = np.array([len(body), len(extra), 0 if lut is None else lut.size], dtype=np.uint64)
+        header = np.array([n, len(body), len(extra), 0 if lut is None else lut.size], dtype=np.uint64)
         plane_bytes = np.concatenate(planes).astype(np.uint32).tobytes() if planes else b""
-        _atomic_write(self._path(tile.linear_index), b"".join([plane_bytes, header.tobytes(), body, extra]))
+        _atomic_write(self._path(tile.linear_index), b"".join([header.tobytes(), plane_bytes, body, extra]))
+
+    def staged_counts(self) -> dict[int, int]:
+        """``{tile: n_labels}`` of every tile already staged (what a resumed run skips)."""
+        counts = {}
+        for path in self.root.glob("tile-*.bin"):
+            with open(path, "rb") as f:
+                counts[int(path.stem[5:])] = int(np.frombuffer(f.read(8), dtype=np.uint64)[0])
+        return counts
 
     def take(self, tile: Tile):
         """``(ids, lut)`` of a staged tile."""
         n_plane_bytes = 4 * sum(int(np.prod(s)) for s in self._plane_shapes(tile).values())
         with open(self._path(tile.linear_index), "rb") as f:
-            f.seek(n_plane_bytes)
-            body_len, extra_len, lut_size = (int(v) for v in np.frombuffer(f.read(24), dtype=np.uint64))
+            _, body_len, extra_len, lut_size = (int(v) for v in np.frombuffer(f.read(32), dtype=np.uint64))
+            f.seek(32 + n_plane_bytes)
             body, extra = f.read(body_len), f.read(extra_len)
         ids = np.frombuffer(_CODEC.decode(body), dtype=np.uint32).reshape(tile.core_shape)
         lut = np.frombuffer(_CODEC.decode(extra), dtype=np.uint32)[:lut_size] if extra_len else None
         return ids, lut
 
-    def _read_planes(self, tile: Tile, path: Path) -> dict[int, np.ndarray]:
+    def _read_planes(self, tile: Tile, path: Path) -> dict[int, np.ndarray] | None:
         shapes = self._plane_shapes(tile)
-        flat = np.fromfile(path, dtype=np.uint32, count=sum(int(np.prod(s)) for s in shapes.values()))
+        with open(path, "rb") as f:
+            head = f.read(32)
+            if len(head) < 32 or int(np.frombuffer(head[:8], dtype=np.uint64)[0]) == 0:
+                return None  # an empty or skipped tile has no planes
+            flat = np.fromfile(f, dtype=np.uint32, count=sum(int(np.prod(s)) for s in shapes.values()))
         out, start = {}, 0
         for a, shape in shapes.items():
             size = int(np.prod(shape))
@@ -118,9 +136,10 @@ class TileStaging:
         for index in itertools.product(*ranges):
             tile = grid.tile(index)
             path = self._path(tile.linear_index)
-            if not path.exists():
-                continue  # an empty tile stages nothing
-            piece = self._read_planes(tile, path)[axis].take([which], axis=axis).squeeze(axis)
+            planes = self._read_planes(tile, path) if path.exists() else None
+            if planes is None:
+                continue  # empty tile
+            piece = planes[axis].take([which], axis=axis).squeeze(axis)
             dst = [tile.spatial_core[k] for k in in_plane]
             if in_plane:
                 core = dst[0]

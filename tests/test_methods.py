@@ -51,7 +51,8 @@ def test_otsu_is_estimated_once_for_the_whole_image_so_tiles_agree(tmp_path):
     zarr.create_array(store=src, data=image, chunks=(16, 16))
     fn = otsu(str(src))
     assert fn.method == "otsu"
-    assert fn.value == pytest.approx(threshold_otsu(image), rel=0.05)
+    # same split of the voxels as scikit-image (the value itself sits mid-gap, not at its lower end)
+    assert np.array_equal(image > fn.value, image > threshold_otsu(image))
     out = tile_process(str(src), fn, tile_shape=16, compute=True)
     assert_labels_equivalent(out, ndimage.label(image > fn.value)[0])
 
