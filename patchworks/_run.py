@@ -7,9 +7,12 @@ so a cluster ships them once per worker instead of once per task.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import dask
 from dask.callbacks import Callback
@@ -51,16 +54,37 @@ def _want_progress(progress) -> bool:
     return bool(progress)
 
 
-class _TileProgress(Callback):
-    """Advance a tqdm bar when a task whose key starts with ``prefix`` finishes (threaded scheduler)."""
+class _Bar:
+    """A tqdm bar counting tiles done and tiles skipped (its ETA comes with tqdm)."""
 
-    def __init__(self, bar, prefix: str):
+    def __init__(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+        self._tqdm = tqdm(total=total, desc=desc, unit="tile", dynamic_ncols=True)
+        self.skipped = 0
+
+    def done(self, result) -> None:
+        if getattr(result, "skipped", False):
+            self.skipped += 1
+            self._tqdm.set_postfix(skipped=self.skipped, refresh=False)
+        self._tqdm.update(1)
+
+    def note(self, text: str) -> None:
+        self._tqdm.write(text)
+
+    def close(self) -> None:
+        self._tqdm.close()
+
+
+class _TileProgress(Callback):
+    """Advance the bar when a task whose key starts with ``prefix`` finishes (local schedulers)."""
+
+    def __init__(self, bar: _Bar, prefix: str):
         super().__init__()
         self._bar, self._prefix = bar, prefix
 
     def _posttask(self, key, result, dsk, state, worker_id):
         if isinstance(key, str) and key.startswith(self._prefix):
-            self._bar.update(1)
+            self._bar.done(result)
 
 
 def run_tasks(tasks: list, *, client=None, progress=None, desc: str = "tiles", prefix: str = "") -> list:
@@ -73,17 +97,16 @@ def run_tasks(tasks: list, *, client=None, progress=None, desc: str = "tiles", p
         return []
     show = _want_progress(progress)
     client = active_client(client)
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(tasks), desc=desc, unit="tile", leave=False)
+    bar = _Bar(len(tasks), desc) if show else None
     try:
         if client is not None:
             from distributed import as_completed
+            if bar is not None and getattr(client, "dashboard_link", None):
+                bar.note(f"patchworks: {desc} on {client.scheduler.address}, dashboard {client.dashboard_link}")
             futures = client.compute(tasks)
             if bar is not None:
-                for _ in as_completed(futures):
-                    bar.update(1)
+                for _, result in as_completed(futures, with_results=True):
+                    bar.done(result)
             results = client.gather(futures)
             del futures
             return results
@@ -92,10 +115,16 @@ def run_tasks(tasks: list, *, client=None, progress=None, desc: str = "tiles", p
         scheduler = dask.config.get("scheduler", None)
         if scheduler not in _LOCAL_SCHEDULERS:
             scheduler = "threads"
-        if bar is not None:
-            with _TileProgress(bar, prefix):
+        with _TileProgress(bar, prefix) if bar is not None else contextlib.nullcontext():
+            if scheduler not in ("threads", "threading"):
                 return list(dask.compute(*tasks, scheduler=scheduler))
-        return list(dask.compute(*tasks, scheduler=scheduler))
+            # our own pool, so that when a task fails we return only after the tasks
+            # still running have stopped: nothing keeps writing behind the caller's back
+            pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+            try:
+                return list(dask.compute(*tasks, scheduler="threads", pool=pool))
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         if bar is not None:
             bar.close()

@@ -6,7 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from distributed import Client, LocalCluster, get_task_stream
+from distributed import Client, LocalCluster, WorkerPlugin, get_task_stream
 
 from patchworks import label_components, merge_tile_labels, threshold, tile_process
 from patchworks.testing import assert_labels_equivalent, random_blobs
@@ -64,3 +64,44 @@ def test_active_client_is_used_by_default_and_merge_runs_there(client):
     assert any(str(t["key"]).startswith("patchworks-relabel-") for t in stream.data)
     from scipy import ndimage
     assert_labels_equivalent(merged, ndimage.label(mask)[0])
+
+
+class _KillOnce(WorkerPlugin):
+    """Worker plugin: the first worker to start a task whose key has ``prefix`` dies on the spot.
+
+    A flag file makes it once per cluster; the nanny then restarts the worker
+    and the scheduler reruns what it lost.
+    """
+
+    def __init__(self, prefix, flag):
+        self.prefix, self.flag = prefix, flag
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish == "executing" and str(key).startswith(self.prefix):
+            try:
+                fd = os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.close(fd)
+            os._exit(1)
+
+
+@pytest.mark.parametrize("phase", ["patchworks-stage-", "patchworks-relabel-"])
+def test_a_worker_killed_mid_run_changes_nothing(tmp_path, phase):
+    image = random_blobs((48, 48, 40), seed=24, sigma=1.5)
+    src = tmp_path / "image.zarr"
+    zarr.create_array(store=src, data=image, chunks=(12, 12, 10))
+    undisturbed = tile_process(str(src), threshold(0.5), tile_shape=(12, 12, 10), compute=True, client=False,
+                               sequential_labels=True)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as c:
+        c.register_plugin(_KillOnce(phase, str(tmp_path / "killed")), name="kill-once")
+        before = set(c.scheduler_info()["workers"])
+        out = tile_process(str(src), threshold(0.5), tile_shape=(12, 12, 10), write_to=tmp_path / "out.zarr",
+                           client=c, sequential_labels=True)
+        result = out.compute(scheduler="threads")
+        assert (tmp_path / "killed").exists(), "a worker was killed"
+        c.wait_for_workers(2, timeout=30)
+        assert set(c.scheduler_info()["workers"]) != before, "the killed worker was replaced"
+    np.testing.assert_array_equal(result, undisturbed)
+    assert len(np.unique(result)) - 1 == undisturbed.max(), "no duplicated or missing objects"

@@ -189,3 +189,17 @@ def test_skip_empty_threshold_defaults_to_otsu_not_zero():
     assert info["n_occupied"] == 1 and info["empty_fraction"] == pytest.approx(15 / 16)
     out = tile_process(image, threshold(150), tile_shape=16, skip_empty=True, compute=True)
     assert len(np.unique(out)) == 2
+
+
+def test_progress_bar_counts_tiles_and_skips(capsys):
+    image = _sparse_image()
+    tile_process(image, threshold(0.5), tile_shape=16, skip_empty=True, empty_threshold=0.5, progress=True,
+                 compute=True)
+    err = capsys.readouterr().err
+    assert "staging tiles" in err and "16/16" in err and "skipped=" in err
+
+
+def test_library_logger_installs_no_handlers():
+    import logging
+    import patchworks  # noqa: F401
+    assert logging.getLogger("patchworks").handlers == []
