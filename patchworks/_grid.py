@@ -10,12 +10,15 @@ time) are carried whole and never tiled.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Tile", "TileGrid", "normalize_per_axis"]
+__all__ = ["EDGE_POLICIES", "PatchSpec", "Tile", "TileGrid", "normalize_per_axis"]
+
+#: Edge policies of :meth:`TileGrid.for_patches`.
+EDGE_POLICIES = ("shift", "pad", "squeeze")
 
 _NON_SPATIAL_AXES = "ct"  # OME-NGFF axis letters that are carried whole
 
@@ -131,6 +134,122 @@ class Tile:
         return tuple(s.stop - s.start for s in self.spatial_window)
 
 
+@dataclass(frozen=True)
+class PatchSpec:
+    """Where one patch lies: spatial geometry only, plain ints (picklable, collate-friendly).
+
+    ``start`` may be negative and ``start + size`` may pass the image end on a
+    grid with ``edge="pad"``; ``pad_width`` then says how many voxels of the
+    patch lie outside the image before / after on each spatial axis. The
+    **core** (``core_start`` .. ``core_stop``, image coordinates) is the part
+    of the image this patch owns in crop-mode stitching; the cores of a grid
+    partition the image. For training samplers the core is the whole patch.
+
+    Attributes
+    ----------
+    data_idx : int
+        Which image of the sampler (0 for a single image).
+    sample_idx : int
+        The patch's number among the patches of that image.
+    start, size : tuple of int
+        Patch origin and shape per spatial axis.
+    pad_width : tuple of (int, int)
+        Voxels outside the image per spatial axis (``np.pad`` order).
+    core_start, core_stop : tuple of int
+        Owned region, image coordinates.
+    anchor : tuple of int
+        The voxel the sampler drew (weighted / label samplers); otherwise the
+        patch centre. Always inside the patch and the image.
+
+    Examples
+    --------
+    >>> spec = TileGrid.for_patches((10,), 6, overlap=2, edge="pad").patch(2)
+    >>> spec.start, spec.pad_width, spec.window, spec.core, spec.crop
+    ((7,), ((0, 3),), (slice(7, 10, None),), (slice(8, 10, None),), (slice(1, 3, None),))
+    >>> PatchSpec.from_dict(spec.to_dict()) == spec
+    True
+    """
+
+    data_idx: int
+    sample_idx: int
+    start: tuple[int, ...]
+    size: tuple[int, ...]
+    pad_width: tuple[tuple[int, int], ...]
+    core_start: tuple[int, ...]
+    core_stop: tuple[int, ...]
+    anchor: tuple[int, ...]
+
+    @property
+    def stop(self) -> tuple[int, ...]:
+        return tuple(a + s for a, s in zip(self.start, self.size))
+
+    @property
+    def window(self) -> tuple[slice, ...]:
+        """Spatial slices of the image to read (the patch clipped to the image)."""
+        return tuple(slice(a + b, a + s - e) for a, s, (b, e) in zip(self.start, self.size, self.pad_width))
+
+    @property
+    def core(self) -> tuple[slice, ...]:
+        """Spatial slices of the image this patch owns."""
+        return tuple(slice(a, b) for a, b in zip(self.core_start, self.core_stop))
+
+    @property
+    def crop(self) -> tuple[slice, ...]:
+        """The core inside the (padded) patch."""
+        return tuple(slice(a - s, b - s) for a, b, s in zip(self.core_start, self.core_stop, self.start))
+
+    @property
+    def valid(self) -> tuple[slice, ...]:
+        """The part of the (padded) patch that lies inside the image."""
+        return tuple(slice(b, s - e) for s, (b, e) in zip(self.size, self.pad_width))
+
+    def to_dict(self) -> dict:
+        """Plain dict of ints and tuples (what a PyTorch ``DataLoader`` can collate)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> "PatchSpec":
+        """Inverse of :meth:`to_dict`; accepts lists for tuples."""
+        def tup(v):
+            return tuple(int(x) for x in v)
+        return cls(data_idx=int(d["data_idx"]), sample_idx=int(d["sample_idx"]), start=tup(d["start"]),
+                   size=tup(d["size"]), pad_width=tuple(tup(p) for p in d["pad_width"]),
+                   core_start=tup(d["core_start"]), core_stop=tup(d["core_stop"]), anchor=tup(d["anchor"]))
+
+    @classmethod
+    def inside(cls, start, size, image_shape, *, data_idx=0, sample_idx=0, anchor=None) -> "PatchSpec":
+        """Spec of a training patch: core = the patch clipped to the image."""
+        start = tuple(int(a) for a in start)
+        size = tuple(int(s) for s in size)
+        pad = tuple((max(0, -a), max(0, a + s - n)) for a, s, n in zip(start, size, image_shape))
+        cs = tuple(max(a, 0) for a in start)
+        ce = tuple(min(a + s, n) for a, s, n in zip(start, size, image_shape))
+        if anchor is None:
+            anchor = tuple(min(max(a + s // 2, 0), n - 1) for a, s, n in zip(start, size, image_shape))
+        return cls(int(data_idx), int(sample_idx), start, size, pad, cs, ce, tuple(int(v) for v in anchor))
+
+
+def _patch_starts(size: int, patch: int, step: int, edge: str) -> np.ndarray:
+    """Patch origins along one axis (see :meth:`TileGrid.for_patches`)."""
+    if edge == "pad":
+        overlap = patch - step
+        first = -(overlap // 2)
+        # fewest patches whose union reaches overlap // 2 voxels past the end
+        n = max(1, -(-(size + overlap // 2 - first - patch) // step) + 1)
+        return first + step * np.arange(n, dtype=np.int64)
+    n = -(-(size - patch) // step) + 1
+    if edge == "shift":
+        return np.minimum(step * np.arange(n, dtype=np.int64), size - patch)
+    # squeeze: as many patches as "shift", spread evenly over [0, size - patch]
+    return np.round(np.linspace(0, size - patch, n)).astype(np.int64) if n > 1 else np.zeros(1, np.int64)
+
+
+def _core_bounds(starts: np.ndarray, patch: int, size: int) -> np.ndarray:
+    """Split the overlap of consecutive patches at its midpoint: cores partition [0, size)."""
+    mids = (starts[1:] + starts[:-1] + patch) // 2  # midpoint of [start_{i+1}, stop_i)
+    return np.r_[0, mids, size].astype(np.int64)
+
+
 class TileGrid:
     """Cut the spatial axes of an image into tiles with optional halo.
 
@@ -203,6 +322,11 @@ class TileGrid:
             for size, t in zip(self.spatial_shape, self.tile_shape))
         self.grid_shape = tuple(max(len(b) - 1, 0) for b in self.boundaries)
         self.n_tiles = int(np.prod(self.grid_shape)) if self.grid_shape else 0
+        # set by for_patches(): full-size patches whose windows are not core +- halo
+        self.patch_size: tuple[int, ...] | None = None
+        self.step: tuple[int, ...] | None = None
+        self.edge: str | None = None
+        self.patch_starts: tuple[np.ndarray, ...] | None = None
 
     @classmethod
     def from_chunks(cls, shape, chunks, overlap=0, *, channel_axis=None, axes=None) -> "TileGrid":
@@ -228,6 +352,131 @@ class TileGrid:
         grid.overlap = tuple(int(h) for h in halo)
         return grid
 
+    @classmethod
+    def for_patches(cls, shape, patch_size, *, overlap=None, step=None, edge="shift",
+                    channel_axis=None, axes=None) -> "TileGrid":
+        """Grid of full-size, overlapping patches (sliding-window inference, sequential training).
+
+        Every patch has exactly ``patch_size`` voxels. Its tile *window*
+        (:meth:`tile`) is the patch clipped to the image, and its *core* (the
+        voxels it owns in crop-mode stitching) runs from the midpoint of the
+        overlap with the previous patch to the midpoint of the overlap with
+        the next, so the cores partition the image exactly. :meth:`patch`
+        gives the full geometry, padding included, as a :class:`PatchSpec`.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            Full image shape, non-spatial axes included.
+        patch_size : int, tuple or dict
+            Patch size per spatial axis; ``None`` or 0 on an axis means the
+            whole axis.
+        overlap : int, tuple or dict, optional
+            Voxels shared by neighbouring patches (``step = patch_size -
+            overlap``). Give ``overlap`` or ``step``, not both; default 0.
+            A patch axis of size 1 gets no overlap.
+        step : int, tuple or dict, optional
+            Distance between patch origins, ``1 <= step <= patch_size``.
+        edge : {"shift", "pad", "squeeze"}
+            What happens where the last step would pass the image end:
+
+            * ``"shift"``: the last patch is moved inward to end at the image
+              end (it overlaps its neighbour more). Every patch lies inside.
+            * ``"pad"``: patches keep the regular ``step`` and start
+              ``overlap // 2`` voxels *before* the image, and as many are used
+              as needed to reach at least ``overlap // 2`` voxels past its
+              end, so border voxels are seen away from a patch edge (as in
+              TorchIO); the sampler fills the outside with ``np.pad``
+              semantics. Patches may be larger than the image.
+            * ``"squeeze"``: as many patches as ``"shift"``, with origins
+              spread evenly from 0 to ``size - patch_size`` (rounded), so all
+              steps are equal to within one voxel and never exceed ``step``.
+
+            With ``"shift"`` and ``"squeeze"`` a patch larger than the image
+            is an error.
+        channel_axis, axes
+            Non-spatial axes, as for :class:`TileGrid`.
+
+        Examples
+        --------
+        >>> g = TileGrid.for_patches((10,), 4, overlap=1)
+        >>> g.patch_starts[0].tolist(), g.boundaries[0].tolist()
+        ([0, 3, 6], [0, 3, 6, 10])
+        >>> TileGrid.for_patches((10,), 4, overlap=2, edge="pad").patch_starts[0].tolist()
+        [-1, 1, 3, 5, 7]
+        >>> TileGrid.for_patches((11,), 4, overlap=1, edge="squeeze").patch_starts[0].tolist()
+        [0, 2, 5, 7]
+        """
+        if edge not in EDGE_POLICIES:
+            raise ValueError(f"edge={edge!r} is unknown; use one of {', '.join(map(repr, EDGE_POLICIES))}")
+        grid = cls(shape, tile_shape=1, channel_axis=channel_axis, axes=axes)
+        n = len(grid.spatial_axes)
+        letters = "".join(axes[i] for i in grid.spatial_axes).lower() if axes else None
+        req = normalize_per_axis(patch_size, n, "patch_size", default=0, axes=letters)
+        sizes = []
+        for ax, (p, size) in enumerate(zip(req, grid.spatial_shape)):
+            p = size if not p else p
+            if p < 1:
+                raise ValueError(f"patch_size={req!r}: axis {ax} is {p}; patch sizes must be >= 1")
+            if p > size and edge != "pad":
+                raise ValueError(
+                    f"patch_size={req!r}: axis {ax} patch {p} is larger than the image axis ({size}); "
+                    f"use edge='pad' (the outside is padded) or a patch_size <= {size} on that axis")
+            sizes.append(int(p))
+        if overlap is not None and step is not None:
+            raise ValueError(f"overlap={overlap!r} and step={step!r} were both given; give one of them "
+                             "(step = patch_size - overlap)")
+        if step is None:
+            ov = normalize_per_axis(0 if overlap is None else overlap, n, "overlap", default=0, axes=letters)
+            steps = []
+            for ax, (o, p) in enumerate(zip(ov, sizes)):
+                o = 0 if (o is None or p == 1) else o
+                if not 0 <= o < p:
+                    raise ValueError(f"overlap={ov!r}: axis {ax} overlap {o} must be >= 0 and smaller than the "
+                                     f"patch size {p}; use an overlap in 0..{p - 1}")
+                steps.append(p - o)
+        else:
+            st = normalize_per_axis(step, n, "step", default=0, axes=letters)
+            steps = []
+            for ax, (s, p) in enumerate(zip(st, sizes)):
+                s = p if not s else s
+                if not 1 <= s <= p:
+                    raise ValueError(f"step={st!r}: axis {ax} step {s} must be in 1..{p} (the patch size), "
+                                     "so that patches leave no gap")
+                steps.append(int(s))
+        starts, bounds = [], []
+        for size, p, s in zip(grid.spatial_shape, sizes, steps):
+            a = _patch_starts(size, p, s, edge)
+            starts.append(a)
+            bounds.append(_core_bounds(a, p, size))
+        grid.patch_size, grid.step, grid.edge = tuple(sizes), tuple(steps), edge
+        grid.patch_starts = tuple(starts)
+        grid.boundaries = tuple(bounds)
+        grid.grid_shape = tuple(len(a) for a in starts)
+        grid.n_tiles = int(np.prod(grid.grid_shape))
+        grid.tile_shape = tuple(int(np.max(np.diff(b))) for b in bounds)
+        grid.overlap = tuple(p - s for p, s in zip(sizes, steps))  # overlap between neighbouring patches
+        return grid
+
+    def patch(self, index, *, data_idx: int = 0) -> PatchSpec:
+        """Geometry of the patch at grid position ``index`` (tuple or linear int).
+
+        On a grid from :meth:`for_patches` this is the full-size patch with
+        its padding; on an ordinary grid it is the tile window (no padding).
+        """
+        t = self.tile(index)
+        if self.patch_starts is None:
+            start = tuple(s.start for s in t.spatial_window)
+            size = t.window_shape
+        else:
+            start = tuple(int(a[i]) for a, i in zip(self.patch_starts, t.index))
+            size = self.patch_size
+        pad = tuple((max(0, -a), max(0, a + p - n)) for a, p, n in zip(start, size, self.spatial_shape))
+        core_start = tuple(s.start for s in t.spatial_core)
+        core_stop = tuple(s.stop for s in t.spatial_core)
+        anchor = tuple((lo + hi - 1) // 2 for lo, hi in zip(core_start, core_stop))
+        return PatchSpec(int(data_idx), t.linear_index, start, tuple(size), pad, core_start, core_stop, anchor)
+
     # -- tiles -----------------------------------------------------------
     def __len__(self) -> int:
         return self.n_tiles
@@ -247,9 +496,13 @@ class TileGrid:
         if len(index) != len(self.grid_shape) or any(not 0 <= i < g for i, g in zip(index, self.grid_shape)):
             raise IndexError(f"tile index {index} is outside the grid {self.grid_shape}")
         core, window, crop = [], [], []
-        for i, b, h, size in zip(index, self.boundaries, self.overlap, self.spatial_shape):
+        for ax, (i, b, h, size) in enumerate(zip(index, self.boundaries, self.overlap, self.spatial_shape)):
             lo, hi = int(b[i]), int(b[i + 1])
-            wlo, whi = max(lo - h, 0), min(hi + h, size)
+            if self.patch_starts is None:
+                wlo, whi = max(lo - h, 0), min(hi + h, size)
+            else:  # patch grid: the window is the patch, clipped to the image (padding is separate)
+                p0 = int(self.patch_starts[ax][i])
+                wlo, whi = max(p0, 0), min(p0 + self.patch_size[ax], size)
             core.append(slice(lo, hi))
             window.append(slice(wlo, whi))
             crop.append(slice(lo - wlo, hi - wlo))

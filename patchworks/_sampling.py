@@ -1,0 +1,455 @@
+"""Sliding-window inference in your own loop: :class:`GridSampler` and :class:`Aggregator`.
+
+The sampler cuts an image into full-size patches on a :meth:`TileGrid.for_patches`
+grid and reads each patch lazily (only the voxels it needs, padded with
+``np.pad`` semantics past the image edge). The aggregator takes the model's
+predictions batch by batch and puts them back together: crop mode writes each
+patch's core straight to the output; blended modes (``"mean"``, ``"hann"``,
+``"gaussian"`` or your own weights) accumulate ``sum(w * pred)`` and ``sum(w)``
+in float32 and divide at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from patchworks._grid import PatchSpec, TileGrid
+from patchworks._io import create_output, open_image
+
+__all__ = ["PAD_MODES", "Aggregator", "GridSampler", "read_patch"]
+
+#: ``np.pad`` modes a patch can be padded with (those that copy voxels, so only the patch is read).
+PAD_MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
+
+
+def _check_pad_mode(pad_mode):
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode={pad_mode!r} is not supported; use one of {', '.join(map(repr, PAD_MODES))} "
+                         "(np.pad modes that copy voxels, so a patch is read without reading the whole image)")
+
+
+def read_patch(image, spec: PatchSpec, spatial_axes, *, pad_mode="constant", constant_values=0) -> np.ndarray:
+    """Read one patch of ``image``, padded exactly as ``np.pad(image, ..., mode=pad_mode)`` would be.
+
+    Only the voxels the patch needs are read: its window, plus for
+    ``"reflect"``, ``"symmetric"``, ``"edge"`` and ``"wrap"`` the few planes
+    the padding copies (read as separate small blocks, never a bounding box
+    of the whole axis).
+
+    Parameters
+    ----------
+    image : array-like
+        numpy / dask / zarr array or :class:`LazySource`.
+    spec : PatchSpec
+    spatial_axes : tuple of int
+        Positions of the spatial axes in ``image``; other axes are read whole.
+    pad_mode : str
+        One of :data:`PAD_MODES`.
+    constant_values : scalar
+        Fill value for ``pad_mode="constant"``.
+
+    Examples
+    --------
+    >>> spec = PatchSpec.inside((-2,), (5,), (4,))
+    >>> read_patch(np.arange(4), spec, (0,), pad_mode="reflect")
+    array([2, 1, 0, 1, 2])
+    """
+    _check_pad_mode(pad_mode)
+    ndim = len(image.shape)
+    key = [slice(None)] * ndim
+    for ax, sl in zip(spatial_axes, spec.window):
+        key[ax] = sl
+    if not any(b or e for b, e in spec.pad_width):
+        return np.asarray(image[tuple(key)])
+    runs, takes = [], []  # per axis: contiguous runs of image indices to read; gather map (or None)
+    for ax in range(ndim):
+        if ax not in spatial_axes:
+            runs.append([(0, image.shape[ax])])
+            takes.append(None)
+            continue
+        k = spatial_axes.index(ax)
+        a, p, (b, e) = spec.start[k], spec.size[k], spec.pad_width[k]
+        n = image.shape[ax]
+        if not (b or e):
+            runs.append([(a, a + p)])
+            takes.append(None)
+            continue
+        extra = {"constant_values": -1} if pad_mode == "constant" else {}
+        idx = np.pad(np.arange(n, dtype=np.int64), (b, e), mode=pad_mode, **extra)[a + b: a + b + p]
+        u = np.unique(idx[idx >= 0])
+        cuts = np.flatnonzero(np.diff(u) != 1) + 1
+        runs.append([(int(r[0]), int(r[-1]) + 1) for r in np.split(u, cuts)])
+        takes.append((np.searchsorted(u, np.maximum(idx, 0)), idx < 0))
+    shape = [sum(hi - lo for lo, hi in r) for r in runs]
+    compact = None
+    for combo in _product(runs):
+        block = np.asarray(image[tuple(slice(lo, hi) for lo, hi in combo)])
+        if compact is None:
+            compact = np.empty(shape, dtype=block.dtype)
+        dest = []
+        for ax, (lo, hi) in enumerate(combo):
+            off = 0
+            for r in runs[ax]:
+                if r == (lo, hi):
+                    break
+                off += r[1] - r[0]
+            dest.append(slice(off, off + hi - lo))
+        compact[tuple(dest)] = block
+    out = compact
+    for ax, t in enumerate(takes):
+        if t is None:
+            continue
+        out = np.take(out, t[0], axis=ax)
+        if t[1].any():
+            sel = [slice(None)] * ndim
+            sel[ax] = t[1]
+            out[tuple(sel)] = constant_values
+    return out
+
+
+def _product(runs):
+    if not runs:
+        yield ()
+        return
+    for first in runs[0]:
+        for rest in _product(runs[1:]):
+            yield (first,) + rest
+
+
+class GridSampler:
+    """Full-size patches of one image on a regular grid, for inference in your own loop.
+
+    Indexable and iterable: ``sampler[i]`` and iteration give
+    ``(patch, spec)`` with ``patch`` a numpy array (non-spatial axes whole, in
+    the image's axis order) and ``spec`` a :class:`PatchSpec`. Patches are
+    read lazily, so the image may be a zarr / TIFF / HDF5 path, a
+    :class:`LazySource` or a dask array far larger than memory.
+
+    Parameters
+    ----------
+    image : array-like or path
+        Anything :func:`open_image` accepts.
+    patch_size : int, tuple or dict
+        Patch size per spatial axis.
+    overlap, step : int, tuple or dict, optional
+        Overlap between neighbouring patches, or the step between their
+        origins (give one); default no overlap.
+    edge : {"shift", "pad", "squeeze"}
+        Edge policy, see :meth:`TileGrid.for_patches`.
+    pad_mode : str
+        ``np.pad`` mode for the part of a patch outside the image (one of
+        :data:`PAD_MODES`); only used with ``edge="pad"``.
+    constant_values : scalar
+        Fill value of ``pad_mode="constant"``.
+    channel_axis : int or tuple of int, optional
+        Non-spatial axes, carried whole.
+    axes : str, optional
+        Axis letters (``"czyx"``); ``c`` and ``t`` are carried whole.
+
+    Examples
+    --------
+    >>> img = np.arange(20.0).reshape(4, 5)
+    >>> sampler = GridSampler(img, (4, 3), overlap=(0, 1))
+    >>> len(sampler)
+    2
+    >>> patch, spec = sampler[1]
+    >>> patch.shape, spec.start, spec.core
+    ((4, 3), (0, 2), (slice(0, 4, None), slice(2, 5, None)))
+    """
+
+    def __init__(self, image, patch_size, *, overlap=None, step=None, edge="shift", pad_mode="constant",
+                 constant_values=0, channel_axis=None, axes=None):
+        self.image = open_image(image)
+        _check_pad_mode(pad_mode)
+        self.grid = TileGrid.for_patches(self.image.shape, patch_size, overlap=overlap, step=step, edge=edge,
+                                         channel_axis=channel_axis, axes=axes)
+        self.pad_mode = pad_mode
+        self.constant_values = constant_values
+        self._specs = [self.grid.patch(i) for i in range(self.grid.n_tiles)]
+
+    @property
+    def shape(self):
+        return tuple(self.image.shape)
+
+    @property
+    def spatial_axes(self):
+        return self.grid.spatial_axes
+
+    @property
+    def spatial_shape(self):
+        return self.grid.spatial_shape
+
+    @property
+    def patch_size(self):
+        return self.grid.patch_size
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid.n_tiles
+
+    @property
+    def specs(self) -> list[PatchSpec]:
+        """All patch specs, in index order."""
+        return list(self._specs)
+
+    def __len__(self) -> int:
+        return self.n_patches
+
+    def spec(self, index: int) -> PatchSpec:
+        """Geometry of patch ``index`` (no reading)."""
+        return self._specs[_check_index(index, self.n_patches)]
+
+    def read(self, spec: PatchSpec) -> np.ndarray:
+        """Read the patch ``spec`` describes."""
+        return read_patch(self.image, spec, self.spatial_axes, pad_mode=self.pad_mode,
+                          constant_values=self.constant_values)
+
+    def __getitem__(self, index):
+        spec = self.spec(index)
+        return self.read(spec), spec
+
+    def __iter__(self):
+        for spec in self._specs:
+            yield self.read(spec), spec
+
+    def __repr__(self):
+        return (f"GridSampler(shape={self.shape}, patch_size={self.patch_size}, step={self.grid.step}, "
+                f"edge={self.grid.edge!r}, n_patches={self.n_patches})")
+
+
+def _check_index(index, n) -> int:
+    if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+        raise TypeError(f"index={index!r}: expected an int")
+    i = int(index)
+    if not -n <= i < n:
+        raise IndexError(f"index={i} is out of range for {n} patches; valid: 0..{n - 1}")
+    return i % n
+
+
+def _to_numpy(x) -> np.ndarray:
+    if type(x).__module__.startswith("torch"):  # a torch tensor; torch itself is never imported here
+        x = x.detach()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        return x.cpu().numpy()
+    return np.asarray(x)
+
+
+def _pick(value, i):
+    if isinstance(value, (list, tuple)):
+        return tuple(_pick(v, i) for v in value)
+    return int(value[i])
+
+
+def as_specs(specs) -> tuple[list[PatchSpec], bool]:
+    """Normalise what ``Aggregator.add`` gets as specs; returns (list, was_single)."""
+    if isinstance(specs, PatchSpec):
+        return [specs], True
+    if isinstance(specs, Mapping):
+        d = specs["data_idx"]
+        if isinstance(d, (int, np.integer)):
+            return [PatchSpec.from_dict(specs)], True
+        n = len(d)  # a batch collated by torch's default_collate: fields batched, tuples as lists
+        return [PatchSpec.from_dict({k: _pick(v, i) for k, v in specs.items()}) for i in range(n)], False
+    if isinstance(specs, Sequence) or isinstance(specs, np.ndarray):
+        return [s if isinstance(s, PatchSpec) else PatchSpec.from_dict(s) for s in specs], False
+    raise TypeError(f"specs={type(specs).__name__}: expected a PatchSpec, a list of them, or a (collated) dict")
+
+
+class Aggregator:
+    """Put per-patch predictions of a :class:`GridSampler` back into one image.
+
+    Parameters
+    ----------
+    sampler : GridSampler
+        The sampler whose patches were predicted.
+    window : {"crop", "mean", "hann", "gaussian"} or array
+        ``"crop"``: each voxel is taken from the patch whose core owns it
+        (exact: an identity model gives the input back bit for bit; nothing
+        but the output is held). Otherwise predictions are blended with
+        these weights (see :func:`patchworks._windows.make_window`, or an
+        array of ``patch_size``): a float32 accumulator of the output's size
+        plus float32 weights of the spatial size are kept until
+        :meth:`result`. For outputs far larger than memory use the streaming
+        blended writer (``tile_blend``) instead.
+    out_channels : int, optional
+        Number of prediction channels, checked against the first batch;
+        ``None`` takes it from the first batch (no channel axis when the
+        predictions have none).
+    channel_last : bool
+        Predictions are ``(batch, *patch, channels)`` instead of
+        ``(batch, channels, *patch)``; the output uses the same layout.
+    dtype : numpy dtype, optional
+        Output dtype; default the predictions' dtype in crop mode, float32
+        when blending.
+    output : path or zarr.Array, optional
+        Write to a new zarr store at this path (created on the first
+        :meth:`add`) or into this existing array; default a numpy array.
+    chunks : tuple of int, optional
+        Spatial chunk shape of a new zarr output (default: the largest core).
+    zarr_format : {3, 2}
+    overwrite : bool
+        Replace an existing store at ``output``.
+
+    Examples
+    --------
+    >>> img = np.random.default_rng(0).random((3, 9, 10), dtype=np.float32)
+    >>> sampler = GridSampler(img, (4, 4), overlap=1, channel_axis=0)
+    >>> agg = Aggregator(sampler, window="crop")
+    >>> for patch, spec in sampler:
+    ...     agg.add(patch, spec)  # one patch; batches (B, C, *patch) work the same
+    >>> bool(np.array_equal(agg.result(), img))
+    True
+    """
+
+    def __init__(self, sampler, *, window="crop", out_channels=None, channel_last=False, dtype=None,
+                 output=None, chunks=None, zarr_format=3, overwrite=False):
+        from patchworks._windows import make_window
+
+        if not hasattr(sampler, "grid") or getattr(sampler.grid, "patch_size", None) is None:
+            raise TypeError(f"sampler={type(sampler).__name__}: expected a GridSampler")
+        self.sampler = sampler
+        self.window = window
+        self.crop = isinstance(window, str) and window == "crop"
+        self.weights_window = None if self.crop else make_window(window, sampler.patch_size)
+        if out_channels is not None and (not isinstance(out_channels, (int, np.integer)) or out_channels < 1):
+            raise ValueError(f"out_channels={out_channels!r}: use a positive int, or None to take it from the "
+                             "first batch")
+        self.out_channels = out_channels
+        self.channel_last = bool(channel_last)
+        self.dtype = None if dtype is None else np.dtype(dtype)
+        self._output, self._chunks, self._zarr_format, self._overwrite = output, chunks, zarr_format, overwrite
+        self._out = None  # final output (crop) or None
+        self._acc = None  # float32 sum(w * pred) (blended)
+        self.weight_sum = None  # float32 sum(w), spatial only (blended)
+        self._has_channels = None
+        self._seen = np.zeros(sampler.n_patches, dtype=bool)
+
+    # -- layout helpers --------------------------------------------------
+    def _idx(self, spatial):
+        if not self._has_channels:
+            return tuple(spatial)
+        return tuple(spatial) + (slice(None),) if self.channel_last else (slice(None),) + tuple(spatial)
+
+    def _expand(self, w):
+        if not self._has_channels:
+            return w
+        return w[..., None] if self.channel_last else w[None]
+
+    def _allocate(self, pred):
+        nsp = len(self.sampler.spatial_shape)
+        self._has_channels = pred.ndim == nsp + 2
+        c = None
+        if self._has_channels:
+            c = pred.shape[-1] if self.channel_last else pred.shape[1]
+        if self.out_channels is not None and c != self.out_channels:
+            raise ValueError(f"out_channels={self.out_channels} but the predictions have "
+                             f"{'no channel axis' if c is None else f'{c} channels'} (batch shape {pred.shape}, "
+                             f"channel_last={self.channel_last}); fix out_channels or channel_last")
+        spatial = tuple(self.sampler.spatial_shape)
+        shape = spatial if c is None else (spatial + (c,) if self.channel_last else (c,) + spatial)
+        dtype = self.dtype if self.dtype is not None else (pred.dtype if self.crop else np.dtype(np.float32))
+        if self._output is None:
+            self._out = np.zeros(shape, dtype=dtype) if self.crop else None
+        else:
+            self._out = self._open_output(shape, dtype)
+        if not self.crop:
+            self._acc = np.zeros(shape, dtype=np.float32)
+            self.weight_sum = np.zeros(spatial, dtype=np.float32)
+        self._shape, self._odtype = shape, dtype
+
+    def _open_output(self, shape, dtype):
+        out = self._output
+        if isinstance(out, (str, os.PathLike)):
+            sp = self._chunks or tuple(min(t, s) for t, s in zip(self.sampler.grid.tile_shape,
+                                                                  self.sampler.spatial_shape))
+            chunks = tuple(self._idx_shape(sp, shape))
+            return create_output(out, shape=shape, dtype=dtype, chunks=chunks, zarr_format=self._zarr_format,
+                                 overwrite=self._overwrite)
+        if tuple(out.shape) != shape:
+            raise ValueError(f"output has shape {tuple(out.shape)} but the aggregated image has shape {shape}; "
+                             "create it with that shape, or pass a path to let the Aggregator create it")
+        return out
+
+    def _idx_shape(self, spatial, shape):
+        if not self._has_channels:
+            return spatial
+        c = shape[-1] if self.channel_last else shape[0]
+        return tuple(spatial) + (c,) if self.channel_last else (c,) + tuple(spatial)
+
+    # -- public ----------------------------------------------------------
+    def add(self, batch, specs):
+        """Add predictions for the patches ``specs`` (a spec, a list, or a collated dict).
+
+        ``batch`` is a numpy array or torch tensor of shape ``(B, C, *patch)``
+        (``(B, *patch, C)`` with ``channel_last=True``, ``(B, *patch)``
+        without channels), or one patch without the batch axis when
+        ``specs`` is a single :class:`PatchSpec`.
+        """
+        spec_list, single = as_specs(specs)
+        pred = _to_numpy(batch)
+        if single:
+            pred = pred[None]
+        if pred.shape[0] != len(spec_list):
+            raise ValueError(f"batch has {pred.shape[0]} predictions but {len(spec_list)} specs were given; "
+                             "pass one spec per prediction")
+        nsp = len(self.sampler.spatial_shape)
+        if pred.ndim not in (nsp + 1, nsp + 2):
+            raise ValueError(f"batch shape {pred.shape}: expected (B, C, *patch) or (B, *patch) with "
+                             f"{nsp} spatial axes (channel_last={self.channel_last})")
+        if self._has_channels is None:
+            self._allocate(pred)
+        elif (pred.ndim == nsp + 2) != self._has_channels:
+            raise ValueError(f"batch shape {pred.shape} disagrees with earlier batches about the channel axis")
+        for p, spec in zip(pred, spec_list):
+            sp = p.shape[:-1] if (self._has_channels and self.channel_last) else p.shape[-nsp:]
+            if tuple(sp) != tuple(spec.size):
+                raise ValueError(f"prediction of spatial shape {tuple(sp)} for a patch of size {spec.size}; the "
+                                 "model must keep the patch size (check channel_last)")
+            if spec.sample_idx >= self._seen.size or spec.data_idx != 0:
+                raise ValueError(f"spec {spec} does not belong to this sampler")
+            if self.crop:
+                self._out[self._idx(spec.core)] = p[self._idx(spec.crop)]
+            else:
+                w = self.weights_window[spec.valid]
+                self._acc[self._idx(spec.window)] += p[self._idx(spec.valid)] * self._expand(w)
+                self.weight_sum[spec.window] += w
+            self._seen[spec.sample_idx] = True
+
+    @property
+    def n_missing(self) -> int:
+        """Patches of the sampler not added yet."""
+        return int((~self._seen).sum())
+
+    def result(self, *, allow_missing=False):
+        """The aggregated image (numpy array, or the zarr array for ``output=``).
+
+        Raises if some patches were never added, unless ``allow_missing``
+        (their voxels are then 0).
+        """
+        if self._has_channels is None:
+            raise RuntimeError("no predictions were added; call add(batch, specs) for the sampler's patches first")
+        if self.n_missing and not allow_missing:
+            raise RuntimeError(f"{self.n_missing} of {self._seen.size} patches were never added; add them, or "
+                               "pass allow_missing=True to leave their voxels at 0")
+        if self.crop:
+            return self._out
+        if self._out is None:
+            return self._finish(self._acc, self.weight_sum).astype(self._odtype, copy=False)
+        # blockwise along the output's chunk grid: each chunk written once
+        out = self._out
+        sp_chunks = [out.chunks[a] for a in range(out.ndim)]
+        if self._has_channels:
+            sp_chunks = sp_chunks[:-1] if self.channel_last else sp_chunks[1:]
+        for t in TileGrid(self.weight_sum.shape, tuple(sp_chunks)):
+            idx = self._idx(t.spatial_core)
+            out[idx] = self._finish(self._acc[idx], self.weight_sum[t.spatial_core]).astype(self._odtype, copy=False)
+        return out
+
+    def _finish(self, acc, wsum):
+        w = self._expand(wsum)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(w > 0, acc / np.where(w > 0, w, 1), 0).astype(np.float32)
