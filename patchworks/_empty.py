@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import dask
 import dask.array as da
 import numpy as np
@@ -9,7 +11,17 @@ import numpy as np
 from ._grid import TileGrid
 from ._io import LazySource, open_image
 from ._methods import otsu_threshold, sample_values
-from ._run import new_token, run_tasks, shared
+from ._run import graph_tasks, new_token, run_tasks
+
+
+@dataclass
+class _MaxJob:
+    source: object
+    grid: TileGrid
+
+
+def _window_max_of(job: _MaxJob, i: int) -> float:
+    return _window_max(job.source, job.grid, i)
 
 
 def _window_max(source, grid: TileGrid, i: int, window=None) -> float:
@@ -62,8 +74,8 @@ def estimate_empty_tiles(image, tile_shape, threshold=None, *, overlap=0, compon
         tasks = [task(None, grid, i, source[grid.tile(i).window], dask_key_name=f"patchworks-max-{token}-{i}")
                  for i in range(grid.n_tiles)]
     else:
-        args = shared(source, f"patchworks-source-{token}"), shared(grid, f"patchworks-grid-{token}")
-        tasks = [task(*args, i, dask_key_name=f"patchworks-max-{token}-{i}") for i in range(grid.n_tiles)]
+        tasks = graph_tasks(f"patchworks-max-{token}", _window_max_of, _MaxJob(source, grid),
+                            [(i,) for i in range(grid.n_tiles)])
     maxima = np.array(run_tasks(tasks, client=client, progress=progress, desc="scanning tiles",
                                 prefix=f"patchworks-max-{token}"), dtype=np.float64).reshape(grid.grid_shape)
     occupied = maxima > threshold

@@ -8,6 +8,7 @@ rewrite every tile in one more task per tile into a new zarr array.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import dask
 import dask.array as da
@@ -18,19 +19,25 @@ from ._grid import TileGrid
 from ._io import LazySource, open_image
 from ._merge import plan_relabel, relabel_tile, touch_pairs_for_seam
 from ._methods import Threshold, otsu_threshold, sample_values
-from ._run import active_client, new_token, run_tasks, shared
+from ._cluster import check_client
+from ._resources import auto_tile_shape
+from ._run import active_client, graph_tasks, new_token, run_tasks, shared
 from ._rundir import RunDir
 from ._stage import StageJob, stage_tile
 from ._staging import TileStaging
 
 logger = logging.getLogger("patchworks")
 
-_DEFAULT_TILE_VOXELS = 1 << 24  # about 256^3 or 4096^2 when tile_shape is not given
-
-
-def _default_tile_shape(spatial_shape) -> tuple[int, ...]:
-    side = max(1, int(round(_DEFAULT_TILE_VOXELS ** (1 / len(spatial_shape)))))
-    return tuple(min(side, s) for s in spatial_shape)
+def _auto_tile_shape(source, grid: TileGrid, overlap, client, use_gpu: bool) -> tuple[int, ...]:
+    """Tiles sized to what one worker may use: this process's budget, or the cluster's smallest worker."""
+    budget = None
+    cluster = active_client(client)
+    if cluster is not None and not use_gpu:
+        per_thread = [w["memory_limit"] / max(w.get("nthreads", 1), 1)
+                      for w in cluster.scheduler_info()["workers"].values() if w.get("memory_limit")]
+        budget = int(min(per_thread)) if per_thread else None
+    return auto_tile_shape(source.shape, source.dtype, overlap=overlap, spatial_axes=grid.spatial_axes,
+                           use_gpu=use_gpu, budget=budget)
 
 
 def _check_connectivity(connectivity, n_spatial: int) -> int:
@@ -55,14 +62,27 @@ def _align_fn_connectivity(fn, connectivity: int):
     return fn
 
 
-def _seam_task(args, axis, row):
-    staging, grid, offsets, connectivity = args
-    return touch_pairs_for_seam(staging, grid, axis, row, offsets, connectivity)
+@dataclass
+class _SeamJob:
+    staging: TileStaging
+    grid: TileGrid
+    offsets: np.ndarray
+    connectivity: int
 
 
-def _relabel_task(args, linear_index, plan):
-    staging, output, grid = args
-    return relabel_tile(staging, output, grid, linear_index, plan)
+@dataclass
+class _RelabelJob:
+    staging: TileStaging
+    output: object
+    grid: TileGrid
+
+
+def _seam_task(job: _SeamJob, axis, row):
+    return touch_pairs_for_seam(job.staging, job.grid, axis, row, job.offsets, job.connectivity)
+
+
+def _relabel_task(job: _RelabelJob, linear_index, plan):
+    return relabel_tile(job.staging, job.output, job.grid, linear_index, plan)
 
 
 def _fn_token(fn) -> str:
@@ -110,12 +130,14 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         if done:
             logger.info("patchworks: resuming %s: %d of %d tiles already staged", run.target, len(done),
                         grid.n_tiles)
-        job = shared(StageJob(grid=grid, staging=staging, fn=job_fn, source=source, label_counts=label_counts,
-                              compact=sequential, empty_threshold=empty_threshold), f"patchworks-job-{token}")
-        stage = dask.delayed(stage_tile, pure=False)
+        job = StageJob(grid=grid, staging=staging, fn=job_fn, source=source, label_counts=label_counts,
+                       compact=sequential, empty_threshold=empty_threshold)
         prefix = f"patchworks-stage-{token}"
-        tasks = [stage(job, i, None if windows is None else windows(grid.tile(i)), dask_key_name=f"{prefix}-{i}")
-                 for i in todo]
+        if windows is None:
+            tasks = graph_tasks(prefix, stage_tile, job, [(i,) for i in todo])
+        else:  # windows of a dask array: their graphs come along
+            stage, jobd = dask.delayed(stage_tile, pure=False), shared(job, f"{prefix}-shared")
+            tasks = [stage(jobd, i, windows(grid.tile(i)), dask_key_name=f"{prefix}-{i}") for i in todo]
         results = run_tasks(tasks, client=client, progress=progress, desc="staging tiles", prefix=prefix)
         for r in results:
             counts[r.linear_index] = r.n_labels
@@ -124,10 +146,8 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         # 2. seams: pairs of global ids that touch, one task per seam plane of the grid
         offsets = np.zeros(grid.n_tiles, dtype=np.uint64)
         np.cumsum(counts[:-1], out=offsets[1:])
-        seam_args = shared((staging, grid, offsets, connectivity), f"patchworks-seam-args-{token}")
-        seam = dask.delayed(_seam_task, pure=False)
-        seam_tasks = [seam(seam_args, a, r, dask_key_name=f"patchworks-seam-{token}-{a}-{r}")
-                      for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)]
+        seam_tasks = graph_tasks(f"patchworks-seam-{token}", _seam_task, _SeamJob(staging, grid, offsets, connectivity),
+                                 [(a, r) for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)])
         pairs = run_tasks(seam_tasks, client=client, progress=False)
         pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
 
@@ -140,11 +160,9 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         # 4. relabel: each task builds its own small look-up table; idempotent, so a
         #    resumed or retried run simply writes the same chunks again
         output = run.create(shape=spatial_shape, dtype=plan.dtype, chunks=chunks)
-        relabel_args = shared((staging, output, grid), f"patchworks-relabel-args-{token}")
-        relabel = dask.delayed(_relabel_task, pure=False)
         prefix = f"patchworks-relabel-{token}"
-        tasks = [relabel(relabel_args, i, plan.tiles[i], dask_key_name=f"{prefix}-{i}")
-                 for i in range(grid.n_tiles) if plan.tiles[i].n_labels]
+        tasks = graph_tasks(prefix, _relabel_task, _RelabelJob(staging, output, grid),
+                            [(i, plan.tiles[i]) for i in range(grid.n_tiles) if plan.tiles[i].n_labels])
         run_tasks(tasks, client=client, progress=progress, desc="relabelling tiles", prefix=prefix)
         run.mark_complete(output, {"n_objects": plan.n_objects, "sequential_labels": bool(sequential),
                                    "connectivity": connectivity, "tile_shape": list(grid.tile_shape),
@@ -165,9 +183,9 @@ def _result(output, run: RunDir, compute: bool, return_count: bool, n_objects):
     return (result, n_objects) if return_count else result
 
 
-def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write_to=None,
+def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, write_to=None,
                  sequential_labels=False, compute=False, progress=None, client=None, overwrite=False,
-                 resume=True, skip_empty=False, empty_threshold=None,
+                 resume=True, skip_empty=False, empty_threshold=None, use_gpu=False,
                  component=None, level=0, channel=None, channel_axis=None, axes=None,
                  output_component=None, zarr_format=3, scratch_dir=None, return_count=False):
     """Run ``fn`` on every tile of ``image`` and merge the labels into one consistent array.
@@ -186,10 +204,15 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write
         HDF5 or ``.npy``; see :func:`patchworks.open_image`. Never written to.
     fn : callable
         ``fn(window) -> labels`` with labels of the window's spatial shape.
-    tile_shape : int, tuple or dict, optional
-        Core size per spatial axis; default about 2**24 voxels per tile.
+    tile_shape : "auto", int, tuple or dict, default "auto"
+        Core size per spatial axis. ``"auto"``: the largest tile whose
+        working set fits one worker's memory — the memory available to this
+        process (psutil, cgroup and SLURM limits, shared by its cores), the
+        smallest worker of a cluster, or a GPU's free memory with
+        ``use_gpu=True``; see :func:`patchworks.auto_tile_shape`.
     overlap : int, tuple or dict, default 0
-        Halo per side per spatial axis given to ``fn`` for context.
+        Halo per side per spatial axis given to ``fn`` for context (e.g. the
+        per-axis tuple :func:`patchworks.auto_overlap` returns).
     connectivity : int, default 1
         Which neighbours join across seams: 1 = faces ... ndim = all
         (scikit-image convention). Must match what ``fn`` labels with.
@@ -219,6 +242,8 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write
         Skip tiles whose whole window (halo included) is at or below
         ``empty_threshold``: ``fn`` is not called, nothing is written and the
         merge ignores them. Exact, since the window the tile reads decides.
+    use_gpu : bool, default False
+        Size ``tile_shape="auto"`` by the free memory of the visible GPU.
     empty_threshold : float, optional
         Background level for ``skip_empty``; default Otsu's threshold of a
         sample of the whole image (never a silent 0). See
@@ -258,9 +283,15 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, write
     source = open_image(image, component=component, level=level, channel=channel)
     if axes is None and isinstance(source, LazySource):
         axes = source.axes
-    probe = TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes)
-    if tile_shape is None:
-        tile_shape = _default_tile_shape(probe.spatial_shape)
+    cluster = active_client(client)
+    if cluster is not None:
+        check_client(cluster)
+    if tile_shape is None or (isinstance(tile_shape, str) and tile_shape == "auto"):
+        probe = TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes)
+        tile_shape = _auto_tile_shape(source, probe, overlap, client, use_gpu)
+        logger.info("patchworks: tile_shape='auto' -> %s", tile_shape)
+    elif isinstance(tile_shape, str):
+        raise ValueError(f"tile_shape={tile_shape!r}: use 'auto', an int, a tuple or a dict {{axis: int}}")
     grid = TileGrid(source.shape, tile_shape, overlap, channel_axis=channel_axis, axes=axes)
     connectivity = _check_connectivity(connectivity, len(grid.spatial_axes))
     fn = _align_fn_connectivity(fn, connectivity)
@@ -353,6 +384,9 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
     >>> merge_tile_labels(tiles, compute=True, return_count=True)[1]
     1
     """
+    cluster = active_client(client)
+    if cluster is not None:
+        check_client(cluster)
     if isinstance(labeled, np.ndarray):
         raise TypeError("labeled is a numpy array, which has no tiles; wrap it as "
                         "dask.array.from_array(labels, chunks=tile_shape) or pass a zarr array")

@@ -25,3 +25,11 @@ def test_bench_labels_smoke():
     # every case was checked against whole-image labelling and agreed
     assert out.count("tiled == whole-image labels") == 4, out
     assert "MISMATCH" not in out
+
+
+def test_bench_scale_smoke():
+    script = BENCH.parent / "bench_scale.py"
+    proc = subprocess.run([sys.executable, str(script), "--smoke"], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "tiles/s" in proc.stdout and "graph build" in proc.stdout
+    assert "identical labels: yes" in proc.stdout

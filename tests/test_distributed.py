@@ -105,3 +105,27 @@ def test_a_worker_killed_mid_run_changes_nothing(tmp_path, phase):
         assert set(c.scheduler_info()["workers"]) != before, "the killed worker was replaced"
     np.testing.assert_array_equal(result, undisturbed)
     assert len(np.unique(result)) - 1 == undisturbed.max(), "no duplicated or missing objects"
+
+
+def test_auto_tile_shape_follows_the_smallest_worker(tmp_path):
+    image = np.zeros((8192, 8192), np.uint8)
+    image[100:3000:50, 2000:7000] = 255   # rails crossing every tile seam
+    image[:, 4090:4100] = 255
+    src = tmp_path / "image.zarr"
+    zarr.create_array(store=src, data=image, chunks=(1024, 1024))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="512MiB",
+                      dashboard_address=None) as cluster, Client(cluster) as c:
+        out = tile_process(str(src), threshold(127), client=c)   # tile_shape="auto" is the default
+        labels = out.compute(scheduler="threads")
+    assert out.chunks[0][0] < 8192, "512 MiB workers get tiles smaller than the image"
+    from scipy import ndimage
+    assert_labels_equivalent(labels, ndimage.label(image > 127)[0])
+
+
+def test_calling_from_inside_a_task_is_refused_up_front(client):
+    def nested():
+        from distributed import get_client
+        return tile_process(np.zeros((8, 8)), threshold(0.5), tile_shape=4, compute=True, client=get_client())
+
+    with pytest.raises(RuntimeError, match="called from inside a dask task"):
+        client.submit(nested).result()

@@ -1,0 +1,166 @@
+"""Scale benchmark: a 10^4-tile run, threads against a 2-worker LocalCluster.
+
+    python benchmarks/bench_scale.py            # 51200^2 sparse image, 512^2 tiles (10^4 tiles)
+    python benchmarks/bench_scale.py --smoke    # 4096^2, 256^2 tiles (CI)
+
+The image is sparse (blobs in a few percent of the tiles, many of them
+crossing seams), stored as a uint8 zarr v3 array whose empty chunks are never
+written. Printed per scheduler: tiles/s, wall time per phase, the graph build
+(task lists + union-find plan on the driver; target < 1 s) and the driver's
+peak RSS above its start, with the number of boundary labels that bounds the
+driver's memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import zarr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import patchworks  # noqa: E402
+import patchworks._labels as labels_module  # noqa: E402
+from patchworks.testing import random_blobs  # noqa: E402
+
+
+def make_input(path: Path, size: int, tile: int, occupied: float, seed: int = 0) -> None:
+    """Blobs in a random ``occupied`` fraction of 2x2-tile windows, centred on tile corners."""
+    arr = zarr.create_array(store=path, shape=(size, size), chunks=(tile, tile), dtype=np.uint8,
+                            overwrite=True)
+    rng = np.random.default_rng(seed)
+    n_tiles = size // tile
+    corners = [(i, j) for i in range(1, n_tiles) for j in range(1, n_tiles) if rng.random() < occupied]
+    patch = (random_blobs((tile, tile), density=0.3, sigma=tile / 40, seed=seed) * 255).astype(np.uint8)
+    for i, j in corners:  # a tile-sized patch centred on a tile corner: its blobs cross both seams
+        y, x = i * tile - tile // 2, j * tile - tile // 2
+        arr[y:y + tile, x:x + tile] = patch
+    return len(corners)
+
+
+class PhaseClock:
+    """Wall time of each pipeline phase and of the driver's plan, by wrapping the library's hooks."""
+
+    def __init__(self):
+        self.phases, self.plan_seconds, self.boundary = {}, 0.0, 0
+        self._run, self._plan = labels_module.run_tasks, labels_module.plan_relabel
+
+    def __enter__(self):
+        def run_tasks(tasks, **kw):
+            t = time.perf_counter()
+            out = self._run(tasks, **kw)
+            self.phases[kw.get("desc", "seams")] = time.perf_counter() - t
+            return out
+
+        def plan_relabel(*a, **kw):
+            t = time.perf_counter()
+            plan = self._plan(*a, **kw)
+            self.plan_seconds = time.perf_counter() - t
+            self.boundary = plan.n_boundary_labels
+            return plan
+
+        labels_module.run_tasks, labels_module.plan_relabel = run_tasks, plan_relabel
+        return self
+
+    def __exit__(self, *exc):
+        labels_module.run_tasks, labels_module.plan_relabel = self._run, self._plan
+
+
+def peak_rss(fn):
+    """Run ``fn`` and return (result, seconds, peak RSS of this process above its start in MB)."""
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak, stop = [base], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    t = time.perf_counter()
+    try:
+        result = fn()
+    finally:
+        seconds = time.perf_counter() - t
+        stop.set()
+        thread.join()
+    return result, seconds, (peak[0] - base) / 2**20
+
+
+def graph_build_seconds(path, tile) -> float:
+    """Time to build the stage graph for every tile, as the pipeline does (one task per tile)."""
+    from patchworks._run import graph_tasks
+    from patchworks._stage import stage_tile
+
+    source = patchworks.open_image(str(path))
+    grid = patchworks.TileGrid(source.shape, tile)
+    t = time.perf_counter()
+    graph_tasks("stage", stage_tile, object(), [(i,) for i in range(grid.n_tiles)])
+    return time.perf_counter() - t
+
+
+def run_case(label, path, out, tile, client):
+    with PhaseClock() as clock:
+        (_, n), seconds, rss = peak_rss(lambda: patchworks.tile_process(
+            str(path), patchworks.threshold(127.5), tile_shape=tile, write_to=out, overwrite=True,
+            skip_empty=True, empty_threshold=0, client=client, progress=False, return_count=True))
+    return dict(label=label, seconds=seconds, n=n, rss=rss, phases=clock.phases, plan=clock.plan_seconds,
+                boundary=clock.boundary)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny size for CI")
+    ap.add_argument("--no-cluster", action="store_true", help="threads only")
+    args = ap.parse_args(argv)
+    size, tile, occupied = (4096, 256, 0.1) if args.smoke else (51200, 512, 0.03)
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    path = work / "input.zarr"
+    t = time.perf_counter()
+    n_blobs = make_input(path, size, tile, occupied)
+    n_tiles = (size // tile) ** 2
+    print(f"patchworks scale benchmark: {size}^2 uint8, {tile}^2 tiles = {n_tiles} tiles, blob patches on "
+          f"{n_blobs} tile corners; input written in {time.perf_counter() - t:.1f} s (not timed); "
+          f"{os.cpu_count()} cores", flush=True)
+    build = graph_build_seconds(path, tile)
+    rows = [run_case("threads", path, work / "threads.zarr", tile, False)]
+    if not args.no_cluster:
+        from distributed import Client, LocalCluster
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            rows.append(run_case("LocalCluster 2x1", path, work / "cluster.zarr", tile, client))
+        a = zarr.open_array(work / "threads.zarr", mode="r")
+        b = zarr.open_array(work / "cluster.zarr", mode="r")
+        same = all(np.array_equal(a[i:i + 4096], b[i:i + 4096]) for i in range(0, size, 4096))
+    print()
+    print(f"{'scheduler':18s} {'tiles/s':>8s} {'total s':>8s} {'stage s':>8s} {'seams s':>8s} {'relabel s':>9s} "
+          f"{'plan s':>7s} {'objects':>8s} {'boundary':>9s} {'driver MB':>9s}")
+    for r in rows:
+        ph = r["phases"]
+        print(f"{r['label']:18s} {n_tiles / r['seconds']:8.0f} {r['seconds']:8.2f} "
+              f"{ph.get('staging tiles', 0):8.2f} {ph.get('seams', 0):8.2f} {ph.get('relabelling tiles', 0):9.2f} "
+              f"{r['plan']:7.3f} {r['n']:8d} {r['boundary']:9d} {r['rss']:9.0f}")
+    graph = build + rows[0]["plan"]
+    print()
+    print(f"graph build (task list for {n_tiles} tiles {build:.3f} s + union-find plan {rows[0]['plan']:.3f} s) "
+          f"= {graph:.3f} s   target < 1 s   {'PASS' if graph < 1 else 'MISS'}")
+    if len(rows) > 1:
+        print(f"cluster / threads wall time = {rows[1]['seconds'] / rows[0]['seconds']:.2f}; "
+              f"identical labels: {'yes' if same else 'NO'}")
+        if not same:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
