@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import dask
 from dask.callbacks import Callback
+
+from ._resources import available_cores
 
 logger = logging.getLogger("patchworks")
 
@@ -148,7 +149,8 @@ def run_tasks(tasks, *, client=None, progress=None, desc: str = "tiles", prefix:
             # our own pool, so that when a task fails we return only after the tasks
             # still running have stopped: nothing keeps writing behind the caller's back
             from dask.threaded import get
-            pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+            # as many threads as cores this process may use (affinity, cgroup quota, SLURM)
+            pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or available_cores())
             try:
                 return list(get(dsk, keys, pool=pool))
             finally:

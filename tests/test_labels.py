@@ -307,3 +307,23 @@ def test_label_count_beyond_uint32_promotes_to_uint64_without_wrapping():
     assert seq.dtype == np.uint64  # 2**32 + 1 objects still need 64 bits
     assert len(np.unique(seq)) == 5
 
+
+
+def test_threads_follow_the_cores_available_to_the_process(monkeypatch):
+    import time
+
+    import patchworks._run as run_module
+    monkeypatch.setattr(run_module, "available_cores", lambda: 1)  # e.g. SLURM_CPUS_PER_TASK=1
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def fn(tile):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        return label_components(tile > 0.5)
+
+    tile_process(random_blobs((32, 32), seed=18), fn, tile_shape=8, compute=True, client=False)
+    assert peak[0] == 1
