@@ -15,18 +15,19 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from ._cluster import check_client
 from ._grid import TileGrid
 from ._io import LazySource, open_image
 from ._merge import plan_relabel, relabel_tile, touch_pairs_for_seam
 from ._methods import Threshold, otsu_threshold, sample_values
-from ._cluster import check_client
 from ._resources import auto_tile_shape
 from ._run import active_client, graph_tasks, new_token, run_tasks, shared
-from ._rundir import RunDir
+from ._rundir import RunDir, describe_source, fn_token, source_token
 from ._stage import StageJob, stage_tile
 from ._staging import TileStaging
 
 logger = logging.getLogger("patchworks")
+
 
 def _auto_tile_shape(source, grid: TileGrid, overlap, client, use_gpu: bool) -> tuple[int, ...]:
     """Tiles sized to what one worker may use: this process's budget, or the cluster's smallest worker."""
@@ -83,31 +84,6 @@ def _seam_task(job: _SeamJob, axis, row):
 
 def _relabel_task(job: _RelabelJob, linear_index, plan):
     return relabel_tile(job.staging, job.output, job.grid, linear_index, plan)
-
-
-def _fn_token(fn) -> str:
-    """A token for the tile function that changes when its code or captured values change."""
-    code = getattr(fn, "__code__", None)
-    try:
-        if code is not None:
-            cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())]
-            return tokenize(getattr(fn, "__module__", None), getattr(fn, "__qualname__", None),
-                            code.co_code, repr(code.co_consts), cells, ensure_deterministic=True)
-        return tokenize(fn, ensure_deterministic=True)
-    except Exception:  # not deterministically tokenizable: fall back to its pickled bytes
-        try:
-            import cloudpickle
-            return tokenize(cloudpickle.dumps(fn))
-        except Exception:
-            return f"unpicklable-{type(fn).__qualname__}"
-
-
-def _source_token(source) -> str:
-    if isinstance(source, LazySource):
-        return tokenize(source.description, source.shape, str(source.dtype))
-    if isinstance(source, da.Array):
-        return source.name
-    return tokenize(source)  # numpy: hashes the data
 
 
 def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, connectivity: int,
@@ -305,11 +281,11 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, wri
         logger.info("patchworks: skip_empty threshold (Otsu of a sample) = %g", empty_threshold)
     elif not skip_empty:
         empty_threshold = None
-    describe = {"image": _describe_source(image, source), "tile_shape": grid.tile_shape, "overlap": grid.overlap,
+    describe = {"image": describe_source(image, source), "tile_shape": grid.tile_shape, "overlap": grid.overlap,
                 "fn": getattr(fn, "__qualname__", type(fn).__qualname__), "connectivity": connectivity,
                 "sequential_labels": bool(sequential_labels), "empty_threshold": empty_threshold}
-    fingerprint = tokenize("tile_process", _source_token(source), grid.shape, grid.spatial_axes, grid.tile_shape,
-                           grid.overlap, _fn_token(fn), connectivity, bool(sequential_labels), empty_threshold,
+    fingerprint = tokenize("tile_process", source_token(source), grid.shape, grid.spatial_axes, grid.tile_shape,
+                           grid.overlap, fn_token(fn), connectivity, bool(sequential_labels), empty_threshold,
                            zarr_format)
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
                  resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(image,))
@@ -328,14 +304,6 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, wri
                            connectivity=connectivity, sequential=sequential_labels, label_counts=None,
                            client=client, progress=progress, compute=compute, return_count=return_count,
                            empty_threshold=empty_threshold)
-
-
-def _describe_source(image, source) -> str:
-    if isinstance(source, LazySource):
-        return source.description
-    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-        return str(image)
-    return f"{type(source).__name__} {tuple(source.shape)} {source.dtype}"
 
 
 def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_component=None, overlap=0,
@@ -411,10 +379,10 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         if label_counts is None:
             raise ValueError(f"label_counts must hold one count per tile ({grid.n_tiles} for the grid "
                              f"{grid.grid_shape})")
-    describe = {"labeled": _describe_source(labeled, source if source is not None else blocks),
+    describe = {"labeled": describe_source(labeled, source if source is not None else blocks),
                 "tiles": grid.grid_shape, "overlap": grid.overlap, "connectivity": connectivity,
                 "sequential_labels": bool(sequential_labels)}
-    fingerprint = tokenize("merge_tile_labels", _source_token(source if source is not None else blocks),
+    fingerprint = tokenize("merge_tile_labels", source_token(source if source is not None else blocks),
                            [b.tolist() for b in grid.boundaries], grid.overlap, connectivity, bool(sequential_labels),
                            None if label_counts is None else label_counts.tolist(), zarr_format)
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,

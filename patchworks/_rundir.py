@@ -18,13 +18,48 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import dask.array as da
 import zarr
+from dask.base import tokenize
 
-from ._io import create_output, same_location
+from ._io import LazySource, create_output, same_location
 
 logger = logging.getLogger("patchworks")
 
 _SCRATCH_PREFIX = ".patchworks-"
+
+
+def fn_token(fn) -> str:
+    """A token for the tile function that changes when its code or captured values change."""
+    code = getattr(fn, "__code__", None)
+    try:
+        if code is not None:
+            cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())]
+            return tokenize(getattr(fn, "__module__", None), getattr(fn, "__qualname__", None),
+                            code.co_code, repr(code.co_consts), cells, ensure_deterministic=True)
+        return tokenize(fn, ensure_deterministic=True)
+    except Exception:  # not deterministically tokenizable: fall back to its pickled bytes
+        try:
+            import cloudpickle
+            return tokenize(cloudpickle.dumps(fn))
+        except Exception:
+            return f"unpicklable-{type(fn).__qualname__}"
+
+
+def source_token(source) -> str:
+    if isinstance(source, LazySource):
+        return tokenize(source.description, source.shape, str(source.dtype))
+    if isinstance(source, da.Array):
+        return source.name
+    return tokenize(source)  # numpy: hashes the data
+
+
+def describe_source(image, source) -> str:
+    if isinstance(source, LazySource):
+        return source.description
+    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        return str(image)
+    return f"{type(source).__name__} {tuple(source.shape)} {source.dtype}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -99,7 +134,7 @@ class RunDir:
         except Exception:  # not a zarr array we wrote: the generic message below applies
             attrs = {}
         same = attrs.get("fingerprint") == self.fingerprint
-        if resume and same and attrs.get("complete"):
+        if resume and same and attrs.get("complete") and not self.overwrite:
             logger.info("patchworks: %s is already complete for these arguments; nothing to do", self.target)
             return True
         if self.overwrite or (resume and same):

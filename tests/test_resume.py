@@ -85,6 +85,9 @@ def test_resume_after_an_exception_skips_staged_tiles(flaky_module, tmp_path):
     again = tile_process(image, mod.segment, **kwargs)
     assert _calls(tmp_path) == 0
     np.testing.assert_array_equal(again.compute(), expected)
+    # overwrite=True means: compute it again
+    tile_process(image, mod.segment, overwrite=True, **kwargs)
+    assert _calls(tmp_path) == 16
 
 
 def test_resume_after_the_process_is_killed(flaky_module, tmp_path):
