@@ -37,7 +37,7 @@ import numpy as np
 from ._grid import Tile, TileGrid
 from ._io import LazySource, create_output, open_image, same_location
 from ._resources import available_memory
-from ._run import active_client, new_token, run_tasks, shared
+from ._run import active_client, new_token, run_tasks, shared, tile_windows
 from ._spill import SpillingAccumulators
 from ._windows import make_window
 
@@ -362,16 +362,7 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
     out = _Target(write_to, output_component, overwrite=overwrite, zarr_format=zarr_format,
                   scratch_dir=scratch_dir, inputs=(image,))
 
-    windows = None
-    if isinstance(source, np.ndarray) and active_client(client) is not None:
-        # a cluster cannot share the driver's memory: ship the array once, cut by tile
-        source = da.from_array(source, chunks=tuple(grid.tile_shape[grid.spatial_axes.index(i)]
-                                                    if i in grid.spatial_axes else -1
-                                                    for i in range(len(source.shape))))
-    if isinstance(source, da.Array):
-        dsource = source
-        windows = lambda tile: dsource[tile.window]  # noqa: E731
-        source = None
+    source, windows = tile_windows(source, grid, client)
 
     lead = () if final_channels is None else (final_channels,)
     token = new_token()

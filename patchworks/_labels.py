@@ -21,7 +21,7 @@ from ._io import LazySource, open_image
 from ._merge import plan_relabel, relabel_tile, touch_pairs_for_seam
 from ._methods import Threshold, otsu_threshold, sample_values
 from ._resources import auto_tile_shape
-from ._run import active_client, graph_tasks, new_token, run_tasks, shared
+from ._run import active_client, graph_tasks, new_token, run_tasks, shared, tile_windows
 from ._rundir import RunDir, describe_source, fn_token, source_token
 from ._stage import StageJob, stage_tile
 from ._staging import TileStaging
@@ -290,16 +290,7 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, wri
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
                  resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(image,))
 
-    windows = None
-    if isinstance(source, np.ndarray) and active_client(client) is not None:
-        # a cluster cannot share the driver's memory: ship the array once, cut by tile
-        source = da.from_array(source, chunks=tuple(grid.tile_shape[grid.spatial_axes.index(i)]
-                                                    if i in grid.spatial_axes else -1
-                                                    for i in range(len(source.shape))))
-    if isinstance(source, da.Array):
-        dsource = source
-        windows = lambda tile: dsource[tile.window]  # noqa: E731
-        source = None
+    source, windows = tile_windows(source, grid, client)
     return _label_pipeline(grid=grid, job_fn=fn, source=source, windows=windows, run=run,
                            connectivity=connectivity, sequential=sequential_labels, label_counts=None,
                            client=client, progress=progress, compute=compute, return_count=return_count,

@@ -44,6 +44,27 @@ def new_token() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def tile_windows(source, grid, client):
+    """How tile tasks get their windows: ``(source, windows)``.
+
+    A path-backed source or a numpy array on threads is read inside each
+    task (``windows`` is None). A dask array gives each task its window as a
+    dask dependency. A numpy array on a cluster, which cannot share the
+    driver's memory, is shipped once as a dask array cut by tile.
+    """
+    import dask.array as da
+    import numpy as np
+
+    if isinstance(source, np.ndarray) and active_client(client) is not None:
+        source = da.from_array(source, chunks=tuple(grid.tile_shape[grid.spatial_axes.index(i)]
+                                                    if i in grid.spatial_axes else -1
+                                                    for i in range(len(source.shape))))
+    if isinstance(source, da.Array):
+        whole = source
+        return None, lambda tile: whole[tile.window]
+    return source, None
+
+
 def shared(obj, name: str):
     """Put ``obj`` in the graph once, under ``name``, without hashing or traversing it."""
     return dask.delayed(obj, name=name, traverse=False)

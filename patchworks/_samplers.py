@@ -11,6 +11,8 @@ label samplers one block of the map per draw, is read.
 
 from __future__ import annotations
 
+import abc
+
 import itertools
 from collections.abc import Mapping
 
@@ -28,7 +30,7 @@ def _image_list(images):
     return list(images) if isinstance(images, (list, tuple)) else [images]
 
 
-class PatchSampler:
+class PatchSampler(abc.ABC):
     """Base of the training samplers: images, patch size, index bookkeeping and reading.
 
     Subclasses define ``_spec(data_idx, sample_idx, rng)``. Indexing gives
@@ -115,8 +117,9 @@ class PatchSampler:
         d, s = self.locate(index)
         return self._spec(d, s, self.rng(index % self.n_patches, epoch))
 
-    def _spec(self, data_idx, sample_idx, rng) -> PatchSpec:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _spec(self, data_idx, sample_idx, rng) -> PatchSpec:
+        """Geometry of sample ``sample_idx`` of image ``data_idx``, drawn with ``rng``."""
 
     def read(self, spec: PatchSpec) -> np.ndarray:
         """Read the patch ``spec`` describes (only those voxels)."""
@@ -541,6 +544,9 @@ class FixedSampler(PatchSampler):
 
     def spec(self, index, epoch=None):
         return self._fixed[_check_index(index, len(self._fixed))]
+
+    def _spec(self, data_idx, sample_idx, rng):
+        return self._fixed[sample_idx]  # one list of specs: its position is the index
 
     def read(self, spec):
         return read_patch(self.images[spec.data_idx], spec, self.spatial_axes[spec.data_idx])
