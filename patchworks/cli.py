@@ -139,10 +139,9 @@ def build_method(args, out=None):
 def cmd_label(args) -> int:
     import patchworks
 
-    # Check input and output before the Otsu estimate, which reads a sample of the image.
+    # Check the input before the Otsu estimate, which reads a sample of the image. An existing
+    # output is tile_process's call: the same command re-run resumes or is a no-op.
     source = patchworks.open_image(args.input, component=args.component, level=args.level, channel=args.channel)
-    if os.path.exists(args.output) and not args.overwrite:
-        raise CLIError(f"output {args.output!r} already exists; add --overwrite to replace it")
     axes = getattr(source, "axes", None) or ""
     if _method_name(args) in _BUILTIN_METHODS and "c" in axes:
         # the built-in methods threshold a single-channel image; say so before any work

@@ -141,10 +141,12 @@ def test_output_exists_needs_overwrite(zarr_input, tmp_path, capsys):
     args = ["label", zarr_input, str(out), "--threshold", "0.5", "--tile", "12,20,18"]
     assert main(args) == 0
     capsys.readouterr()
-    assert main(args) == 2
+    assert main(args) == 0, "the same command again: already complete, a no-op"
+    other = ["label", zarr_input, str(out), "--threshold", "0.5", "--tile", "12,20,9"]
+    assert main(other) == 2
     err = capsys.readouterr().err
     assert err.startswith("patchworks: error:") and "already exists" in err and "Traceback" not in err
-    assert main(args + ["--overwrite"]) == 0
+    assert main(other + ["--overwrite"]) == 0
 
 
 def test_library_errors_are_one_line(zarr_input, tmp_path, capsys):
