@@ -2,6 +2,7 @@
 
 import os
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -113,11 +114,15 @@ def test_auto_tile_shape_follows_the_smallest_worker(tmp_path):
     image[:, 4090:4100] = 255
     src = tmp_path / "image.zarr"
     zarr.create_array(store=src, data=image, chunks=(1024, 1024))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="512MiB",
-                      dashboard_address=None) as cluster, Client(cluster) as c:
+    # the limit only sizes the tiles here: never let a worker pause or die on it (a paused worker would hang)
+    relaxed = {"distributed.worker.memory.pause": False, "distributed.worker.memory.terminate": False,
+               "distributed.worker.memory.spill": False, "distributed.worker.memory.target": False}
+    with dask.config.set(relaxed), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                                 memory_limit="256MiB", dashboard_address=None) as cluster, \
+            Client(cluster) as c:
         out = tile_process(str(src), threshold(127), client=c)   # tile_shape="auto" is the default
         labels = out.compute(scheduler="threads")
-    assert out.chunks[0][0] < 8192, "512 MiB workers get tiles smaller than the image"
+    assert out.chunks[0][0] < 8192, "256 MiB workers get tiles smaller than the image"
     from scipy import ndimage
     assert_labels_equivalent(labels, ndimage.label(image > 127)[0])
 
