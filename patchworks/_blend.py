@@ -21,7 +21,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-import os
 import shutil
 import tempfile
 from collections import deque
@@ -37,21 +36,13 @@ import numpy as np
 from ._grid import Tile, TileGrid
 from ._io import LazySource, create_output, open_image, same_location
 from ._resources import available_memory
-from ._run import active_client, new_token, run_tasks, shared, tile_windows
+from ._run import active_client, local_threads, new_token, resolve_tile_shape, run_tasks, shared, tile_windows
 from ._spill import SpillingAccumulators
 from ._windows import make_window
 
 __all__ = ["tile_blend", "tile_map"]
 
 logger = logging.getLogger("patchworks")
-
-
-_DEFAULT_TILE_VOXELS = 1 << 24  # as tile_process: about 256^3 or 4096^2
-
-
-def _default_tile_shape(spatial_shape) -> tuple[int, ...]:
-    side = max(1, int(round(_DEFAULT_TILE_VOXELS ** (1 / len(spatial_shape)))))
-    return tuple(min(side, s) for s in spatial_shape)
 
 
 class _Target:
@@ -269,8 +260,9 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
         ``fn(window) -> map``: shape ``window_spatial`` or, with
         ``out_channels=C``, channels first ``(C, *window_spatial)``. Any real
         dtype; blending accumulates in float32.
-    tile_shape : int, tuple or dict, optional
-        Core size per spatial axis; default about 2**24 voxels per tile.
+    tile_shape : "auto", int, tuple or dict, optional
+        Core size per spatial axis; default (``None`` or ``"auto"``) the
+        largest tile one worker can hold, as for :func:`tile_process`.
     overlap : int, tuple or dict, default 0
         Halo per side per spatial axis; must be smaller than the tile.
         Windows of neighbouring tiles overlap by ``2 * overlap``.
@@ -346,8 +338,11 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
     source = open_image(image, component=component, level=level, channel=channel)
     if axes is None and isinstance(source, LazySource):
         axes = source.axes
-    if tile_shape is None:
-        tile_shape = _default_tile_shape(TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes).spatial_shape)
+    in_channels = int(np.prod([n for i, n in enumerate(source.shape)
+                               if i not in TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes).spatial_axes]))
+    # a tile holds its input channels and its float32 output channels
+    tile_shape = resolve_tile_shape(tile_shape, source, overlap, client, channel_axis=channel_axis, axes=axes,
+                                    n_channels=in_channels + int(out_channels or 1))
     grid = TileGrid(source.shape, tile_shape, overlap, channel_axis=channel_axis, axes=axes)
 
     full = tuple(t + 2 * h for t, h in zip(grid.tile_shape, grid.overlap))
@@ -410,7 +405,7 @@ tile_blend = tile_map
 def _local_threads() -> int:
     if dask.config.get("scheduler", None) in ("synchronous", "sync", "single-threaded"):
         return 1
-    return int(dask.config.get("num_workers", None) or len(os.sched_getaffinity(0)) or 1)
+    return local_threads()
 
 
 def _stream_locally(job: BlendJob, windows, progress, accs: SpillingAccumulators):

@@ -20,25 +20,12 @@ from ._grid import TileGrid
 from ._io import LazySource, open_image
 from ._merge import plan_relabel, relabel_tile, touch_pairs_for_seam
 from ._methods import Threshold, otsu_threshold, sample_values
-from ._resources import auto_tile_shape
-from ._run import active_client, graph_tasks, new_token, run_tasks, shared, tile_windows
+from ._run import active_client, graph_tasks, new_token, resolve_tile_shape, run_tasks, shared, tile_windows
 from ._rundir import RunDir, describe_source, fn_token, source_token
 from ._stage import StageJob, stage_tile
 from ._staging import TileStaging
 
 logger = logging.getLogger("patchworks")
-
-
-def _auto_tile_shape(source, grid: TileGrid, overlap, client, use_gpu: bool) -> tuple[int, ...]:
-    """Tiles sized to what one worker may use: this process's budget, or the cluster's smallest worker."""
-    budget = None
-    cluster = active_client(client)
-    if cluster is not None and not use_gpu:
-        per_thread = [w["memory_limit"] / max(w.get("nthreads", 1), 1)
-                      for w in cluster.scheduler_info()["workers"].values() if w.get("memory_limit")]
-        budget = int(min(per_thread)) if per_thread else None
-    return auto_tile_shape(source.shape, source.dtype, overlap=overlap, spatial_axes=grid.spatial_axes,
-                           use_gpu=use_gpu, budget=budget)
 
 
 def _check_connectivity(connectivity, n_spatial: int) -> int:
@@ -262,12 +249,8 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, wri
     cluster = active_client(client)
     if cluster is not None:
         check_client(cluster)
-    if tile_shape is None or (isinstance(tile_shape, str) and tile_shape == "auto"):
-        probe = TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes)
-        tile_shape = _auto_tile_shape(source, probe, overlap, client, use_gpu)
-        logger.info("patchworks: tile_shape='auto' -> %s", tile_shape)
-    elif isinstance(tile_shape, str):
-        raise ValueError(f"tile_shape={tile_shape!r}: use 'auto', an int, a tuple or a dict {{axis: int}}")
+    tile_shape = resolve_tile_shape(tile_shape, source, overlap, client, use_gpu=use_gpu,
+                                    channel_axis=channel_axis, axes=axes)
     grid = TileGrid(source.shape, tile_shape, overlap, channel_axis=channel_axis, axes=axes)
     connectivity = _check_connectivity(connectivity, len(grid.spatial_axes))
     fn = _align_fn_connectivity(fn, connectivity)
@@ -284,9 +267,10 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, wri
     describe = {"image": describe_source(image, source), "tile_shape": grid.tile_shape, "overlap": grid.overlap,
                 "fn": getattr(fn, "__qualname__", type(fn).__qualname__), "connectivity": connectivity,
                 "sequential_labels": bool(sequential_labels), "empty_threshold": empty_threshold}
-    fingerprint = tokenize("tile_process", source_token(source), grid.shape, grid.spatial_axes, grid.tile_shape,
-                           grid.overlap, fn_token(fn), connectivity, bool(sequential_labels), empty_threshold,
-                           zarr_format)
+    # only a named output can be resumed; skip hashing (a full pass over a numpy input) otherwise
+    fingerprint = "" if write_to is None else tokenize(
+        "tile_process", source_token(source), grid.shape, grid.spatial_axes, grid.tile_shape, grid.overlap,
+        fn_token(fn), connectivity, bool(sequential_labels), empty_threshold, zarr_format)
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
                  resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(image,))
 
@@ -373,9 +357,10 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
     describe = {"labeled": describe_source(labeled, source if source is not None else blocks),
                 "tiles": grid.grid_shape, "overlap": grid.overlap, "connectivity": connectivity,
                 "sequential_labels": bool(sequential_labels)}
-    fingerprint = tokenize("merge_tile_labels", source_token(source if source is not None else blocks),
-                           [b.tolist() for b in grid.boundaries], grid.overlap, connectivity, bool(sequential_labels),
-                           None if label_counts is None else label_counts.tolist(), zarr_format)
+    fingerprint = "" if write_to is None else tokenize(
+        "merge_tile_labels", source_token(source if source is not None else blocks),
+        [b.tolist() for b in grid.boundaries], grid.overlap, connectivity, bool(sequential_labels),
+        None if label_counts is None else label_counts.tolist(), zarr_format)
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
                  resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(labeled,))
     return _label_pipeline(grid=grid, job_fn=None, source=source, windows=windows, run=run,

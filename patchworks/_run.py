@@ -65,6 +65,39 @@ def tile_windows(source, grid, client):
     return source, None
 
 
+def resolve_tile_shape(tile_shape, source, overlap, client, *, use_gpu=False, channel_axis=None, axes=None,
+                       n_channels=None):
+    """``tile_shape`` as given, or for ``None`` / ``"auto"`` the largest tile one worker can hold.
+
+    The budget is this process's (psutil, cgroup, SLURM, shared by its
+    cores), the smallest worker's of the cluster the run will use, or the
+    free memory of the visible GPU with ``use_gpu``.
+    """
+    if tile_shape is not None and not (isinstance(tile_shape, str) and tile_shape == "auto"):
+        if isinstance(tile_shape, str):
+            raise ValueError(f"tile_shape={tile_shape!r}: use 'auto', an int, a tuple or a dict {{axis: int}}")
+        return tile_shape
+    from ._grid import TileGrid
+    from ._resources import auto_tile_shape
+
+    budget = None
+    cluster = active_client(client)
+    if cluster is not None and not use_gpu:
+        per_thread = [w["memory_limit"] / max(w.get("nthreads", 1), 1)
+                      for w in cluster.scheduler_info()["workers"].values() if w.get("memory_limit")]
+        budget = int(min(per_thread)) if per_thread else None
+    spatial = TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes).spatial_axes
+    shape = auto_tile_shape(source.shape, source.dtype, overlap=overlap, spatial_axes=spatial, use_gpu=use_gpu,
+                            budget=budget, n_channels=n_channels)
+    logger.info("patchworks: tile_shape='auto' -> %s", shape)
+    return shape
+
+
+def local_threads() -> int:
+    """Threads for a local run: as many as cores this process may use (affinity, cgroup quota, SLURM)."""
+    return int(dask.config.get("num_workers", None) or available_cores())
+
+
 def shared(obj, name: str):
     """Put ``obj`` in the graph once, under ``name``, without hashing or traversing it."""
     return dask.delayed(obj, name=name, traverse=False)
@@ -170,8 +203,7 @@ def run_tasks(tasks, *, client=None, progress=None, desc: str = "tiles", prefix:
             # our own pool, so that when a task fails we return only after the tasks
             # still running have stopped: nothing keeps writing behind the caller's back
             from dask.threaded import get
-            # as many threads as cores this process may use (affinity, cgroup quota, SLURM)
-            pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or available_cores())
+            pool = ThreadPoolExecutor(local_threads())
             try:
                 return list(get(dsk, keys, pool=pool))
             finally:
