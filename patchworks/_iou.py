@@ -39,8 +39,22 @@ def match_labels(a: np.ndarray, b: np.ndarray, iou_threshold: float = 0.5) -> np
     ub, area_b = np.unique(b[b != 0], return_counts=True)
     pairs, inter = np.unique(np.stack([a[both], b[both]]).astype(np.uint64), axis=1, return_counts=True)
     la, lb = pairs
-    union = area_a[np.searchsorted(ua, la)] + area_b[np.searchsorted(ub, lb)] - inter
-    iou = inter / union
+    return mutual_best(la, lb, inter, area_a[np.searchsorted(ua, la)], area_b[np.searchsorted(ub, lb)],
+                       iou_threshold)
+
+
+def mutual_best(la, lb, inter, area_la, area_lb, iou_threshold: float) -> np.ndarray:
+    """The matching rule on counted overlaps: pairs ``(la, lb)`` with their intersection and both areas.
+
+    Each ``(la, lb)`` pair appears once. Returns the ``(k, 2)`` uint64
+    pairs that are each other's best match (highest IoU, ties to the smaller
+    id) with IoU >= ``iou_threshold``.
+    """
+    la = np.asarray(la, dtype=np.uint64)
+    lb = np.asarray(lb, dtype=np.uint64)
+    if la.size == 0:
+        return np.zeros((0, 2), np.uint64)
+    iou = inter / (np.asarray(area_la, dtype=np.float64) + area_lb - inter)
 
     def best(key, other):  # index of the best pair for each distinct key (highest IoU, then smallest other)
         order = np.lexsort((other, -iou, key))

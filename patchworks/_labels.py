@@ -18,7 +18,8 @@ from dask.base import tokenize
 from ._cluster import check_client
 from ._grid import TileGrid
 from ._io import LazySource, open_image
-from ._merge import plan_relabel, relabel_tile, touch_pairs_for_seam
+from ._merge import (iou_pairs_for_tile, plan_relabel, plane_axes, plane_pairs_for_seam, relabel_tile,
+                     touch_pairs_for_seam)
 from ._methods import Threshold, otsu_threshold, sample_values
 from ._run import active_client, graph_tasks, new_token, resolve_tile_shape, run_tasks, shared, tile_windows
 from ._rundir import RunDir, describe_source, fn_token, source_token
@@ -50,12 +51,36 @@ def _align_fn_connectivity(fn, connectivity: int):
     return fn
 
 
+def _check_stitch(stitch, iou_threshold, grid: TileGrid, how_to_overlap: str = "") -> None:
+    """``stitch="iou"`` needs an overlap (or plane-by-plane tiles) on every axis that has seams."""
+    if stitch not in ("touch", "iou"):
+        raise ValueError(f"stitch={stitch!r}: use 'touch' (join labels touching across a seam: exact for "
+                         f"connected components) or 'iou' (one-to-one IoU matching in the overlap: instance-safe)")
+    if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float, np.number)) \
+            or not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold={iou_threshold!r}: use a number in (0, 1], e.g. 0.5")
+    if stitch != "iou":
+        return
+    for k, (n_rows, h) in enumerate(zip(grid.grid_shape, grid.overlap)):
+        thickness = np.diff(grid.boundaries[k])
+        if n_rows > 1 and h == 0 and thickness.max() > 1:
+            suggest = tuple(max(o, min(32, int(t) // 4)) if i == k else o
+                            for i, (o, t) in enumerate(zip(grid.overlap, grid.tile_shape)))
+            raise ValueError(
+                f"stitch='iou' matches labels in the overlap of neighbouring tiles, but spatial axis {k} has "
+                f"overlap 0 with tiles {int(thickness.max())} thick; set overlap={suggest} (at least the radius "
+                f"of the largest object, ideally its diameter; see patchworks.auto_overlap){how_to_overlap}, "
+                f"or tile that axis 1 voxel thick to stitch plane by plane")
+
+
 @dataclass
 class _SeamJob:
     staging: TileStaging
     grid: TileGrid
     offsets: np.ndarray
     connectivity: int
+    counts: np.ndarray | None = None
+    iou_threshold: float | None = None   # set: stitch="iou"
 
 
 @dataclass
@@ -69,20 +94,54 @@ def _seam_task(job: _SeamJob, axis, row):
     return touch_pairs_for_seam(job.staging, job.grid, axis, row, job.offsets, job.connectivity)
 
 
+def _iou_task(job: _SeamJob, linear_index):
+    return iou_pairs_for_tile(job.staging, job.grid, linear_index, job.counts, job.offsets, job.iou_threshold)
+
+
+@dataclass
+class _PlaneJob:
+    staging: TileStaging
+    grid: TileGrid
+    in_plane_plans: list
+    iou_threshold: float
+
+
+def _plane_task(job: _PlaneJob, axis, row):
+    return plane_pairs_for_seam(job.staging, job.grid, axis, row, job.in_plane_plans, job.iou_threshold)
+
+
+def _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token) -> np.ndarray:
+    """stitch="iou": band matching between neighbours, then whole-plane matching across plane-by-plane axes."""
+    tasks = graph_tasks(f"patchworks-seam-{token}", _iou_task,
+                        _SeamJob(staging, grid, offsets, 1, counts, float(iou_threshold)),
+                        [(i,) for i in range(grid.n_tiles) if counts[i]])
+    pairs = run_tasks(tasks, client=client, progress=False)
+    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
+    planar = plane_axes(grid)
+    if planar:  # the objects of each plane first, then one task per plane seam
+        plans = plan_relabel(counts, pairs, sequential=False).tiles
+        tasks = graph_tasks(f"patchworks-planes-{token}", _plane_task,
+                            _PlaneJob(staging, grid, plans, float(iou_threshold)),
+                            [(a, r) for a in planar for r in range(grid.grid_shape[a] - 1)])
+        pairs = np.concatenate([pairs, *run_tasks(tasks, client=client, progress=False)])
+    return pairs
+
+
 def _relabel_task(job: _RelabelJob, linear_index, plan):
     return relabel_tile(job.staging, job.output, job.grid, linear_index, plan)
 
 
 def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, connectivity: int,
                     sequential: bool, label_counts, client, progress, compute: bool, return_count: bool,
-                    empty_threshold=None):
+                    empty_threshold=None, stitch="touch", iou_threshold=0.5):
     if run.finished:  # same run already complete: a no-op
         output = run.open_existing()
         return _result(output, run, compute, return_count, output.attrs["patchworks"].get("n_objects"))
     token = new_token()
     spatial_shape, chunks = grid.spatial_shape, grid.chunks
     try:
-        staging = TileStaging(grid, run.scratch / "tiles")
+        iou = stitch == "iou"
+        staging = TileStaging(grid, run.scratch / "tiles", bands=iou)
         # 1. stage: fn once per tile, local ids + seam planes kept, counts back; a resumed run
         #    skips the tiles it already staged
         counts = np.zeros(grid.n_tiles, dtype=np.int64)
@@ -93,8 +152,9 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         if done:
             logger.info("patchworks: resuming %s: %d of %d tiles already staged", run.target, len(done),
                         grid.n_tiles)
-        job = StageJob(grid=grid, staging=staging, fn=job_fn, source=source, label_counts=label_counts,
-                       compact=sequential, empty_threshold=empty_threshold)
+        job = StageJob(grid=grid, staging=staging, fn=job_fn, source=source,
+                       label_counts=None if iou else label_counts, compact=sequential,
+                       empty_threshold=empty_threshold)
         prefix = f"patchworks-stage-{token}"
         if windows is None:
             tasks = graph_tasks(prefix, stage_tile, job, [(i,) for i in todo])
@@ -106,13 +166,18 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             counts[r.linear_index] = r.n_labels
         n_skipped = sum(r.skipped for r in results)
 
-        # 2. seams: pairs of global ids that touch, one task per seam plane of the grid
+        # 2. seams: pairs of global ids to join; touch: one task per seam plane of the grid,
+        #    iou: one task per tile matching its bands with its neighbours', then one per plane seam
         offsets = np.zeros(grid.n_tiles, dtype=np.uint64)
         np.cumsum(counts[:-1], out=offsets[1:])
-        seam_tasks = graph_tasks(f"patchworks-seam-{token}", _seam_task, _SeamJob(staging, grid, offsets, connectivity),
-                                 [(a, r) for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)])
-        pairs = run_tasks(seam_tasks, client=client, progress=False)
-        pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
+        if iou:
+            pairs = _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token)
+        else:
+            seam_tasks = graph_tasks(f"patchworks-seam-{token}", _seam_task,
+                                     _SeamJob(staging, grid, offsets, connectivity),
+                                     [(a, r) for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)])
+            pairs = run_tasks(seam_tasks, client=client, progress=False)
+            pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
 
         # 3. plan on the driver: union-find over boundary labels only
         plan = plan_relabel(counts, pairs, sequential=sequential)
@@ -128,7 +193,8 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
                             [(i, plan.tiles[i]) for i in range(grid.n_tiles) if plan.tiles[i].n_labels])
         run_tasks(tasks, client=client, progress=progress, desc="relabelling tiles", prefix=prefix)
         run.mark_complete(output, {"n_objects": plan.n_objects, "sequential_labels": bool(sequential),
-                                   "connectivity": connectivity, "tile_shape": list(grid.tile_shape),
+                                   "connectivity": connectivity, "stitch": stitch,
+                                   "iou_threshold": float(iou_threshold) if iou else None, "tile_shape": list(grid.tile_shape),
                                    "overlap": list(grid.overlap), "n_skipped": int(n_skipped)})
     except BaseException:
         run.fail()
@@ -146,8 +212,8 @@ def _result(output, run: RunDir, compute: bool, return_count: bool, n_objects):
     return (result, n_objects) if return_count else result
 
 
-def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, write_to=None,
-                 sequential_labels=False, compute=False, progress=None, client=None, overwrite=False,
+def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, stitch="touch", iou_threshold=0.5,
+                 write_to=None, sequential_labels=False, compute=False, progress=None, client=None, overwrite=False,
                  resume=True, skip_empty=False, empty_threshold=None, use_gpu=False,
                  component=None, level=0, channel=None, channel_axis=None, axes=None,
                  output_component=None, zarr_format=3, scratch_dir=None, return_count=False):
@@ -158,7 +224,10 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, wri
     (0 = background). It is called exactly once per tile. Labels are made
     globally unique and objects cut by a seam are joined: for a ``fn`` that
     labels connected components, the result is the same partition as
-    labelling the whole image at once with the same ``connectivity``.
+    labelling the whole image at once with the same ``connectivity``
+    (``stitch="touch"``). For a segmenter of touching instances (Cellpose,
+    StarDist, watershed) use ``stitch="iou"`` with an overlap, so touching
+    cells on a seam stay apart.
 
     Parameters
     ----------
@@ -179,6 +248,24 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, wri
     connectivity : int, default 1
         Which neighbours join across seams: 1 = faces ... ndim = all
         (scikit-image convention). Must match what ``fn`` labels with.
+        Used by ``stitch="touch"``.
+    stitch : {"touch", "iou"}, default "touch"
+        How labels of neighbouring tiles are joined. ``"touch"``: every pair
+        of labels touching across a seam (exact for connected components,
+        but it fuses distinct cells pressed against a seam). ``"iou"``: each
+        tile also keeps its view of the band it shares with each neighbour
+        (``overlap`` voxels on both sides of the seam); two labels are joined
+        only when each is the other's best match there and their IoU reaches
+        ``iou_threshold``, one to one, so two objects of one tile are never
+        fused. Needs an overlap on every tiled axis, ideally at least the
+        largest object's diameter, except an axis tiled 1 voxel thick (a 2-D
+        model run plane by plane), whose consecutive planes are matched the
+        same way (like Cellpose's ``stitch_threshold``). Every output voxel
+        still comes from its own tile's core.
+    iou_threshold : float, default 0.5
+        Smallest IoU at which two mutual best matches are joined
+        (``stitch="iou"``). Above 0.5 a match is unique by construction;
+        lower values tolerate segmenters whose views of a cell differ more.
     write_to : path, optional
         zarr store to write (v3 unless ``zarr_format=2``), chunks aligned
         with the tile cores. Default: a store in a new temporary directory,
@@ -253,6 +340,7 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, wri
                                     channel_axis=channel_axis, axes=axes)
     grid = TileGrid(source.shape, tile_shape, overlap, channel_axis=channel_axis, axes=axes)
     connectivity = _check_connectivity(connectivity, len(grid.spatial_axes))
+    _check_stitch(stitch, iou_threshold, grid)
     fn = _align_fn_connectivity(fn, connectivity)
     if isinstance(fn, Threshold) and len(grid.spatial_axes) != len(grid.shape):
         raise ValueError(
@@ -266,11 +354,13 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, wri
         empty_threshold = None
     describe = {"image": describe_source(image, source), "tile_shape": grid.tile_shape, "overlap": grid.overlap,
                 "fn": getattr(fn, "__qualname__", type(fn).__qualname__), "connectivity": connectivity,
+                "stitch": stitch, "iou_threshold": iou_threshold if stitch == "iou" else None,
                 "sequential_labels": bool(sequential_labels), "empty_threshold": empty_threshold}
     # only a named output can be resumed; skip hashing (a full pass over a numpy input) otherwise
     fingerprint = "" if write_to is None else tokenize(
         "tile_process", source_token(source), grid.shape, grid.spatial_axes, grid.tile_shape, grid.overlap,
-        fn_token(fn), connectivity, bool(sequential_labels), empty_threshold, zarr_format)
+        fn_token(fn), connectivity, bool(sequential_labels), empty_threshold, zarr_format,
+        *(("iou", float(iou_threshold)) if stitch == "iou" else ()))
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
                  resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(image,))
 
@@ -278,11 +368,12 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, wri
     return _label_pipeline(grid=grid, job_fn=fn, source=source, windows=windows, run=run,
                            connectivity=connectivity, sequential=sequential_labels, label_counts=None,
                            client=client, progress=progress, compute=compute, return_count=return_count,
-                           empty_threshold=empty_threshold)
+                           empty_threshold=empty_threshold, stitch=stitch, iou_threshold=iou_threshold)
 
 
 def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_component=None, overlap=0,
-                      connectivity=1, sequential_labels=False, label_counts=None, return_count=False,
+                      connectivity=1, stitch="touch", iou_threshold=0.5, sequential_labels=False,
+                      label_counts=None, return_count=False,
                       progress=False, client=None, overwrite=False, resume=True, compute=False,
                       zarr_format=3, scratch_dir=None):
     """Merge per-tile labels that someone else computed into globally consistent labels.
@@ -309,11 +400,14 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         which is cropped before merging. Zarr inputs hold cores only, so 0.
     connectivity : int, default 1
         Neighbourhood used to join labels across block boundaries.
+    stitch, iou_threshold :
+        As for :func:`tile_process`. ``"iou"`` needs blocks with a halo
+        (``overlap``), or blocks 1 voxel thick along an axis (plane by plane).
     sequential_labels : bool, default False
         Number objects ``1..n``.
     label_counts : array of int, optional
         Number of labels of each block, with labels already ``1..n`` in each
-        block (saves the renumbering).
+        block (saves the renumbering; ``stitch="iou"`` numbers blocks itself).
     return_count : bool, default False
         Also return the number of objects.
     progress, client, overwrite, resume, compute, zarr_format, scratch_dir :
@@ -348,6 +442,9 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         chunks = source.chunks or source.shape
         grid = TileGrid(source.shape, chunks)
     connectivity = _check_connectivity(connectivity, len(grid.spatial_axes))
+    _check_stitch(stitch, iou_threshold, grid, "" if windows is not None else
+                  " on the labelled blocks: a zarr input holds cores only, so pass the dask array of "
+                  "map_overlap(fn, depth=overlap, trim=False, boundary='none') with overlap=")
     if label_counts is not None:
         label_counts = np.asarray(label_counts, dtype=np.int64).reshape(grid.grid_shape) \
             if np.size(label_counts) == grid.n_tiles else None
@@ -356,16 +453,18 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
                              f"{grid.grid_shape})")
     describe = {"labeled": describe_source(labeled, source if source is not None else blocks),
                 "tiles": grid.grid_shape, "overlap": grid.overlap, "connectivity": connectivity,
-                "sequential_labels": bool(sequential_labels)}
+                "stitch": stitch, "sequential_labels": bool(sequential_labels)}
     fingerprint = "" if write_to is None else tokenize(
         "merge_tile_labels", source_token(source if source is not None else blocks),
         [b.tolist() for b in grid.boundaries], grid.overlap, connectivity, bool(sequential_labels),
-        None if label_counts is None else label_counts.tolist(), zarr_format)
+        None if label_counts is None else label_counts.tolist(), zarr_format,
+        *(("iou", float(iou_threshold)) if stitch == "iou" else ()))
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
                  resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(labeled,))
     return _label_pipeline(grid=grid, job_fn=None, source=source, windows=windows, run=run,
                            connectivity=connectivity, sequential=sequential_labels, label_counts=label_counts,
-                           client=client, progress=progress, compute=compute, return_count=return_count)
+                           client=client, progress=progress, compute=compute, return_count=return_count,
+                           stitch=stitch, iou_threshold=iou_threshold)
 
 
 def _core_halo(overlap, ndim):

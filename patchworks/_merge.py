@@ -18,6 +18,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ._grid import TileGrid
+from ._iou import match_labels, mutual_best
 
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
 # Seam planes are scanned in blocks of at most this many voxels per plane.
@@ -105,6 +106,123 @@ def touch_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, offsets: 
     if not found:
         return np.zeros((0, 2), np.uint64)
     return np.unique(np.concatenate(found), axis=0)
+
+
+def _forward_neighbours(ndim: int):
+    """Offsets to the neighbours (faces, edges, corners) whose first non-zero step is +1: each pair once."""
+    return [d for d in itertools.product((-1, 0, 1), repeat=ndim) if any(d) and d[next(i for i, v in enumerate(d) if v)] == 1]
+
+
+def plane_axes(grid: TileGrid) -> list[int]:
+    """Axes tiled plane by plane (several rows, no overlap): stitched by whole-plane IoU."""
+    return [k for k, (n, h) in enumerate(zip(grid.grid_shape, grid.overlap)) if n > 1 and h == 0]
+
+
+def iou_pairs_for_tile(staging, grid: TileGrid, linear_index: int, counts: np.ndarray, offsets: np.ndarray,
+                       iou_threshold: float) -> np.ndarray:
+    """Pairs of global ids joined by one-to-one IoU between a tile and its forward neighbours.
+
+    For each neighbour (sharing a face, an edge or a corner), both tiles'
+    views of the region their windows share are cut from the staged bands
+    and matched (:func:`patchworks._iou.match_labels`). Along a
+    plane-by-plane axis (no overlap) the tile's last plane meets the
+    neighbour's first. Edge and corner neighbours matter for a cell that
+    reaches into a diagonal tile only. Only labels with core voxels in both
+    tiles make pairs; halo-only labels just compete for the best match.
+    Neighbours across a plane-by-plane axis are left to
+    :func:`plane_pairs_for_seam`, which matches whole planes.
+    """
+    if counts[linear_index] == 0:
+        return np.zeros((0, 2), np.uint64)
+    tile = grid.tile(linear_index)
+    mine = staging.read_bands(tile)
+    boxes = staging.band_boxes(tile)
+    planar = plane_axes(grid)
+    found = []
+    for d in _forward_neighbours(len(grid.grid_shape)):
+        if any(d[k] for k in planar):
+            continue
+        index = tuple(i + s for i, s in zip(tile.index, d))
+        if any(not 0 <= i < g for i, g in zip(index, grid.grid_shape)):
+            continue
+        other = grid.tile(index)
+        if counts[other.linear_index] == 0:
+            continue  # no core labels there: nothing to join
+        a = next(k for k, v in enumerate(d) if v)  # the band axis: the first one the tiles differ on
+        my_box, my_view = boxes[(a, 1)], mine[(a, 1)]
+        its_box, its_view = staging.band_boxes(other)[(a, 0)], staging.read_bands(other)[(a, 0)]
+        my_cut, its_cut = [], []
+        for k, (m, o) in enumerate(zip(my_box, its_box)):
+            lo, hi = max(m.start, o.start), min(m.stop, o.stop)
+            if hi <= lo:
+                break
+            my_cut.append(slice(lo - m.start, hi - m.start))
+            its_cut.append(slice(lo - o.start, hi - o.start))
+        else:
+            pairs = match_labels(my_view[tuple(my_cut)], its_view[tuple(its_cut)], iou_threshold)
+            own = (pairs[:, 0] <= int(counts[linear_index])) & (pairs[:, 1] <= int(counts[other.linear_index]))
+            if own.any():
+                pairs = pairs[own]
+                pairs[:, 0] += offsets[linear_index]
+                pairs[:, 1] += offsets[other.linear_index]
+                found.append(pairs)
+    return np.concatenate(found) if found else np.zeros((0, 2), np.uint64)
+
+
+def plane_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, in_plane_plans,
+                         iou_threshold: float) -> np.ndarray:
+    """Pairs joining the objects of two consecutive planes by one-to-one IoU over the whole planes.
+
+    ``axis`` is tiled plane by plane; the seam lies after plane row ``row``.
+    The objects of each plane are the labels joined within the plane first
+    (``in_plane_plans``: the tile plans of that union-find, whose ids name
+    each object by its smallest global id). Intersections and areas are
+    summed over the cores of all tiles of the two planes, so an object cut
+    by in-plane seams is compared whole, as Cellpose's ``stitch_threshold``
+    compares whole planes.
+    """
+    keys, inter, areas_a, areas_b = [], [], [], []
+    in_plane = [range(g) if k != axis else (row,) for k, g in enumerate(grid.grid_shape)]
+    for index in itertools.product(*in_plane):
+        lower = grid.tile(index)
+        upper = grid.tile(index[:axis] + (row + 1,) + index[axis + 1:])
+        plan_lo, plan_hi = in_plane_plans[lower.linear_index], in_plane_plans[upper.linear_index]
+        if plan_lo.n_labels == 0 and plan_hi.n_labels == 0:
+            continue
+        views = []
+        for tile, side, plan in ((lower, 1, plan_lo), (upper, 0, plan_hi)):
+            if plan.n_labels == 0:
+                views.append(np.zeros(tile.core_shape[:axis] + (1,) + tile.core_shape[axis + 1:], np.uint64))
+                continue
+            band = staging.read_bands(tile)[(axis, side)]
+            core = tuple(slice(None) if k == axis else slice(c.start - w.start, c.stop - w.start)
+                         for k, (c, w) in enumerate(zip(tile.spatial_core, tile.spatial_window)))
+            views.append(plan.final_ids(band[core]).ravel())
+        a, b = (v.ravel() for v in views)
+        ids, counts = np.unique(a[a != 0], return_counts=True)
+        areas_a.append((ids, counts))
+        ids, counts = np.unique(b[b != 0], return_counts=True)
+        areas_b.append((ids, counts))
+        both = (a != 0) & (b != 0)
+        if both.any():
+            pair, count = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
+            keys.append(pair)
+            inter.append(count)
+    if not keys:
+        return np.zeros((0, 2), np.uint64)
+
+    def summed(parts):
+        ids = np.concatenate([p[0] for p in parts])
+        counts = np.concatenate([p[1] for p in parts])
+        unique, where = np.unique(ids, return_inverse=True)
+        return unique, np.bincount(where, weights=counts)
+
+    pair, where = np.unique(np.concatenate(keys, axis=1), axis=1, return_inverse=True)
+    inter = np.bincount(where.ravel(), weights=np.concatenate(inter))
+    ua, area_a = summed(areas_a)
+    ub, area_b = summed(areas_b)
+    return mutual_best(pair[0], pair[1], inter, area_a[np.searchsorted(ua, pair[0])],
+                       area_b[np.searchsorted(ub, pair[1])], iou_threshold)
 
 
 @dataclass(frozen=True)

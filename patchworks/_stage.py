@@ -105,6 +105,41 @@ def local_ids(core: np.ndarray, compact: bool = True) -> tuple[np.ndarray, np.nd
     return renumbered.astype(np.uint32, copy=False), None, n
 
 
+def band_ids(labels: np.ndarray, tile: Tile, boxes) -> tuple[np.ndarray, np.ndarray | None, int, list]:
+    """Local numbering for ``stitch="iou"``: core labels ``1..n``, halo-only labels after them.
+
+    Returns ``(ids, lut, n, bands)`` like :func:`local_ids` (``lut`` maps
+    the core's raw ids to ``1..n``) plus the tile's view of each band box
+    in local ids. A label seen only in the halo (a neighbour's object, as
+    this tile sees it) gets an id above ``n``: it competes in the IoU
+    matching but owns no output voxel, so it never joins anything.
+    """
+    top = int(labels.max()) if labels.size else 0
+    if top > 4 * labels.size + 1024:  # huge raw ids: number the window compactly first
+        labels, _ = fastremap.renumber(np.ascontiguousarray(labels), preserve_zero=True)
+        top = int(labels.max())
+    origin = [s.start for s in tile.spatial_window]
+    views = [labels[tuple(slice(b.start - o, b.stop - o) for b, o in zip(box, origin))] for box in boxes]
+    core = labels[tile.spatial_crop]
+    in_core = np.zeros(top + 1, dtype=bool)
+    in_core[core] = True
+    in_core[0] = False
+    core_lut = np.cumsum(in_core, dtype=np.uint32)
+    n = int(core_lut[-1])
+    if n == 0:
+        return np.zeros(core.shape, np.uint32), None, 0, []
+    halo_only = np.zeros(top + 1, dtype=bool)
+    for view in views:
+        halo_only[view] = True
+    halo_only &= ~in_core
+    halo_only[0] = False
+    full = core_lut.copy()
+    full[halo_only] = n + np.cumsum(halo_only, dtype=np.uint32)[halo_only]
+    core_lut[~in_core] = 0
+    ids = core if core.dtype == np.uint32 else core.astype(np.uint32)
+    return ids, core_lut, n, [full[v] for v in views]
+
+
 def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
     """Run one tile: the body of a staging task."""
     grid = job.grid
@@ -118,6 +153,10 @@ def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
         labels = validate_labels(window, tile, tile.window_shape, what="the input")
     else:
         labels = validate_labels(job.fn(window), tile, tile.window_shape)
+    if job.staging.bands:  # stitch="iou": the band views come from the whole window
+        ids, lut, n, bands = band_ids(labels, tile, job.staging.band_boxes(tile).values())
+        job.staging.put(tile, ids, lut, n, bands)
+        return TileResult(linear_index=tile.linear_index, n_labels=n)
     core = labels[tile.spatial_crop]
     if core.shape != labels.shape:
         core = np.ascontiguousarray(core)  # do not keep the halo alive while the tile waits

@@ -7,11 +7,16 @@ an interrupted run can resume:
 
 1. a header of four uint64: the tile's label count ``n``, the lengths of the
    two blobs below and the size of the look-up table;
-2. when ``n > 0``, the tile's seam planes, raw uint32 in local ids, one tiled
-   axis after the other (first and last core plane along that axis; their
-   shapes follow from the grid). They are captured while the tile is in
-   memory, and the seam scan reads only the head of the file, never the
-   volume;
+2. when ``n > 0``, what the seam scan needs, raw uint32, captured while the
+   tile is in memory so the scan reads only the head of the file, never the
+   volume; the shapes follow from the grid:
+
+   - ``stitch="touch"``: the seam planes in local ids, one tiled axis after
+     the other (first and last core plane along that axis);
+   - ``stitch="iou"``: the tile's own view of each band it shares with a
+     face neighbour (``2 * overlap`` thick across the seam, the whole window
+     along the other axes; one plane for plane-by-plane tiles), in local ids
+     with the labels seen only in the halo numbered after the core's;
 3. the core ids, Blosc-lz4 compressed, and the tile's local look-up table
    when the ids are not yet ``1..n``; the relabel task composes that table
    with the final one and rewrites the tile in a single pass.
@@ -48,9 +53,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class TileStaging:
     """Staged tiles of one run, kept as files under ``root`` (picklable)."""
 
-    def __init__(self, grid: TileGrid, root):
+    def __init__(self, grid: TileGrid, root, bands: bool = False):
         self.grid = grid
         self.root = Path(root)
+        self.bands = bands           # stage IoU bands instead of seam planes
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, i: int) -> Path:
@@ -65,16 +71,52 @@ class TileStaging:
                 shapes[a] = tuple(shape)
         return shapes
 
-    def put(self, tile: Tile, ids: np.ndarray | None, lut: np.ndarray | None, n: int) -> None:
-        """Stage a tile: ``n`` labels in its core ``ids``, ``lut[ids]`` local (``ids`` are when ``lut`` is None)."""
+    def band_boxes(self, tile: Tile) -> dict[tuple[int, int], tuple[slice, ...]]:
+        """``{(axis, side): box}``: where the bands shared with face neighbours lie (absolute spatial slices).
+
+        ``side`` 0 is the neighbour before the tile along ``axis``, 1 the one
+        after it. Across the seam a band reaches ``overlap`` voxels into
+        each tile (clipped to the window); along the other axes it spans
+        the window. A plane-by-plane axis (no overlap) gives the tile's
+        first or last plane.
+        """
+        grid, boxes = self.grid, {}
+        for a, n_rows in enumerate(grid.grid_shape):
+            h, win, core = grid.overlap[a], tile.spatial_window[a], tile.spatial_core[a]
+            for side, has_neighbour in ((0, tile.index[a] > 0), (1, tile.index[a] < n_rows - 1)):
+                if not has_neighbour:
+                    continue
+                seam = core.start if side == 0 else core.stop
+                if h:
+                    across = slice(max(seam - h, win.start), min(seam + h, win.stop))
+                else:
+                    across = slice(seam, seam + 1) if side == 0 else slice(seam - 1, seam)
+                boxes[(a, side)] = tile.spatial_window[:a] + (across,) + tile.spatial_window[a + 1:]
+        return boxes
+
+    def _head_shapes(self, tile: Tile) -> list[tuple[int, ...]]:
+        """Shapes of the raw arrays between the header and the ids, in file order."""
+        if self.bands:
+            return [tuple(s.stop - s.start for s in box) for box in self.band_boxes(tile).values()]
+        return list(self._plane_shapes(tile).values())
+
+    def put(self, tile: Tile, ids: np.ndarray | None, lut: np.ndarray | None, n: int, bands=None) -> None:
+        """Stage a tile: ``n`` labels in its core ``ids``, ``lut[ids]`` local (``ids`` are when ``lut`` is None).
+
+        ``bands``: the tile's views of its :meth:`band_boxes`, in that order
+        (``stitch="iou"`` only).
+        """
         if n == 0:
             _atomic_write(self._path(tile.linear_index), np.zeros(4, np.uint64).tobytes())
             return
         ids = np.ascontiguousarray(ids, dtype=np.uint32)
-        planes = []
-        for a in self._plane_shapes(tile):
-            both = np.concatenate([ids.take([0], axis=a), ids.take([-1], axis=a)], axis=a)
-            planes.append((both if lut is None else lut[both]).ravel())
+        if self.bands:
+            planes = [np.ascontiguousarray(b, dtype=np.uint32).ravel() for b in bands]
+        else:
+            planes = []
+            for a in self._plane_shapes(tile):
+                both = np.concatenate([ids.take([0], axis=a), ids.take([-1], axis=a)], axis=a)
+                planes.append((both if lut is None else lut[both]).ravel())
         body = _CODEC.encode(ids)
         extra = b"" if lut is None else _CODEC.encode(np.ascontiguousarray(lut, dtype=np.uint32))
         header = np.array([n, len(body), len(extra), 0 if lut is None else lut.size], dtype=np.uint64)
@@ -91,7 +133,7 @@ class TileStaging:
 
     def take(self, tile: Tile):
         """``(ids, lut)`` of a staged tile."""
-        n_plane_bytes = 4 * sum(int(np.prod(s)) for s in self._plane_shapes(tile).values())
+        n_plane_bytes = 4 * sum(int(np.prod(s)) for s in self._head_shapes(tile))
         with open(self._path(tile.linear_index), "rb") as f:
             _, body_len, extra_len, lut_size = (int(v) for v in np.frombuffer(f.read(32), dtype=np.uint64))
             f.seek(32 + n_plane_bytes)
@@ -111,6 +153,23 @@ class TileStaging:
         for a, shape in shapes.items():
             size = int(np.prod(shape))
             out[a] = flat[start:start + size].reshape(shape)
+            start += size
+        return out
+
+    def read_bands(self, tile: Tile) -> dict[tuple[int, int], np.ndarray] | None:
+        """The staged band views of a tile (``stitch="iou"``), or None for an empty tile."""
+        path = self._path(tile.linear_index)
+        boxes = self.band_boxes(tile)
+        shapes = [tuple(s.stop - s.start for s in box) for box in boxes.values()]
+        with open(path, "rb") as f:
+            head = f.read(32)
+            if len(head) < 32 or int(np.frombuffer(head[:8], dtype=np.uint64)[0]) == 0:
+                return None
+            flat = np.fromfile(f, dtype=np.uint32, count=sum(int(np.prod(s)) for s in shapes))
+        out, start = {}, 0
+        for key, shape in zip(boxes, shapes):
+            size = int(np.prod(shape))
+            out[key] = flat[start:start + size].reshape(shape)
             start += size
         return out
 
