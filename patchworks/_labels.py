@@ -88,6 +88,7 @@ class _RelabelJob:
     staging: TileStaging
     output: object
     grid: TileGrid
+    count: bool = False      # ids staged with gaps: count those present
 
 
 def _seam_task(job: _SeamJob, axis, row):
@@ -128,7 +129,7 @@ def _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token) -> 
 
 
 def _relabel_task(job: _RelabelJob, linear_index, plan):
-    return relabel_tile(job.staging, job.output, job.grid, linear_index, plan)
+    return relabel_tile(job.staging, job.output, job.grid, linear_index, plan, job.count)
 
 
 def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, connectivity: int,
@@ -189,18 +190,22 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         #    resumed or retried run simply writes the same chunks again
         output = run.create(shape=spatial_shape, dtype=plan.dtype, chunks=chunks)
         prefix = f"patchworks-relabel-{token}"
-        tasks = graph_tasks(prefix, _relabel_task, _RelabelJob(staging, output, grid),
+        # ids kept raw (not sequential, touch) may leave gaps: the relabel tasks count what is there
+        gaps = not (sequential or iou or label_counts is not None)
+        tasks = graph_tasks(prefix, _relabel_task, _RelabelJob(staging, output, grid, count=gaps),
                             [(i, plan.tiles[i]) for i in range(grid.n_tiles) if plan.tiles[i].n_labels])
-        run_tasks(tasks, client=client, progress=progress, desc="relabelling tiles", prefix=prefix)
-        run.mark_complete(output, {"n_objects": plan.n_objects, "sequential_labels": bool(sequential),
+        n_objects = int(sum(run_tasks(tasks, client=client, progress=progress, desc="relabelling tiles",
+                                      prefix=prefix)))
+        run.mark_complete(output, {"n_objects": n_objects, "sequential_labels": bool(sequential),
                                    "connectivity": connectivity, "stitch": stitch,
-                                   "iou_threshold": float(iou_threshold) if iou else None, "tile_shape": list(grid.tile_shape),
-                                   "overlap": list(grid.overlap), "n_skipped": int(n_skipped)})
+                                   "iou_threshold": float(iou_threshold) if iou else None,
+                                   "tile_shape": list(grid.tile_shape), "overlap": list(grid.overlap),
+                                   "n_skipped": int(n_skipped)})
     except BaseException:
         run.fail()
         raise
     run.finish()
-    return _result(output, run, compute, return_count, plan.n_objects)
+    return _result(output, run, compute, return_count, n_objects)
 
 
 def _result(output, run: RunDir, compute: bool, return_count: bool, n_objects):

@@ -18,7 +18,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ._grid import TileGrid
-from ._iou import match_labels, mutual_best
+from ._iou import match_labels, mutual_best, overlap_counts
 
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
 # Seam planes are scanned in blocks of at most this many voxels per plane.
@@ -135,8 +135,8 @@ def iou_pairs_for_tile(staging, grid: TileGrid, linear_index: int, counts: np.nd
     if counts[linear_index] == 0:
         return np.zeros((0, 2), np.uint64)
     tile = grid.tile(linear_index)
-    mine = staging.read_bands(tile)
     boxes = staging.band_boxes(tile)
+    mine = staging.read_bands(tile, [key for key in boxes if key[1] == 1])
     planar = plane_axes(grid)
     found = []
     for d in _forward_neighbours(len(grid.grid_shape)):
@@ -150,7 +150,7 @@ def iou_pairs_for_tile(staging, grid: TileGrid, linear_index: int, counts: np.nd
             continue  # no core labels there: nothing to join
         a = next(k for k, v in enumerate(d) if v)  # the band axis: the first one the tiles differ on
         my_box, my_view = boxes[(a, 1)], mine[(a, 1)]
-        its_box, its_view = staging.band_boxes(other)[(a, 0)], staging.read_bands(other)[(a, 0)]
+        its_box, its_view = staging.band_boxes(other)[(a, 0)], staging.read_bands(other, [(a, 0)])[(a, 0)]
         my_cut, its_cut = [], []
         for k, (m, o) in enumerate(zip(my_box, its_box)):
             lo, hi = max(m.start, o.start), min(m.stop, o.stop)
@@ -194,19 +194,17 @@ def plane_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, in_plane_
             if plan.n_labels == 0:
                 views.append(np.zeros(tile.core_shape[:axis] + (1,) + tile.core_shape[axis + 1:], np.uint64))
                 continue
-            band = staging.read_bands(tile)[(axis, side)]
+            band = staging.read_bands(tile, [(axis, side)])[(axis, side)]
             core = tuple(slice(None) if k == axis else slice(c.start - w.start, c.stop - w.start)
                          for k, (c, w) in enumerate(zip(tile.spatial_core, tile.spatial_window)))
             views.append(plan.final_ids(band[core]).ravel())
         a, b = (v.ravel() for v in views)
-        ids, counts = np.unique(a[a != 0], return_counts=True)
-        areas_a.append((ids, counts))
-        ids, counts = np.unique(b[b != 0], return_counts=True)
-        areas_b.append((ids, counts))
-        both = (a != 0) & (b != 0)
-        if both.any():
-            pair, count = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
-            keys.append(pair)
+        for view, areas in ((a, areas_a), (b, areas_b)):  # every voxel counts, matched or not
+            ids, where = np.unique(view[view != 0], return_inverse=True)
+            areas.append((ids, np.bincount(where, minlength=len(ids))))
+        la, lb, count, _, _ = overlap_counts(a, b)
+        if la.size:
+            keys.append(np.stack([la, lb]))
             inter.append(count)
     if not keys:
         return np.zeros((0, 2), np.uint64)
@@ -217,12 +215,15 @@ def plane_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, in_plane_
         unique, where = np.unique(ids, return_inverse=True)
         return unique, np.bincount(where, weights=counts)
 
-    pair, where = np.unique(np.concatenate(keys, axis=1), axis=1, return_inverse=True)
+    pairs = np.concatenate(keys, axis=1)
+    (ua, ia), (ub, ib) = (np.unique(p, return_inverse=True) for p in pairs)
+    key, where = np.unique(ia.astype(np.int64) * len(ub) + ib, return_inverse=True)
     inter = np.bincount(where.ravel(), weights=np.concatenate(inter))
-    ua, area_a = summed(areas_a)
-    ub, area_b = summed(areas_b)
-    return mutual_best(pair[0], pair[1], inter, area_a[np.searchsorted(ua, pair[0])],
-                       area_b[np.searchsorted(ub, pair[1])], iou_threshold)
+    pair = np.stack([ua[key // len(ub)], ub[key % len(ub)]])
+    ids_a, area_a = summed(areas_a)
+    ids_b, area_b = summed(areas_b)
+    return mutual_best(pair[0], pair[1], inter, area_a[np.searchsorted(ids_a, pair[0])],
+                       area_b[np.searchsorted(ids_b, pair[1])], iou_threshold)
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,7 @@ class TilePlan:
     absorbed: np.ndarray          # sorted global ids inside this tile that join an earlier label
     override_local: np.ndarray    # local ids of this tile's boundary labels, sorted
     override_final: np.ndarray    # their final ids
+    n_absorbed: int = 0           # labels of this tile joined to a label of an earlier tile
 
     def final_ids(self, local) -> np.ndarray:
         """Final ids (uint64) of the given local ids of this tile (0 stays 0)."""
@@ -350,13 +352,20 @@ def plan_relabel(counts, pairs: np.ndarray, *, sequential: bool) -> MergePlan:
             absorbed=absorbed[a_lo[t]:a_hi[t]] if sequential else absorbed[:0],
             override_local=boundary[b_lo[t]:b_hi[t]] - offsets[t],
             override_final=boundary_final[b_lo[t]:b_hi[t]],
+            n_absorbed=int(a_hi[t] - a_lo[t]),
         ))
     return MergePlan(tiles=tiles, n_objects=int(n_objects), max_label=int(max_label), dtype=dtype,
                      n_boundary_labels=int(boundary.size))
 
 
-def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TilePlan) -> int:
-    """Write one tile's final ids (the body of a relabel task)."""
+def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TilePlan, count: bool = False) -> int:
+    """Write one tile's final ids (the body of a relabel task); returns the objects it names first.
+
+    That is its labels present in the core, less those absorbed into a
+    label of an earlier tile: summed over tiles, the number of objects.
+    ``count``: the staged ids were not numbered ``1..n`` (gaps possible),
+    so count the ids present here (one pass over the tile).
+    """
     if plan.n_labels == 0:
         return 0  # nothing staged; the output's fill value is already 0
     tile = grid.tile(linear_index)
@@ -366,4 +375,7 @@ def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TileP
         output[tile.spatial_core] = final[ids]
     else:
         output[tile.spatial_core] = plan.apply(ids, output.dtype)
-    return plan.n_labels
+    present = plan.n_labels
+    if count and local_lut is None:
+        present = int(np.count_nonzero(np.bincount(ids.ravel(), minlength=plan.n_labels + 1)[1:]))
+    return present - plan.n_absorbed

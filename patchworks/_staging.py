@@ -156,21 +156,25 @@ class TileStaging:
             start += size
         return out
 
-    def read_bands(self, tile: Tile) -> dict[tuple[int, int], np.ndarray] | None:
-        """The staged band views of a tile (``stitch="iou"``), or None for an empty tile."""
-        path = self._path(tile.linear_index)
+    def read_bands(self, tile: Tile, keys=None) -> dict[tuple[int, int], np.ndarray] | None:
+        """The staged band views of a tile (``stitch="iou"``), or None for an empty tile.
+
+        ``keys``: only these ``(axis, side)`` bands (each read with a seek, so
+        a neighbour's other bands are not read).
+        """
         boxes = self.band_boxes(tile)
-        shapes = [tuple(s.stop - s.start for s in box) for box in boxes.values()]
-        with open(path, "rb") as f:
+        out, start = {}, 32
+        with open(self._path(tile.linear_index), "rb") as f:
             head = f.read(32)
             if len(head) < 32 or int(np.frombuffer(head[:8], dtype=np.uint64)[0]) == 0:
                 return None
-            flat = np.fromfile(f, dtype=np.uint32, count=sum(int(np.prod(s)) for s in shapes))
-        out, start = {}, 0
-        for key, shape in zip(boxes, shapes):
-            size = int(np.prod(shape))
-            out[key] = flat[start:start + size].reshape(shape)
-            start += size
+            for key, box in boxes.items():
+                shape = tuple(s.stop - s.start for s in box)
+                size = int(np.prod(shape))
+                if keys is None or key in keys:
+                    f.seek(start)
+                    out[key] = np.fromfile(f, dtype=np.uint32, count=size).reshape(shape)
+                start += 4 * size
         return out
 
     def read_plane(self, axis: int, plane_index: int, lo: int, hi: int) -> np.ndarray:

@@ -327,3 +327,13 @@ def test_threads_follow_the_cores_available_to_the_process(monkeypatch):
 
     tile_process(random_blobs((32, 32), seed=18), fn, tile_shape=8, compute=True, client=False)
     assert peak[0] == 1
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+@pytest.mark.parametrize("overlap", [0, 6])
+def test_the_object_count_is_exact_when_halo_labels_leave_gaps(overlap, sequential):
+    # labels seen only in a tile's halo leave unused ids in that tile; they are not objects
+    img = random_blobs((64, 64), seed=2)
+    out, n = tile_process(img, threshold(0.5), tile_shape=24, overlap=overlap, sequential_labels=sequential,
+                          compute=True, return_count=True)
+    assert n == len(np.unique(out[out > 0])) == whole_image_labels(img > 0.5, 1).max()
