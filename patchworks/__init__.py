@@ -8,6 +8,7 @@ from ._io import LazySource, create_output, open_image
 from ._empty import estimate_empty_tiles
 from ._labels import merge_tile_labels, tile_process
 from ._methods import label_components, otsu, otsu_threshold, threshold
+from ._segmenters import LogBlobs, Watershed, log_blobs, watershed
 from ._blend import tile_blend, tile_map
 from ._windows import make_window, window_for_region
 from ._grid import PatchSpec
@@ -55,6 +56,10 @@ __all__ = [
     "create_output",
     "estimate_empty_tiles",
     "label_components",
+    "log_blobs",
+    "LogBlobs",
+    "watershed",
+    "Watershed",
     "merge_tile_labels",
     "normalize_per_axis",
     "open_image",

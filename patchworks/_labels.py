@@ -21,6 +21,7 @@ from ._io import LazySource, open_image
 from ._merge import (iou_pairs_for_tile, plan_relabel, plane_axes, plane_pairs_for_seam, relabel_tile,
                      touch_pairs_for_seam)
 from ._methods import Threshold, otsu_threshold, sample_values
+from ._segmenters import LogBlobs, Watershed
 from ._run import active_client, graph_tasks, new_token, resolve_tile_shape, run_tasks, shared, tile_windows
 from ._rundir import RunDir, describe_source, fn_token, source_token
 from ._stage import StageJob, stage_tile
@@ -347,7 +348,7 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, sti
     connectivity = _check_connectivity(connectivity, len(grid.spatial_axes))
     _check_stitch(stitch, iou_threshold, grid)
     fn = _align_fn_connectivity(fn, connectivity)
-    if isinstance(fn, Threshold) and len(grid.spatial_axes) != len(grid.shape):
+    if isinstance(fn, (Threshold, Watershed, LogBlobs)) and len(grid.spatial_axes) != len(grid.shape):
         raise ValueError(
             f"fn={fn.method} labels a single-channel image but this one has non-spatial axes "
             f"{[i for i in range(len(grid.shape)) if i not in grid.spatial_axes]}; choose one with channel=N "

@@ -27,7 +27,10 @@ from importlib.metadata import entry_points
 # OSError covers FileExistsError / FileNotFoundError and also permission or
 # connection problems (e.g. an unreachable --scheduler).
 _USER_ERRORS = (ValueError, TypeError, ImportError, OSError)
-_BUILTIN_METHODS = ("otsu", "threshold")
+_BUILTIN_METHODS = ("otsu", "threshold")                 # single-channel connected components
+_SEGMENTERS = ("watershed", "log", "dog")                # scikit-image instance segmenters
+_PLUGINS = ("cellpose", "stardist")                      # patchworks.plugins.<name>
+_THRESHOLDED = ("threshold", *_SEGMENTERS)
 _METHOD_GROUP = "patchworks.methods"
 
 
@@ -104,8 +107,13 @@ def build_method(args, out=None):
     import patchworks
 
     method = _method_name(args)
-    if args.threshold is not None and method != "threshold":
-        raise CLIError(f"--threshold only applies to --method threshold (got --method {method})")
+    if args.threshold is not None and method not in _THRESHOLDED:
+        raise CLIError(f"--threshold applies to --method {', '.join(_THRESHOLDED)} (got --method {method})")
+    _check_method_options(args, method)
+    if method in _SEGMENTERS:
+        return _segmenter(args, method, out)
+    if method in _PLUGINS:
+        return _plugin(args, method)
     if method == "threshold":
         if args.threshold is None:
             raise CLIError("--method threshold needs a value: add --threshold V (foreground is image > V)")
@@ -133,6 +141,48 @@ def build_method(args, out=None):
     return fn
 
 
+# which options each method reads: an option given to another method is an error, not ignored
+_METHOD_OPTIONS = {"min_distance": ("watershed",), "min_sigma": ("log", "dog"), "max_sigma": ("log", "dog"),
+                   "model": _PLUGINS, "diameter": ("cellpose",), "gpu": ("cellpose",), "do_3d": ("cellpose",)}
+
+
+def _check_method_options(args, method: str) -> None:
+    for option, methods in _METHOD_OPTIONS.items():
+        if getattr(args, option, None) not in (None, False) and method not in methods:
+            flag = "--" + option.replace("_", "-").replace("3d", "3D")
+            raise CLIError(f"{flag} applies to --method {' / '.join(methods)} (got --method {method})")
+
+
+def _segmenter(args, method: str, out=None):
+    """watershed / log / dog: a threshold given, or Otsu / a noise estimate from the whole input, once."""
+    import patchworks
+
+    source = {"image": args.input if args.threshold is None else None, "component": args.component,
+              "level": args.level, "channel": args.channel}
+    if method == "watershed":
+        fn = patchworks.watershed(args.threshold, min_distance=args.min_distance or 5, **source)
+    else:
+        sigmas = {k: v for k, v in (("min_sigma", args.min_sigma), ("max_sigma", args.max_sigma)) if v is not None}
+        fn = patchworks.log_blobs(args.threshold, method=method, **sigmas, **source)
+    if args.threshold is None:
+        print(f"{method} threshold: {fn.threshold:.6g}", file=out or sys.stdout)
+    return fn
+
+
+def _plugin(args, method: str):
+    """cellpose / stardist from patchworks.plugins; the heavy package loads in the tile tasks."""
+    if method == "cellpose":
+        from patchworks.plugins.cellpose import cellpose_fn
+
+        return cellpose_fn(args.model, gpu=args.gpu, diameter=args.diameter, do_3D=args.do_3d,
+                           channel_axis=args.channel_axis)
+    from patchworks.plugins.stardist import stardist_fn
+
+    model = {"model": args.model} if args.model else {}
+    return stardist_fn(**model, image=args.input, channel_axis=args.channel_axis,
+                       open_kwargs={"component": args.component, "level": args.level, "channel": args.channel})
+
+
 # -- subcommands ---------------------------------------------------------------------
 
 
@@ -143,7 +193,7 @@ def cmd_label(args) -> int:
     # output is tile_process's call: the same command re-run resumes or is a no-op.
     source = patchworks.open_image(args.input, component=args.component, level=args.level, channel=args.channel)
     axes = getattr(source, "axes", None) or ""
-    if _method_name(args) in _BUILTIN_METHODS and "c" in axes:
+    if _method_name(args) in (*_BUILTIN_METHODS, *_SEGMENTERS) and "c" in axes:
         # the built-in methods threshold a single-channel image; say so before any work
         n = source.shape[axes.index("c")]
         raise CLIError(f"{args.input!r} has {n} channels (axes {axes}); --method "
@@ -158,6 +208,7 @@ def cmd_label(args) -> int:
         start = time.perf_counter()
         labels, n = patchworks.tile_process(
             args.input, fn, tile_shape=args.tile, overlap=args.overlap, connectivity=args.connectivity,
+            stitch=args.stitch, iou_threshold=args.iou_threshold,
             write_to=args.output, sequential_labels=args.sequential, progress=args.progress, client=client,
             overwrite=args.overwrite, component=args.component, level=args.level, channel=args.channel,
             channel_axis=args.channel_axis, zarr_format=args.zarr_format, return_count=True)
@@ -279,9 +330,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="halo per side given to the method: one int or one per spatial axis (default 0)")
     p.add_argument("--connectivity", type=int, default=1, metavar="K",
                    help="1 = face neighbours ... ndim = all neighbours (default 1)")
-    p.add_argument("--method", metavar="M", help="otsu (default), threshold (needs --threshold), a name "
-                   f"registered in the {_METHOD_GROUP!r} entry-point group, or module:function")
-    p.add_argument("--threshold", type=float, metavar="V", help="foreground is image > V (implies --method threshold)")
+    p.add_argument("--stitch", choices=("touch", "iou"), default="touch",
+                   help="touch: join labels touching across a seam (exact for connected components); iou: join "
+                        "only mutual best IoU matches in the overlap, so touching cells stay apart (needs "
+                        "--overlap, or tiles 1 voxel thick along z)")
+    p.add_argument("--iou-threshold", type=float, default=0.5, metavar="F",
+                   help="smallest IoU joined by --stitch iou (default 0.5)")
+    p.add_argument("--method", metavar="M", help="otsu (default), threshold (needs --threshold), watershed "
+                   "(touching round objects), log / dog (spots), cellpose, stardist, a name registered in the "
+                   f"{_METHOD_GROUP!r} entry-point group, or module:function. Instance segmenters want "
+                   "--stitch iou with an --overlap")
+    p.add_argument("--threshold", type=float, metavar="V", help="foreground is image > V (alone: --method "
+                   "threshold); for watershed / log / dog the default is estimated once from the whole image")
+    p.add_argument("--min-distance", type=int, metavar="N", help="watershed: smallest distance between two "
+                   "object centres (default 5)")
+    p.add_argument("--min-sigma", type=float, metavar="S", help="log / dog: smallest spot sigma (default 1)")
+    p.add_argument("--max-sigma", type=float, metavar="S", help="log / dog: largest spot sigma (default 4)")
+    p.add_argument("--model", metavar="NAME", help="cellpose / stardist model name or path (default cyto3 / "
+                   "cpsam by Cellpose version; 2D_versatile_fluo)")
+    p.add_argument("--diameter", type=float, metavar="D", help="cellpose: cell diameter in pixels")
+    p.add_argument("--gpu", action="store_true", help="cellpose / stardist: run the model on the GPU")
+    p.add_argument("--do-3D", dest="do_3d", action="store_true", help="cellpose: 3-D model (else plane by plane)")
     p.add_argument("--sequential", action="store_true", help="number objects 1..n without gaps")
     p.add_argument("--scheduler", metavar="ADDRESS", help="dask.distributed scheduler, e.g. tcp://host:8786 "
                    "(default: local threads)")

@@ -234,3 +234,70 @@ def test_python_dash_m_help():
                          cwd=REPO, env=env, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "usage: patchworks" in res.stdout and "demo" in res.stdout
+
+
+# -- instance segmenters and stitching ----------------------------------------------
+
+
+def discs_image(tmp_path):
+    """Pairs of touching discs on a 2-D image, as a .npy file."""
+    img = np.zeros((64, 64), np.float32)
+    yy, xx = np.ogrid[:64, :64]
+    for cy, cx in [(16, 10), (16, 23), (46, 25), (46, 38)]:  # the second pair meets on the seam x = 32
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 49] = 1.0
+    path = tmp_path / "discs.npy"
+    np.save(path, img)
+    return str(path)
+
+
+@pytest.mark.parametrize("stitch", ["touch", "iou"])
+def test_label_watershed_with_iou_stitching(stitch, tmp_path, capsys):
+    out = tmp_path / "labels.zarr"
+    argv = ["label", discs_image(tmp_path), str(out), "--method", "watershed", "--min-distance", "4",
+            "--tile", "32", "--overlap", "12", "--stitch", stitch, "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "watershed threshold:" in printed  # estimated once from the whole image
+    labels = read(out)
+    # iou keeps the pair touching on the seam apart; touch fuses it
+    assert len(np.unique(labels[labels > 0])) == (4 if stitch == "iou" else 3)
+    assert labels[16, 10] != labels[16, 23]
+    assert (labels[46, 25] != labels[46, 38]) == (stitch == "iou")
+
+
+def test_label_spots_with_log(tmp_path, capsys):
+    img = np.zeros((48, 48), np.float32)
+    yy, xx = np.ogrid[:48, :48]
+    for cy, cx in [(10, 10), (10, 37), (37, 24)]:
+        img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.0 ** 2))
+    path = tmp_path / "spots.npy"
+    np.save(path, img)
+    out = tmp_path / "spots.zarr"
+    assert main(["label", str(path), str(out), "--method", "log", "--threshold", "0.05", "--max-sigma", "3",
+                 "--tile", "24", "--overlap", "8", "--stitch", "iou", "--no-progress"]) == 0
+    labels = read(out)
+    assert len(np.unique(labels[labels > 0])) == 3
+    assert all(labels[c] for c in [(10, 10), (10, 37), (37, 24)])
+
+
+def test_label_cellpose_through_the_plugin(tmp_path, monkeypatch, capsys):
+    from tests.test_plugins import fake_cellpose
+
+    rec = fake_cellpose(monkeypatch)
+    out = tmp_path / "cp.zarr"
+    assert main(["label", discs_image(tmp_path), str(out), "--method", "cellpose", "--model", "cyto3",
+                 "--diameter", "14", "--tile", "32", "--overlap", "8", "--stitch", "iou", "--no-progress"]) == 0
+    assert len(rec.inits) == 1 and rec.inits[0]["model_type"] == "cyto3"  # loaded once for all four tiles
+    assert {c["diameter"] for c in rec.calls} == {14.0} and len(rec.calls) == 4
+    assert read(out).max() > 0
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--method", "otsu", "--min-distance", "3"], "--min-distance applies to --method watershed"),
+    (["--method", "watershed", "--diameter", "30"], "--diameter applies to --method cellpose"),
+    (["--method", "otsu", "--threshold", "0.5"], "--threshold applies to --method threshold, watershed"),
+    (["--stitch", "iou", "--tile", "32"], "stitch='iou' matches labels in the overlap"),
+])
+def test_method_option_errors(argv, needle, tmp_path, capsys):
+    assert main(["label", discs_image(tmp_path), str(tmp_path / "o.zarr"), *argv]) == 2
+    assert needle in capsys.readouterr().err
