@@ -47,6 +47,16 @@ def test_cluster_run_is_identical_to_threaded_run(tmp_path, client):
     assert any(n.startswith("patchworks-relabel-") for n in names)
 
 
+def test_iou_stitching_on_the_cluster_is_identical_to_threads(client):
+    from patchworks.testing import TissueOracle, dense_tissue
+
+    stack = dense_tissue((6, 48, 40), 8, seed=4)  # plane-by-plane tiles and bands: both seam tasks run there
+    kwargs = dict(tile_shape=(1, 24, 20), overlap=(0, 10, 10), stitch="iou", compute=True)
+    on_cluster = tile_process(stack, TissueOracle(), client=client, **kwargs)
+    threaded = tile_process(stack, TissueOracle(), client=False, **kwargs)
+    np.testing.assert_array_equal(on_cluster, threaded)
+
+
 def test_numpy_and_dask_inputs_on_the_cluster(client):
     image = random_blobs((48, 40), seed=22)
     truth = tile_process(image, threshold(0.5), tile_shape=(12, 10), compute=True, client=False)
