@@ -9,6 +9,7 @@ from ._empty import estimate_empty_tiles
 from ._labels import merge_tile_labels, tile_process
 from ._methods import label_components, otsu, otsu_threshold, threshold
 from ._segmenters import LogBlobs, Watershed, log_blobs, watershed
+from ._seams import SeamReport, seam_report
 from ._blend import tile_blend, tile_map
 from ._windows import make_window, window_for_region
 from ._grid import PatchSpec
@@ -57,6 +58,8 @@ __all__ = [
     "estimate_empty_tiles",
     "label_components",
     "log_blobs",
+    "seam_report",
+    "SeamReport",
     "LogBlobs",
     "watershed",
     "Watershed",

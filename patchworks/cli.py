@@ -3,9 +3,11 @@
 Subcommands
 -----------
 ``patchworks label INPUT OUTPUT``
-    Threshold + connected components, tile by tile, into a zarr store.
+    Label or segment tile by tile into a zarr store (``--method``, ``--stitch``).
 ``patchworks info PATH``
     Shape, dtype, chunks, axes, number of labels and run attributes of an image.
+``patchworks seams PATH``
+    Seam quality of a label image without ground truth (exit 1 when flagged).
 ``patchworks demo``
     Label a generated volume tiled and whole and check both agree.
 
@@ -294,6 +296,18 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_seams(args) -> int:
+    import patchworks
+
+    try:
+        report = patchworks.seam_report(args.path, tile_shape=args.tile, component=args.component,
+                                        tolerance=args.tolerance)
+    except ValueError as exc:
+        raise CLIError(str(exc).replace("pass tile_shape=", "pass --tile")) from None
+    print(report)
+    return 0 if report.ok else 1
+
+
 def cmd_demo(args) -> int:
     from patchworks._demo import run_demo
 
@@ -370,6 +384,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(p)
     p.add_argument("--no-count", action="store_true", help="skip counting labels (it reads the whole image)")
     p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("seams", help="check stitching quality of a label image without ground truth",
+                       description="Compare how often labels change across the tile seams with interior control "
+                                   "planes: seams that are too quiet mean cells fused across them, too busy mean "
+                                   "cells cut. Exit status 1 when an axis is flagged.")
+    p.add_argument("path", metavar="PATH", help="label image (zarr written by patchworks label, or any source)")
+    p.add_argument("--tile", type=per_axis, metavar="T", help="tile core size the labels were made with "
+                   "(default: read from the zarr attributes patchworks wrote)")
+    p.add_argument("--component", metavar="NAME", help="array inside a zarr group / HDF5 file")
+    p.add_argument("--tolerance", type=float, default=2.0, metavar="F",
+                   help="flag an axis whose seam / control change ratio leaves [1/F, F] (default 2)")
+    p.set_defaults(run=cmd_seams)
 
     p = sub.add_parser("demo", help="label a generated volume tiled and whole, and compare",
                        description="Generate a blob volume, label it tile by tile and whole, and check that "
