@@ -39,7 +39,8 @@ def test_bench_stitch_smoke():
     script = BENCH.parent / "bench_stitch.py"
     proc = subprocess.run([sys.executable, str(script), "--smoke"], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.startswith(("touch ", "iou "))}
+    rows = {cells[0]: cells for cells in map(str.split, proc.stdout.splitlines())
+            if len(cells) > 2 and cells[0] in ("touch", "iou") and cells[1].isdigit()}
     assert int(rows["touch"][1]) > 0            # touch fuses cells pressed against seams
     assert rows["iou"][1:3] == ["0", "0"]       # iou: no false merges, no splits
     assert "iou / touch time" in proc.stdout
