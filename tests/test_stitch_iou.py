@@ -198,3 +198,13 @@ def test_a_finished_touch_run_is_not_reused_for_iou(tmp_path):
                          overwrite=True, compute=True)
     assert_labels_equivalent(again, truth)
     assert zarr.open_array(out).attrs["patchworks"]["stitch"] == "iou"
+
+
+def test_per_plane_masks_saved_to_zarr_are_stitched_in_z(tmp_path):
+    # e.g. Cellpose 2-D masks written plane by plane, each plane numbered 1..n on its own
+    stack = columns()
+    per_plane = np.stack([TissueOracle()(plane) for plane in stack])
+    path = str(tmp_path / "masks.zarr")
+    zarr.create_array(path, shape=per_plane.shape, chunks=(1, 60, 60), dtype="uint32")[...] = per_plane
+    out = merge_tile_labels(path, stitch="iou", compute=True, client=False)
+    assert_labels_equivalent(out, stitch_planes(per_plane, 0.5))
