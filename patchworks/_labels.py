@@ -16,6 +16,7 @@ import numpy as np
 from dask.base import tokenize
 
 from ._cluster import check_client
+from ._count import count_labels
 from ._grid import TileGrid
 from ._io import LazySource, open_image
 from ._merge import (iou_pairs_for_tile, plan_relabel, plane_axes, plane_pairs_for_seam, relabel_tile,
@@ -138,7 +139,10 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
                     empty_threshold=None, stitch="touch", iou_threshold=0.5):
     if run.finished:  # same run already complete: a no-op
         output = run.open_existing()
-        return _result(output, run, compute, return_count, output.attrs["patchworks"].get("n_objects"))
+        n_objects = output.attrs["patchworks"].get("n_objects")
+        if n_objects is None and return_count:  # that run was not asked to count
+            n_objects = count_labels(output)
+        return _result(output, run, compute, return_count, n_objects)
     token = new_token()
     spatial_shape, chunks = grid.spatial_shape, grid.chunks
     try:
@@ -191,13 +195,17 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         #    resumed or retried run simply writes the same chunks again
         output = run.create(shape=spatial_shape, dtype=plan.dtype, chunks=chunks)
         prefix = f"patchworks-relabel-{token}"
-        # ids kept raw (not sequential, touch) may leave gaps: the relabel tasks count what is there
+        # ids kept raw (not sequential, touch) may leave gaps (labels seen only in a halo): then
+        # the count costs a pass over every tile, paid only when the caller asks for it
         gaps = not (sequential or iou or label_counts is not None)
-        tasks = graph_tasks(prefix, _relabel_task, _RelabelJob(staging, output, grid, count=gaps),
+        tasks = graph_tasks(prefix, _relabel_task, _RelabelJob(staging, output, grid, count=gaps and return_count),
                             [(i, plan.tiles[i]) for i in range(grid.n_tiles) if plan.tiles[i].n_labels])
         n_objects = int(sum(run_tasks(tasks, client=client, progress=progress, desc="relabelling tiles",
                                       prefix=prefix)))
-        run.mark_complete(output, {"n_objects": n_objects, "sequential_labels": bool(sequential),
+        if gaps and not return_count:
+            n_objects = None  # unknown without that pass; ids are unique, max_label bounds them
+        run.mark_complete(output, {"n_objects": n_objects, "max_label": plan.max_label,
+                                   "sequential_labels": bool(sequential),
                                    "connectivity": connectivity, "stitch": stitch,
                                    "iou_threshold": float(iou_threshold) if iou else None,
                                    "tile_shape": list(grid.tile_shape), "overlap": list(grid.overlap),

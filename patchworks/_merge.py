@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import fastremap
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -376,6 +377,7 @@ def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TileP
     else:
         output[tile.spatial_core] = plan.apply(ids, output.dtype)
     present = plan.n_labels
-    if count and local_lut is None:
-        present = int(np.count_nonzero(np.bincount(ids.ravel(), minlength=plan.n_labels + 1)[1:]))
+    if count and local_lut is None:  # fastremap: no int64 copy of the tile, unlike bincount
+        values = fastremap.unique(ids)
+        present = int(values.size - (values.size > 0 and values[0] == 0))
     return present - plan.n_absorbed

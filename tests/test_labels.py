@@ -337,3 +337,16 @@ def test_the_object_count_is_exact_when_halo_labels_leave_gaps(overlap, sequenti
     out, n = tile_process(img, threshold(0.5), tile_shape=24, overlap=overlap, sequential_labels=sequential,
                           compute=True, return_count=True)
     assert n == len(np.unique(out[out > 0])) == whole_image_labels(img > 0.5, 1).max()
+
+
+def test_the_count_is_paid_for_only_when_asked(tmp_path):
+    import zarr
+
+    img = random_blobs((64, 64), seed=2)
+    out = tmp_path / "labels.zarr"
+    labels = tile_process(img, threshold(0.5), tile_shape=24, overlap=6, write_to=out)
+    attrs = zarr.open_array(str(out)).attrs["patchworks"]
+    assert attrs["n_objects"] is None and attrs["max_label"] >= labels.max().compute()
+    # the same call again is a no-op; asked for the count, it counts the finished output
+    _, n = tile_process(img, threshold(0.5), tile_shape=24, overlap=6, write_to=out, return_count=True)
+    assert n == whole_image_labels(img > 0.5, 1).max()
