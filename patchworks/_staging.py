@@ -16,7 +16,9 @@ an interrupted run can resume:
    - ``stitch="iou"``: the tile's own view of each band it shares with a
      face neighbour (``2 * overlap`` thick across the seam, the whole window
      along the other axes; one plane for plane-by-plane tiles), in local ids
-     with the labels seen only in the halo numbered after the core's;
+     with the labels seen only in the halo numbered after the core's. Bands
+     of 3-D tiles are big (a 64x512x512 tile with overlap 32 has six of
+     64x576x576), so each is lz4-compressed, after a table of their lengths;
 3. the core ids, Blosc-lz4 compressed, and the tile's local look-up table
    when the ids are not yet ``1..n``; the relabel task composes that table
    with the final one and rewrites the tile in a single pass.
@@ -94,11 +96,9 @@ class TileStaging:
                 boxes[(a, side)] = tile.spatial_window[:a] + (across,) + tile.spatial_window[a + 1:]
         return boxes
 
-    def _head_shapes(self, tile: Tile) -> list[tuple[int, ...]]:
-        """Shapes of the raw arrays between the header and the ids, in file order."""
-        if self.bands:
-            return [tuple(s.stop - s.start for s in box) for box in self.band_boxes(tile).values()]
-        return list(self._plane_shapes(tile).values())
+    def _band_lengths(self, f, tile: Tile) -> np.ndarray:
+        """Compressed length of each band (file positioned after the header)."""
+        return np.frombuffer(f.read(8 * len(self.band_boxes(tile))), dtype=np.uint64).astype(np.int64)
 
     def put(self, tile: Tile, ids: np.ndarray | None, lut: np.ndarray | None, n: int, bands=None) -> None:
         """Stage a tile: ``n`` labels in its core ``ids``, ``lut[ids]`` local (``ids`` are when ``lut`` is None).
@@ -111,16 +111,17 @@ class TileStaging:
             return
         ids = np.ascontiguousarray(ids, dtype=np.uint32)
         if self.bands:
-            planes = [np.ascontiguousarray(b, dtype=np.uint32).ravel() for b in bands]
+            blobs = [_CODEC.encode(np.ascontiguousarray(b, dtype=np.uint32)) for b in bands]
+            plane_bytes = np.array([len(b) for b in blobs], np.uint64).tobytes() + b"".join(blobs)
         else:
             planes = []
             for a in self._plane_shapes(tile):
                 both = np.concatenate([ids.take([0], axis=a), ids.take([-1], axis=a)], axis=a)
                 planes.append((both if lut is None else lut[both]).ravel())
+            plane_bytes = np.concatenate(planes).astype(np.uint32).tobytes() if planes else b""
         body = _CODEC.encode(ids)
         extra = b"" if lut is None else _CODEC.encode(np.ascontiguousarray(lut, dtype=np.uint32))
         header = np.array([n, len(body), len(extra), 0 if lut is None else lut.size], dtype=np.uint64)
-        plane_bytes = np.concatenate(planes).astype(np.uint32).tobytes() if planes else b""
         _atomic_write(self._path(tile.linear_index), b"".join([header.tobytes(), plane_bytes, body, extra]))
 
     def staged_counts(self) -> dict[int, int]:
@@ -133,10 +134,14 @@ class TileStaging:
 
     def take(self, tile: Tile):
         """``(ids, lut)`` of a staged tile."""
-        n_plane_bytes = 4 * sum(int(np.prod(s)) for s in self._head_shapes(tile))
         with open(self._path(tile.linear_index), "rb") as f:
             _, body_len, extra_len, lut_size = (int(v) for v in np.frombuffer(f.read(32), dtype=np.uint64))
-            f.seek(32 + n_plane_bytes)
+            if self.bands:
+                lengths = self._band_lengths(f, tile)
+                head = 32 + 8 * len(lengths) + int(lengths.sum())
+            else:
+                head = 32 + 4 * sum(int(np.prod(s)) for s in self._plane_shapes(tile).values())
+            f.seek(head)
             body, extra = f.read(body_len), f.read(extra_len)
         ids = np.frombuffer(_CODEC.decode(body), dtype=np.uint32).reshape(tile.core_shape)
         lut = np.frombuffer(_CODEC.decode(extra), dtype=np.uint32)[:lut_size] if extra_len else None
@@ -163,18 +168,19 @@ class TileStaging:
         a neighbour's other bands are not read).
         """
         boxes = self.band_boxes(tile)
-        out, start = {}, 32
+        out = {}
         with open(self._path(tile.linear_index), "rb") as f:
             head = f.read(32)
             if len(head) < 32 or int(np.frombuffer(head[:8], dtype=np.uint64)[0]) == 0:
                 return None
-            for key, box in boxes.items():
-                shape = tuple(s.stop - s.start for s in box)
-                size = int(np.prod(shape))
+            lengths = self._band_lengths(f, tile)
+            start = 32 + 8 * len(lengths)
+            for (key, box), length in zip(boxes.items(), lengths):
                 if keys is None or key in keys:
                     f.seek(start)
-                    out[key] = np.fromfile(f, dtype=np.uint32, count=size).reshape(shape)
-                start += 4 * size
+                    shape = tuple(s.stop - s.start for s in box)
+                    out[key] = np.frombuffer(_CODEC.decode(f.read(length)), dtype=np.uint32).reshape(shape)
+                start += int(length)
         return out
 
     def read_plane(self, axis: int, plane_index: int, lo: int, hi: int) -> np.ndarray:

@@ -208,3 +208,26 @@ def test_per_plane_masks_saved_to_zarr_are_stitched_in_z(tmp_path):
     zarr.create_array(path, shape=per_plane.shape, chunks=(1, 60, 60), dtype="uint32")[...] = per_plane
     out = merge_tile_labels(path, stitch="iou", compute=True, client=False)
     assert_labels_equivalent(out, stitch_planes(per_plane, 0.5))
+
+
+def test_bands_are_staged_compressed_and_read_back_exactly(tmp_path):
+    from patchworks import TileGrid
+    from patchworks._stage import band_ids
+    from patchworks._staging import TileStaging
+
+    truth = dense_tissue((48, 48, 48), 8, seed=1)
+    grid = TileGrid(truth.shape, 16, overlap=6)
+    staging = TileStaging(grid, tmp_path, bands=True)
+    tile = grid.tile((1, 1, 1))  # an inner tile: six bands
+    boxes = staging.band_boxes(tile)
+    assert len(boxes) == 6
+    ids, lut, n, bands = band_ids(TissueOracle()(truth[tile.spatial_window]), tile, boxes.values())
+    staging.put(tile, ids, lut, n, bands)
+    raw = sum(b.nbytes for b in bands)
+    assert (tmp_path / f"tile-{tile.linear_index}.bin").stat().st_size < raw / 3
+    back = staging.read_bands(tile)
+    for key, band in zip(boxes, bands):
+        np.testing.assert_array_equal(back[key], band)
+    assert set(staging.read_bands(tile, [(0, 1)])) == {(0, 1)}
+    staged_ids, staged_lut = staging.take(tile)
+    np.testing.assert_array_equal(staged_lut[staged_ids], lut[ids])
