@@ -26,7 +26,7 @@ from ._segmenters import LogBlobs, Watershed
 from ._run import active_client, graph_tasks, new_token, resolve_tile_shape, run_tasks, shared, tile_windows
 from ._rundir import RunDir, describe_source, fn_token, source_token
 from ._stage import StageJob, stage_tile
-from ._staging import TileStaging
+from ._staging import STAGING_FORMAT, TileStaging
 
 logger = logging.getLogger("patchworks")
 
@@ -372,7 +372,7 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, sti
                 "sequential_labels": bool(sequential_labels), "empty_threshold": empty_threshold}
     # only a named output can be resumed; skip hashing (a full pass over a numpy input) otherwise
     fingerprint = "" if write_to is None else tokenize(
-        "tile_process", source_token(source), grid.shape, grid.spatial_axes, grid.tile_shape, grid.overlap,
+        "tile_process", STAGING_FORMAT, source_token(source), grid.shape, grid.spatial_axes, grid.tile_shape, grid.overlap,
         fn_token(fn), connectivity, bool(sequential_labels), empty_threshold, zarr_format,
         *(("iou", float(iou_threshold)) if stitch == "iou" else ()))
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
@@ -469,7 +469,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
                 "tiles": grid.grid_shape, "overlap": grid.overlap, "connectivity": connectivity,
                 "stitch": stitch, "sequential_labels": bool(sequential_labels)}
     fingerprint = "" if write_to is None else tokenize(
-        "merge_tile_labels", source_token(source if source is not None else blocks),
+        "merge_tile_labels", STAGING_FORMAT, source_token(source if source is not None else blocks),
         [b.tolist() for b in grid.boundaries], grid.overlap, connectivity, bool(sequential_labels),
         None if label_counts is None else label_counts.tolist(), zarr_format,
         *(("iou", float(iou_threshold)) if stitch == "iou" else ()))

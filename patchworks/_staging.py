@@ -12,7 +12,8 @@ an interrupted run can resume:
    volume; the shapes follow from the grid:
 
    - ``stitch="touch"``: the seam planes in local ids, one tiled axis after
-     the other (first and last core plane along that axis);
+     the other, first then last core plane along that axis, each contiguous
+     so that a seam task reads just the one it needs;
    - ``stitch="iou"``: the tile's own view of each band it shares with a
      face neighbour (``2 * overlap`` thick across the seam, the whole window
      along the other axes; one plane for plane-by-plane tiles), in local ids
@@ -42,6 +43,10 @@ from ._grid import Tile, TileGrid
 
 # lz4 level 1 with byte shuffle: ~1.5 GB/s each way on label tiles at ~8x;
 # scratch is read once and deleted, so speed beats ratio here.
+# Bumped whenever the file layout changes: part of every run's fingerprint, so a run
+# interrupted under an older layout is never resumed from files this code misreads.
+STAGING_FORMAT = 2
+
 _CODEC = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)
 
 
@@ -65,13 +70,9 @@ class TileStaging:
         return self.root / f"tile-{i}.bin"
 
     def _plane_shapes(self, tile: Tile) -> dict[int, tuple[int, ...]]:
-        shapes = {}
-        for a, n_rows in enumerate(self.grid.grid_shape):
-            if n_rows > 1:
-                shape = list(tile.core_shape)
-                shape[a] = 2
-                shapes[a] = tuple(shape)
-        return shapes
+        """``{axis: shape of one seam plane}`` for every tiled axis (two planes each in the file)."""
+        return {a: tile.core_shape[:a] + tile.core_shape[a + 1:]
+                for a, n_rows in enumerate(self.grid.grid_shape) if n_rows > 1}
 
     def band_boxes(self, tile: Tile) -> dict[tuple[int, int], tuple[slice, ...]]:
         """``{(axis, side): box}``: where the bands shared with face neighbours lie (absolute spatial slices).
@@ -116,8 +117,9 @@ class TileStaging:
         else:
             planes = []
             for a in self._plane_shapes(tile):
-                both = np.concatenate([ids.take([0], axis=a), ids.take([-1], axis=a)], axis=a)
-                planes.append((both if lut is None else lut[both]).ravel())
+                for end in (0, -1):
+                    plane = ids.take(end, axis=a)
+                    planes.append((plane if lut is None else lut[plane]).ravel())
             plane_bytes = np.concatenate(planes).astype(np.uint32).tobytes() if planes else b""
         body = _CODEC.encode(ids)
         extra = b"" if lut is None else _CODEC.encode(np.ascontiguousarray(lut, dtype=np.uint32))
@@ -140,26 +142,28 @@ class TileStaging:
                 lengths = self._band_lengths(f, tile)
                 head = 32 + 8 * len(lengths) + int(lengths.sum())
             else:
-                head = 32 + 4 * sum(int(np.prod(s)) for s in self._plane_shapes(tile).values())
+                head = 32 + 8 * sum(int(np.prod(s)) for s in self._plane_shapes(tile).values())
             f.seek(head)
             body, extra = f.read(body_len), f.read(extra_len)
         ids = np.frombuffer(_CODEC.decode(body), dtype=np.uint32).reshape(tile.core_shape)
         lut = np.frombuffer(_CODEC.decode(extra), dtype=np.uint32)[:lut_size] if extra_len else None
         return ids, lut
 
-    def _read_planes(self, tile: Tile, path: Path) -> dict[int, np.ndarray] | None:
+    def _read_plane(self, tile: Tile, path: Path, axis: int, which: int) -> np.ndarray | None:
+        """One staged seam plane of a tile (``which``: 0 first, 1 last), or None for an empty tile."""
         shapes = self._plane_shapes(tile)
+        offset = 32
+        for a, shape in shapes.items():
+            if a == axis:
+                offset += 4 * which * int(np.prod(shape))
+                break
+            offset += 8 * int(np.prod(shape))
         with open(path, "rb") as f:
             head = f.read(32)
             if len(head) < 32 or int(np.frombuffer(head[:8], dtype=np.uint64)[0]) == 0:
                 return None  # an empty or skipped tile has no planes
-            flat = np.fromfile(f, dtype=np.uint32, count=sum(int(np.prod(s)) for s in shapes.values()))
-        out, start = {}, 0
-        for a, shape in shapes.items():
-            size = int(np.prod(shape))
-            out[a] = flat[start:start + size].reshape(shape)
-            start += size
-        return out
+            f.seek(offset)
+            return np.fromfile(f, dtype=np.uint32, count=int(np.prod(shapes[axis]))).reshape(shapes[axis])
 
     def read_bands(self, tile: Tile, keys=None) -> dict[tuple[int, int], np.ndarray] | None:
         """The staged band views of a tile (``stitch="iou"``), or None for an empty tile.
@@ -205,10 +209,9 @@ class TileStaging:
         for index in itertools.product(*ranges):
             tile = grid.tile(index)
             path = self._path(tile.linear_index)
-            planes = self._read_planes(tile, path) if path.exists() else None
-            if planes is None:
+            piece = self._read_plane(tile, path, axis, which) if path.exists() else None
+            if piece is None:
                 continue  # empty tile
-            piece = planes[axis].take([which], axis=axis).squeeze(axis)
             dst = [tile.spatial_core[k] for k in in_plane]
             if in_plane:
                 core = dst[0]
