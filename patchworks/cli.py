@@ -173,16 +173,16 @@ def _segmenter(args, method: str, out=None):
 
 def _plugin(args, method: str):
     """cellpose / stardist from patchworks.plugins; the heavy package loads in the tile tasks."""
+    # one intensity range for the whole input, never per tile (that would draw seams)
+    source = {"image": args.input, "channel_axis": args.channel_axis,
+              "open_kwargs": {"component": args.component, "level": args.level, "channel": args.channel}}
     if method == "cellpose":
         from patchworks.plugins.cellpose import cellpose_fn
 
-        return cellpose_fn(args.model, gpu=args.gpu, diameter=args.diameter, do_3D=args.do_3d,
-                           channel_axis=args.channel_axis)
+        return cellpose_fn(args.model, gpu=args.gpu, diameter=args.diameter, do_3D=args.do_3d, **source)
     from patchworks.plugins.stardist import stardist_fn
 
-    model = {"model": args.model} if args.model else {}
-    return stardist_fn(**model, image=args.input, channel_axis=args.channel_axis,
-                       open_kwargs={"component": args.component, "level": args.level, "channel": args.channel})
+    return stardist_fn(**({"model": args.model} if args.model else {}), **source)
 
 
 # -- subcommands ---------------------------------------------------------------------

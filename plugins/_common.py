@@ -2,8 +2,9 @@
 
 Lazy imports with an install hint, one model per worker process (loaded on
 first use, never pickled with the tile function), a retry after a GPU
-out-of-memory error, the channels-last layout both libraries want, and the
-plane-by-plane run of a 2-D model on a stack.
+out-of-memory error, the channels-last layout both libraries want, the
+plane-by-plane run of a 2-D model on a stack, and one intensity range taken
+from the whole image so that no tile is normalised on its own.
 """
 
 from __future__ import annotations
@@ -140,3 +141,92 @@ def check_iou_threshold(iou_threshold) -> float:
     if not 0 < value <= 1:
         raise ValueError(f"iou_threshold={iou_threshold!r}: give a number in (0, 1], e.g. 0.5")
     return value
+
+
+# -- one intensity range for the whole image (per-tile normalisation draws seams) ------
+
+
+class _ChannelView:
+    """One channel of an array-like, without reading the others (for sampling)."""
+
+    def __init__(self, source, axis: int, index: int):
+        self.source, self.axis, self.index = source, axis, index
+        self.shape = tuple(s for i, s in enumerate(source.shape) if i != axis)
+
+    def __getitem__(self, key):
+        key = list(key)
+        key.insert(self.axis, slice(self.index, self.index + 1))
+        return np.squeeze(np.asarray(self.source[tuple(key)]), axis=self.axis)
+
+
+def image_intensity_range(image, percentiles=(1, 99.8), *, channel_axis=None, n_voxels: int = 1 << 22,
+                          **open_kwargs) -> tuple[tuple[float, float], ...]:
+    """Intensities at ``percentiles`` of a sample of the whole image, one ``(lo, hi)`` per channel.
+
+    Reads a reproducible sample spread over the image, not the whole image.
+
+    Examples
+    --------
+    >>> img = np.arange(1000.0).reshape(10, 100)
+    >>> image_intensity_range(img, (0, 100))
+    ((0.0, 999.0),)
+    >>> image_intensity_range(np.stack([img, 2 * img]), (0, 100), channel_axis=0)
+    ((0.0, 999.0), (0.0, 1998.0))
+    """
+    from patchworks import open_image
+    from patchworks._methods import sample_values
+
+    source = open_image(image, **open_kwargs)
+    axes = getattr(source, "axes", None) or ""
+    if channel_axis is None and "c" in axes.lower():
+        raise ValueError(f"image has a channel axis (axes {axes!r}); pass channel_axis={axes.lower().index('c')} "
+                         f"(and the same to tile_process), or pick one channel with channel=N")
+    if channel_axis is None:
+        views = [source]
+    else:
+        if not -len(source.shape) <= channel_axis < len(source.shape):
+            raise ValueError(f"channel_axis={channel_axis} is out of range for image of shape {tuple(source.shape)}; "
+                             f"pass the image's channel axis, or None")
+        axis = channel_axis % len(source.shape)
+        views = [_ChannelView(source, axis, c) for c in range(source.shape[axis])]
+    pmin, pmax = check_percentiles(percentiles, "percentiles")
+    ranges = []
+    for view in views:
+        values = sample_values(view, n_voxels=n_voxels)
+        values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        lo, hi = np.percentile(values, [pmin, pmax])
+        ranges.append((float(lo), float(hi)))
+    return tuple(ranges)
+
+
+def check_percentiles(value, name: str = "normalize"):
+    if value is True:
+        value = (1, 99.8)
+    try:
+        pmin, pmax = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r}: give (low, high) percentiles such as (1, 99.8), or None when the "
+                         f"image is already normalised") from None
+    if not 0 <= pmin < pmax <= 100:
+        raise ValueError(f"{name}={value!r}: percentiles must satisfy 0 <= low < high <= 100, e.g. (1, 99.8)")
+    return pmin, pmax
+
+
+def check_range(value):
+    pairs = np.asarray(value, dtype=float)
+    if pairs.shape == (2,):
+        pairs = pairs[None]
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.isfinite(pairs).all() or (pairs[:, 1] <= pairs[:, 0]).any():
+        raise ValueError(f"intensity_range={value!r}: give (lo, hi) with lo < hi, or one (lo, hi) per channel")
+    return tuple((float(lo), float(hi)) for lo, hi in pairs)
+
+
+def scale_to_range(x: np.ndarray, intensity_range, has_channels: bool, who: str) -> np.ndarray:
+    """float32 ``(x - lo) / (hi - lo)`` with one fixed range, or one per channel (channels last)."""
+    pairs = np.asarray(intensity_range, dtype=np.float32)
+    n_channels = x.shape[-1] if has_channels else 1
+    if len(pairs) not in (1, n_channels):
+        raise ValueError(f"{who}: intensity_range has {len(pairs)} (lo, hi) pairs but the window has "
+                         f"{n_channels} channel(s); give one pair, or one per channel")
+    lo, hi = (pairs[:, 0], pairs[:, 1]) if has_channels else (pairs[0, 0], pairs[0, 1])
+    return (x.astype(np.float32, copy=False) - lo) / (hi - lo + np.float32(1e-20))

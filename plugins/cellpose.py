@@ -15,10 +15,15 @@ Recommended use on a z-stack with a 2-D model: one plane per tile, and let
 of about one cell diameter. Thicker tiles work too: their planes are joined
 inside the tile by the same rule (``iou_threshold``).
 
-Two Cellpose habits would draw seams between tiles, so they are fixed here:
-the diameter is never estimated per tile (``diameter=None`` is the model's
-own size), and intensities are normalised per tile unless you pass one range
-for the whole image, ``normalize={"lowhigh": (lo, hi)}`` (a Cellpose option).
+Two Cellpose habits would draw seams between tiles: the diameter is never
+estimated per tile here (``diameter=None`` is the model's own size), and
+Cellpose scales each image it gets between its own 1st and 99th
+percentiles, so every tile would be scaled differently. Fix that range once
+for the whole image (patchworks scales each tile with it and tells Cellpose
+not to normalise again)::
+
+    fn = cellpose_fn("cyto3", diameter=30, image="stack.zarr")      # percentiles of a sample of the image
+    fn = cellpose_fn("cyto3", diameter=30, intensity_range=(100, 4000))  # or values you know
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._common import (as_labels, cached_model, channels_last, check_iou_threshold, plane_by_plane, require,
-                      retry_out_of_memory)
+from ._common import (as_labels, cached_model, channels_last, check_iou_threshold, check_range,
+                      image_intensity_range, plane_by_plane, require, retry_out_of_memory, scale_to_range)
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +115,7 @@ class CellposeTile:
     channel_axis: int | None = None
     iou_threshold: float = 0.5
     eval_kwargs: dict = field(default_factory=dict)
+    intensity_range: tuple[tuple[float, float], ...] | None = None   # one range for the whole image
 
     def __call__(self, window) -> np.ndarray:
         models, major = _import()
@@ -117,6 +123,9 @@ class CellposeTile:
                              lambda: _load(models, major, self.model, self.gpu))
         image, spatial, has_channels = channels_last(window, self.channel_axis, "cellpose_fn")
         options = dict(self.eval_kwargs, diameter=self.diameter)
+        if self.intensity_range is not None:  # scaled here with the image's range; Cellpose must not rescale
+            image = scale_to_range(image, self.intensity_range, has_channels, "cellpose_fn")
+            options["normalize"] = False
         if major < 4:
             # Cellpose 3 picks [cytoplasm, nucleus] (1-based, 0 = grayscale); None keeps the first two channels
             options["channels"] = list(self.channels) if self.channels is not None else (
@@ -153,6 +162,7 @@ class CellposeTile:
 
 def cellpose_fn(model: str | os.PathLike | None = None, *, gpu: bool = False, diameter: float | None = None,
                 do_3D: bool = False, channels=None, channel_axis: int | None = None, iou_threshold: float = 0.5,
+                image=None, intensity_range=None, percentiles=(1, 99), open_kwargs: dict | None = None,
                 **eval_kwargs) -> CellposeTile:
     """Tile function that segments each tile with Cellpose.
 
@@ -181,11 +191,21 @@ def cellpose_fn(model: str | os.PathLike | None = None, *, gpu: bool = False, di
     iou_threshold : float
         Planes of one tile are joined when their labels are each other's best
         match with at least this IoU.
+    image : path or array, optional
+        The image that will be processed: its intensity range at
+        ``percentiles`` is taken once from a sample of it, and every tile is
+        scaled with that range (Cellpose's own per-image normalisation is
+        turned off). Recommended: per-tile normalisation draws seams.
+    intensity_range : (lo, hi) or one (lo, hi) per channel, optional
+        The same with values you know.
+    percentiles : (low, high), default (1, 99)
+        Cellpose's own percentiles, used with ``image``.
+    open_kwargs : dict, optional
+        ``component``, ``level``, ``channel`` to open ``image`` with.
     **eval_kwargs
         Passed to ``CellposeModel.eval``: ``flow_threshold``,
         ``cellprob_threshold``, ``min_size``, ``batch_size``, ``anisotropy``,
-        ``normalize`` (``{"lowhigh": (lo, hi)}`` fixes the range for every
-        tile) ...
+        ``normalize`` (not with ``image`` / ``intensity_range``) ...
 
     Returns
     -------
@@ -223,6 +243,17 @@ def cellpose_fn(model: str | os.PathLike | None = None, *, gpu: bool = False, di
     for key in eval_kwargs:
         if key in _RESERVED:
             raise ValueError(f"{key}={eval_kwargs[key]!r}: {_RESERVED[key]}")
+    if image is not None and intensity_range is not None:
+        raise ValueError("image= and intensity_range= both fix the normalisation range; give one of them")
+    if (image is not None or intensity_range is not None) and "normalize" in eval_kwargs:
+        raise ValueError(f"normalize={eval_kwargs['normalize']!r} conflicts with image= / intensity_range=, which "
+                         f"scale every tile with one range and turn Cellpose's normalisation off; give one of them")
+    if intensity_range is not None:
+        intensity_range = check_range(intensity_range)
+    elif image is not None:
+        intensity_range = image_intensity_range(image, percentiles, channel_axis=channel_axis, **(open_kwargs or {}))
+        logger.info("cellpose_fn: normalisation range from the image: %s", intensity_range)
     return CellposeTile(model=model, gpu=bool(gpu), diameter=diameter, do_3D=bool(do_3D), channels=channels,
                         channel_axis=None if channel_axis is None else int(channel_axis),
-                        iou_threshold=check_iou_threshold(iou_threshold), eval_kwargs=dict(eval_kwargs))
+                        iou_threshold=check_iou_threshold(iou_threshold), eval_kwargs=dict(eval_kwargs),
+                        intensity_range=intensity_range)

@@ -31,8 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (as_labels, cached_model, channels_last, check_iou_threshold, plane_by_plane, require,
-                      retry_out_of_memory)
+from ._common import (as_labels, cached_model, channels_last, check_iou_threshold, check_percentiles,
+                      check_range, image_intensity_range, plane_by_plane, require, retry_out_of_memory,
+                      scale_to_range)
+
+__all__ = ["StarDistTile", "image_intensity_range", "stardist_fn"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,81 +44,6 @@ _RESERVED = {
     "normalizer": "patchworks normalises the window itself; use normalize=, intensity_range= or image=",
     "return_predict": "the tile function returns labels only",
 }
-
-
-class _ChannelView:
-    """One channel of an array-like, without reading the others (for sampling)."""
-
-    def __init__(self, source, axis: int, index: int):
-        self.source, self.axis, self.index = source, axis, index
-        self.shape = tuple(s for i, s in enumerate(source.shape) if i != axis)
-
-    def __getitem__(self, key):
-        key = list(key)
-        key.insert(self.axis, slice(self.index, self.index + 1))
-        return np.squeeze(np.asarray(self.source[tuple(key)]), axis=self.axis)
-
-
-def image_intensity_range(image, percentiles=(1, 99.8), *, channel_axis=None, n_voxels: int = 1 << 22,
-                          **open_kwargs) -> tuple[tuple[float, float], ...]:
-    """Intensities at ``percentiles`` of a sample of the whole image, one ``(lo, hi)`` per channel.
-
-    Reads a reproducible sample spread over the image, not the whole image.
-
-    Examples
-    --------
-    >>> img = np.arange(1000.0).reshape(10, 100)
-    >>> image_intensity_range(img, (0, 100))
-    ((0.0, 999.0),)
-    >>> image_intensity_range(np.stack([img, 2 * img]), (0, 100), channel_axis=0)
-    ((0.0, 999.0), (0.0, 1998.0))
-    """
-    from patchworks import open_image
-    from patchworks._methods import sample_values
-
-    source = open_image(image, **open_kwargs)
-    axes = getattr(source, "axes", None) or ""
-    if channel_axis is None and "c" in axes.lower():
-        raise ValueError(f"image has a channel axis (axes {axes!r}); pass channel_axis={axes.lower().index('c')} "
-                         f"(and the same to tile_process), or pick one channel with channel=N")
-    if channel_axis is None:
-        views = [source]
-    else:
-        if not -len(source.shape) <= channel_axis < len(source.shape):
-            raise ValueError(f"channel_axis={channel_axis} is out of range for image of shape {tuple(source.shape)}; "
-                             f"pass the image's channel axis, or None")
-        axis = channel_axis % len(source.shape)
-        views = [_ChannelView(source, axis, c) for c in range(source.shape[axis])]
-    pmin, pmax = _check_percentiles(percentiles)
-    ranges = []
-    for view in views:
-        values = sample_values(view, n_voxels=n_voxels)
-        values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
-        lo, hi = np.percentile(values, [pmin, pmax])
-        ranges.append((float(lo), float(hi)))
-    return tuple(ranges)
-
-
-def _check_percentiles(value):
-    if value is True:
-        value = (1, 99.8)
-    try:
-        pmin, pmax = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"normalize={value!r}: give (low, high) percentiles such as (1, 99.8), or None when the "
-                         f"image is already normalised") from None
-    if not 0 <= pmin < pmax <= 100:
-        raise ValueError(f"normalize={value!r}: percentiles must satisfy 0 <= low < high <= 100, e.g. (1, 99.8)")
-    return pmin, pmax
-
-
-def _check_range(value):
-    pairs = np.asarray(value, dtype=float)
-    if pairs.shape == (2,):
-        pairs = pairs[None]
-    if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.isfinite(pairs).all() or (pairs[:, 1] <= pairs[:, 0]).any():
-        raise ValueError(f"intensity_range={value!r}: give (lo, hi) with lo < hi, or one (lo, hi) per channel")
-    return tuple((float(lo), float(hi)) for lo, hi in pairs)
 
 
 def _resolve(model: str):
@@ -179,13 +107,8 @@ class StarDistTile:
         """float32 window scaled like csbdeep's ``normalize`` (channels last, each channel on its own)."""
         x = image.astype(np.float32, copy=False)
         if self.intensity_range is not None:
-            pairs = np.asarray(self.intensity_range, dtype=np.float32)
-            n_channels = image.shape[-1] if has_channels else 1
-            if len(pairs) not in (1, n_channels):
-                raise ValueError(f"stardist_fn: intensity_range has {len(pairs)} (lo, hi) pairs but the window has "
-                                 f"{n_channels} channel(s); give one pair, or one per channel")
-            lo, hi = (pairs[:, 0], pairs[:, 1]) if has_channels else (pairs[0, 0], pairs[0, 1])
-        elif self.percentiles is not None:
+            return scale_to_range(x, self.intensity_range, has_channels, "stardist_fn")
+        if self.percentiles is not None:
             spatial = tuple(range(image.ndim - 1 if has_channels else image.ndim))
             lo, hi = np.percentile(x, self.percentiles, axis=spatial)
             lo, hi = np.float32(lo), np.float32(hi)
@@ -283,11 +206,11 @@ def stardist_fn(model: str | os.PathLike = "2D_versatile_fluo", *, normalize=(1,
     if channel_axis is not None and (isinstance(channel_axis, bool)
                                      or not isinstance(channel_axis, (int, np.integer))):
         raise TypeError(f"channel_axis={channel_axis!r}: give one int (the image's channel axis) or None")
-    percentiles = None if normalize is None or normalize is False else _check_percentiles(normalize)
+    percentiles = None if normalize is None or normalize is False else check_percentiles(normalize)
     if intensity_range is not None and image is not None:
         raise ValueError("intensity_range= and image= both fix the normalisation range; give one of them")
     if intensity_range is not None:
-        intensity_range = _check_range(intensity_range)
+        intensity_range = check_range(intensity_range)
     elif image is not None:
         if percentiles is None:
             raise ValueError("image= computes the normalize percentiles once for the whole image, but "

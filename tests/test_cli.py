@@ -289,6 +289,7 @@ def test_label_cellpose_through_the_plugin(tmp_path, monkeypatch, capsys):
                  "--diameter", "14", "--tile", "32", "--overlap", "8", "--stitch", "iou", "--no-progress"]) == 0
     assert len(rec.inits) == 1 and rec.inits[0]["model_type"] == "cyto3"  # loaded once for all four tiles
     assert {c["diameter"] for c in rec.calls} == {14.0} and len(rec.calls) == 4
+    assert {c["normalize"] for c in rec.calls} == {False}  # scaled with the whole input's range instead
     assert read(out).max() > 0
 
 

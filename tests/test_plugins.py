@@ -121,6 +121,30 @@ def test_cellpose3_call_convention_2d_grayscale(monkeypatch):
     assert_labels_equivalent(labels, img > 0.5)
 
 
+def test_cellpose_normalises_every_tile_with_the_image_range(monkeypatch):
+    fake_cellpose(monkeypatch, "3.1.1.2")
+    seen = []
+    models = sys.modules["cellpose.models"]
+    plain_eval = models.CellposeModel.eval
+    monkeypatch.setattr(models.CellposeModel, "eval",
+                        lambda self, x, **kw: seen.append((x.copy(), kw)) or plain_eval(self, x, **kw))
+    img = np.zeros((20, 40), np.float32)
+    img[5:15, 3:13] = 1000.0   # a bright cell in the left tile
+    img[5:15, 25:35] = 200.0   # a dim one in the right tile
+    fn = cellpose_fn("cyto3", image=img, percentiles=(0, 100))
+    assert fn.intensity_range == ((0.0, 1000.0),)
+    tile_process(img, fn, tile_shape=(20, 20), compute=True, client=False)
+    (left, kw), (right, _) = sorted(seen, key=lambda call: -call[0].max())
+    assert kw["normalize"] is False   # Cellpose must not rescale each tile again
+    assert left.max() == pytest.approx(1.0) and right.max() == pytest.approx(0.2)  # one scale for both tiles
+    with pytest.raises(ValueError, match="conflicts with image= / intensity_range="):
+        cellpose_fn("cyto3", image=img, normalize=True)
+    with pytest.raises(ValueError, match="give one of them"):
+        cellpose_fn("cyto3", image=img, intensity_range=(0, 1))
+    assert cellpose_fn("cyto3", intensity_range=[(0, 10), (5, 50)], channel_axis=0).intensity_range == (
+        (0.0, 10.0), (5.0, 50.0))
+
+
 def test_cellpose3_channels_and_model_path(monkeypatch, tmp_path):
     rec = fake_cellpose(monkeypatch, "3.1.1.2")
     weights = tmp_path / "my_model"
