@@ -110,9 +110,11 @@ def band_ids(labels: np.ndarray, tile: Tile, boxes) -> tuple[np.ndarray, np.ndar
 
     Returns ``(ids, lut, n, bands)`` like :func:`local_ids` (``lut`` maps
     the core's raw ids to ``1..n``) plus the tile's view of each band box
-    in local ids. A label seen only in the halo (a neighbour's object, as
-    this tile sees it) gets an id above ``n``: it competes in the IoU
-    matching but owns no output voxel, so it never joins anything.
+    in local ids, made one at a time as ``bands`` is iterated (six bands of
+    a 3-D tile together would outweigh the tile). A label seen only in the
+    halo (a neighbour's object, as this tile sees it) gets an id above
+    ``n``: it competes in the IoU matching but owns no output voxel, so it
+    never joins anything.
     """
     top = int(labels.max()) if labels.size else 0
     if top > 4 * labels.size + 1024:  # huge raw ids: number the window compactly first
@@ -137,7 +139,7 @@ def band_ids(labels: np.ndarray, tile: Tile, boxes) -> tuple[np.ndarray, np.ndar
     full[halo_only] = n + np.cumsum(halo_only, dtype=np.uint32)[halo_only]
     core_lut[~in_core] = 0
     ids = core if core.dtype == np.uint32 else core.astype(np.uint32)
-    return ids, core_lut, n, [full[v] for v in views]
+    return ids, core_lut, n, (full[v] for v in views)
 
 
 def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:

@@ -222,6 +222,7 @@ def test_bands_are_staged_compressed_and_read_back_exactly(tmp_path):
     boxes = staging.band_boxes(tile)
     assert len(boxes) == 6
     ids, lut, n, bands = band_ids(TissueOracle()(truth[tile.spatial_window]), tile, boxes.values())
+    bands = list(bands)
     staging.put(tile, ids, lut, n, bands)
     raw = sum(b.nbytes for b in bands)
     assert (tmp_path / f"tile-{tile.linear_index}.bin").stat().st_size < raw / 3
