@@ -39,29 +39,36 @@ def match_labels(a: np.ndarray, b: np.ndarray, iou_threshold: float = 0.5) -> np
     return mutual_best(la, lb, inter, area_a, area_b, iou_threshold)
 
 
-def _dense(ids: np.ndarray):
-    """``(distinct ids, index of each element)``: a count table when ids are small, else a sort."""
+def _compact(ids: np.ndarray):
+    """``(distinct ids, index of each element)``: a presence table when ids are small, else a sort."""
     top = int(ids.max()) if ids.size else 0
     if top <= 4 * ids.size + 1024:
         present = np.zeros(top + 1, bool)
         present[ids] = True
         rank = np.cumsum(present) - 1
-        return np.flatnonzero(present), rank[ids]
+        return np.flatnonzero(present).astype(np.uint64), rank[ids]
     return np.unique(ids, return_inverse=True)
 
 
 def overlap_counts(a: np.ndarray, b: np.ndarray):
     """Overlapping label pairs of two flat views: ``(la, lb, intersection, area of la, area of lb)``.
 
-    Areas count every voxel of each label in its own view. One-dimensional
-    counting only (no sort of pairs as rows, which is many times slower).
+    Areas count every voxel of each label in its own view. Counting is
+    one-dimensional (a sort of pairs as rows is many times slower): a
+    table indexed by ``(la, lb)`` when it is small, else a sort of keys.
     """
-    ua, ia = _dense(a)
-    ub, ib = _dense(b)
+    both = (a != 0) & (b != 0)
+    n_pairs = int(np.count_nonzero(both))
+    top_a, top_b = (int(v.max()) if v.size else 0 for v in (a, b))
+    if (top_a + 1) * (top_b + 1) <= 4 * n_pairs + 4096:  # small local ids index the table themselves
+        ua, ia = np.arange(top_a + 1, dtype=np.uint64), a
+        ub, ib = np.arange(top_b + 1, dtype=np.uint64), b
+    else:
+        (ua, ia), (ub, ib) = _compact(a), _compact(b)
+    ia, ib = ia.astype(np.intp, copy=False), ib.astype(np.intp, copy=False)  # bincount's and the keys' type
     area_a = np.bincount(ia, minlength=len(ua))
     area_b = np.bincount(ib, minlength=len(ub))
-    both = (a != 0) & (b != 0)
-    key = ia[both].astype(np.int64) * len(ub) + ib[both]
+    key = ia[both] * len(ub) + ib[both]
     if len(ua) * len(ub) <= 4 * key.size + 4096:
         inter = np.bincount(key, minlength=len(ua) * len(ub))
         key = np.flatnonzero(inter)
