@@ -32,7 +32,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 
 _ROOT = Path(__file__).resolve().parent.parent

@@ -53,9 +53,19 @@ def _compact(ids: np.ndarray):
 def overlap_counts(a: np.ndarray, b: np.ndarray):
     """Overlapping label pairs of two flat views: ``(la, lb, intersection, area of la, area of lb)``.
 
-    Areas count every voxel of each label in its own view. Counting is
-    one-dimensional (a sort of pairs as rows is many times slower): a
-    table indexed by ``(la, lb)`` when it is small, else a sort of keys.
+    Areas count every voxel of each label in its own view.
+    """
+    ua, area_a, ub, area_b, pa, pb, inter = overlap_table(a, b)
+    return ua[pa], ub[pb], inter, area_a[pa], area_b[pb]
+
+
+def overlap_table(a: np.ndarray, b: np.ndarray):
+    """``(ua, area_a, ub, area_b, pa, pb, inter)``: every label's area, and the overlapping pairs as indices.
+
+    ``ua[pa[k]]`` and ``ub[pb[k]]`` overlap on ``inter[k]`` voxels; ``ua`` /
+    ``ub`` may hold 0 and ids of area 0. Counting is one-dimensional (a sort
+    of pairs as rows is many times slower): a table indexed by ``(la, lb)``
+    when it is small, else a sort of keys.
     """
     both = (a != 0) & (b != 0)
     n_pairs = int(np.count_nonzero(both))
@@ -76,7 +86,7 @@ def overlap_counts(a: np.ndarray, b: np.ndarray):
     else:
         key, inter = np.unique(key, return_counts=True)
     pa, pb = np.divmod(key, len(ub))
-    return ua[pa], ub[pb], inter, area_a[pa], area_b[pb]
+    return ua, area_a, ub, area_b, pa, pb, inter
 
 
 def mutual_best(la, lb, inter, area_la, area_lb, iou_threshold: float) -> np.ndarray:

@@ -81,8 +81,15 @@ class _SeamJob:
     grid: TileGrid
     offsets: np.ndarray
     connectivity: int
-    counts: np.ndarray | None = None
-    iou_threshold: float | None = None   # set: stitch="iou"
+
+
+@dataclass
+class _IouJob:
+    staging: TileStaging
+    grid: TileGrid
+    offsets: np.ndarray
+    counts: np.ndarray
+    iou_threshold: float
 
 
 @dataclass
@@ -97,7 +104,7 @@ def _seam_task(job: _SeamJob, axis, row):
     return touch_pairs_for_seam(job.staging, job.grid, axis, row, job.offsets, job.connectivity)
 
 
-def _iou_task(job: _SeamJob, linear_index):
+def _iou_task(job: _IouJob, linear_index):
     return iou_pairs_for_tile(job.staging, job.grid, linear_index, job.counts, job.offsets, job.iou_threshold)
 
 
@@ -116,7 +123,7 @@ def _plane_task(job: _PlaneJob, axis, row):
 def _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token) -> np.ndarray:
     """stitch="iou": band matching between neighbours, then whole-plane matching across plane-by-plane axes."""
     tasks = graph_tasks(f"patchworks-seam-{token}", _iou_task,
-                        _SeamJob(staging, grid, offsets, 1, counts, float(iou_threshold)),
+                        _IouJob(staging, grid, offsets, counts, float(iou_threshold)),
                         [(i,) for i in range(grid.n_tiles) if counts[i]])
     pairs = run_tasks(tasks, client=client, progress=False)
     pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)

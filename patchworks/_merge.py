@@ -19,7 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ._grid import TileGrid
-from ._iou import match_labels, mutual_best, overlap_counts
+from ._iou import match_labels, mutual_best, overlap_table
 
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
 # Seam planes are scanned in blocks of at most this many voxels per plane.
@@ -200,12 +200,12 @@ def plane_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, in_plane_
                          for k, (c, w) in enumerate(zip(tile.spatial_core, tile.spatial_window)))
             views.append(plan.final_ids(band[core]).ravel())
         a, b = (v.ravel() for v in views)
-        for view, areas in ((a, areas_a), (b, areas_b)):  # every voxel counts, matched or not
-            ids, where = np.unique(view[view != 0], return_inverse=True)
-            areas.append((ids, np.bincount(where, minlength=len(ids))))
-        la, lb, count, _, _ = overlap_counts(a, b)
-        if la.size:
-            keys.append(np.stack([la, lb]))
+        ua, area_a, ub, area_b, pa, pb, count = overlap_table(a, b)
+        for ids, area, areas in ((ua, area_a, areas_a), (ub, area_b, areas_b)):  # every voxel counts, matched or not
+            present = (area > 0) & (ids != 0)
+            areas.append((ids[present], area[present]))
+        if pa.size:
+            keys.append(np.stack([ua[pa], ub[pb]]))
             inter.append(count)
     if not keys:
         return np.zeros((0, 2), np.uint64)
