@@ -219,7 +219,7 @@ def run_e2e(input_path, out_path, tile_shape, fn_kind="threshold"):
 
 def _install_phase_timers(events: list) -> None:
     """Time the pipeline's phases by wrapping what ``_labels`` calls (this process only)."""
-    import patchworks._labels as L
+    import patchworks.labels._process as L
 
     names = iter(["stage", "seams", "relabel"])  # run_tasks is called in this order
     run_tasks, plan_relabel = L.run_tasks, L.plan_relabel
@@ -246,10 +246,10 @@ def _install_op_timers(acc: dict) -> None:
     """Sum the seconds spent per operation inside tasks (over all threads): read, fn, renumber, writes..."""
     import zarr
 
-    import patchworks._io as io
-    import patchworks._merge as M
-    import patchworks._methods as methods
-    import patchworks._stage as S
+    import patchworks.io._sources as io
+    import patchworks.labels._merge as M
+    import patchworks.segment._threshold as methods
+    import patchworks.labels._tile_task as S
 
     lock = threading.Lock()
 
@@ -307,7 +307,7 @@ def _install_op_timers(acc: dict) -> None:
     wrap(S, "validate_labels", "stage: validate_labels")
     wrap(S, "renumber_local", "stage: renumber_local")
     wrap(S, "write_seam_planes", "stage: write_seam_planes (incl. zarr write)")
-    import patchworks._labels as L
+    import patchworks.labels._process as L
 
     wrap(L, "stage_tile", "stage: stage_tile total")
     wrap(L, "touch_pairs_for_seam", "seams: touch_pairs_for_seam total")

@@ -28,7 +28,7 @@ import zarr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import patchworks  # noqa: E402
-import patchworks._labels as labels_module  # noqa: E402
+import patchworks.labels._process as labels_module  # noqa: E402
 from patchworks.testing import random_blobs  # noqa: E402
 
 
@@ -99,8 +99,8 @@ def peak_rss(fn):
 
 def graph_build_seconds(path, tile) -> float:
     """Time to build the stage graph for every tile, as the pipeline does (one task per tile)."""
-    from patchworks._run import graph_tasks
-    from patchworks._stage import stage_tile
+    from patchworks.run._execute import graph_tasks
+    from patchworks.labels._tile_task import stage_tile
 
     source = patchworks.open_image(str(path))
     grid = patchworks.TileGrid(source.shape, tile)

@@ -3,23 +3,23 @@
 The public API is flat: everything a user needs is importable from here.
 """
 
-from ._grid import Tile, TileGrid, normalize_per_axis
-from ._io import LazySource, create_output, open_image
-from ._empty import estimate_empty_tiles
-from ._labels import merge_tile_labels, tile_process
-from ._methods import label_components, otsu, otsu_threshold, threshold
-from ._segmenters import LogBlobs, Watershed, log_blobs, watershed
-from ._seams import SeamReport, seam_report
-from ._blend import tile_blend, tile_map
-from ._windows import make_window, window_for_region
-from ._grid import PatchSpec
-from ._sampling import Aggregator, GridSampler
-from ._samplers import (FixedRandomSampler, FixedSampler, LabelSampler, SequentialSampler, StratifiedSampler,
+from .grid import Tile, TileGrid, normalize_per_axis
+from .io._sources import LazySource, create_output, open_image
+from .labels._empty import estimate_empty_tiles
+from .labels._process import merge_tile_labels, tile_process
+from .segment._threshold import label_components, otsu, otsu_threshold, threshold
+from .segment._instances import LogBlobs, Watershed, log_blobs, watershed
+from .labels._seam_report import SeamReport, seam_report
+from .dense._tile_map import tile_blend, tile_map
+from .run._windows import make_window, window_for_region
+from .grid import PatchSpec
+from .patches._grid_sampler import Aggregator, GridSampler
+from .patches._samplers import (FixedRandomSampler, FixedSampler, LabelSampler, SequentialSampler, StratifiedSampler,
                         UniformSampler, WeightedSampler, WholeSampler)
-from ._torch import PatchDataset
-from ._resources import (ResourceBudget, auto_overlap, auto_tile_shape, available_cores, available_memory,
+from .patches._torch import PatchDataset
+from .run._resources import (ResourceBudget, auto_overlap, auto_tile_shape, available_cores, available_memory,
                          gpu_free_memory, resource_budget, visible_gpus)
-from ._cluster import check_client, make_local_cluster, slurm_cluster
+from .run._cluster import check_client, make_local_cluster, slurm_cluster
 
 __version__ = "0.1.0.dev0"
 

@@ -254,7 +254,7 @@ def cmd_info(args) -> int:
     for key, value in rows:
         print(f"{key + ':':<9}{value}")
     if source.dtype.kind in "iu" and not args.no_count:
-        from patchworks._count import count_labels
+        from patchworks.labels._count import count_labels
 
         print(f"{'objects:':<9}{count_labels(source)}")
     attrs = _patchworks_attrs(args.path, args.component)

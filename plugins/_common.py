@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from patchworks._iou import stitch_planes
+from patchworks.labels._iou import stitch_planes
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def image_intensity_range(image, percentiles=(1, 99.8), *, channel_axis=None, n_
     ((0.0, 999.0), (0.0, 1998.0))
     """
     from patchworks import open_image
-    from patchworks._methods import sample_values
+    from patchworks.segment._threshold import sample_values
 
     source = open_image(image, **open_kwargs)
     axes = getattr(source, "axes", None) or ""

@@ -274,8 +274,8 @@ def test_benchmark_smoke():
 
 def test_accumulators_beyond_the_budget_spill_to_disk_and_change_nothing(tmp_path, monkeypatch):
     """3-D: the slab of blocks waiting for tiles (8x8 blocks of 16^3) is far above a 64 KiB budget."""
-    import patchworks._blend as blend_module
-    from patchworks._spill import SpillingAccumulators
+    import patchworks.dense._tile_map as blend_module
+    from patchworks.dense._spill import SpillingAccumulators
 
     stores = []
 

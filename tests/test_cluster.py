@@ -12,9 +12,9 @@ import pytest
 distributed = pytest.importorskip("distributed")
 from distributed import Client, LocalCluster, worker_client  # noqa: E402
 
-import patchworks._cluster as pc  # noqa: E402
-from patchworks._cluster import check_client, dask_setup, make_local_cluster, slurm_cluster  # noqa: E402
-from patchworks._resources import ResourceBudget  # noqa: E402
+import patchworks.run._cluster as pc  # noqa: E402
+from patchworks.run._cluster import check_client, dask_setup, make_local_cluster, slurm_cluster  # noqa: E402
+from patchworks.run._resources import ResourceBudget  # noqa: E402
 
 GiB = 2**30
 QUIET = dict(dashboard_address=":0", silence_logs=50)
@@ -158,7 +158,7 @@ def test_slurm_cluster_gpu_job_script():
                      "#SBATCH -t 04:00:00"):
             assert line in script, line
         assert "--nthreads 1" in script and "--nworkers 4" in script
-        assert "--preload patchworks._cluster" in script and "--resources GPU=1" in script
+        assert "--preload patchworks.run._cluster" in script and "--resources GPU=1" in script
     finally:
         cluster.close()
 

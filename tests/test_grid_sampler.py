@@ -8,8 +8,8 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patchworks._grid import EDGE_POLICIES, TileGrid
-from patchworks._sampling import PAD_MODES, Aggregator, GridSampler
+from patchworks.grid import EDGE_POLICIES, TileGrid
+from patchworks.patches._grid_sampler import PAD_MODES, Aggregator, GridSampler
 
 
 @st.composite
@@ -210,7 +210,7 @@ def test_torch_batches_and_dataloader():
     torch = pytest.importorskip("torch", reason="PyTorch adapter is optional (patchworks[torch])")
     from torch.utils.data import DataLoader
 
-    from patchworks._torch import PatchDataset
+    from patchworks.patches._torch import PatchDataset
 
     img = np.random.default_rng(5).random((2, 17, 12)).astype(np.float32)
     sampler = GridSampler(img, (6, 5), overlap=(2, 1), edge="pad", channel_axis=0, pad_mode="reflect")

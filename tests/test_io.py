@@ -1,4 +1,4 @@
-"""Tests for patchworks._io: lazy image sources and zarr output creation."""
+"""Tests for patchworks.io._sources: lazy image sources and zarr output creation."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import tifffile
 import zarr
 
-from patchworks._io import LazySource, create_output, open_image, same_location
-from patchworks._ngff import parse_multiscales
+from patchworks.io._sources import LazySource, create_output, open_image, same_location
+from patchworks.io._ngff import parse_multiscales
 
 h5py = pytest.importorskip("h5py")
 

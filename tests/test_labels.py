@@ -312,7 +312,7 @@ def test_label_count_beyond_uint32_promotes_to_uint64_without_wrapping():
 def test_threads_follow_the_cores_available_to_the_process(monkeypatch):
     import time
 
-    import patchworks._run as run_module
+    import patchworks.run._execute as run_module
     monkeypatch.setattr(run_module, "available_cores", lambda: 1)  # e.g. SLURM_CPUS_PER_TASK=1
     running, peak, lock = [0], [0], threading.Lock()
 

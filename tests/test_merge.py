@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from patchworks._merge import plan_relabel
+from patchworks.labels._merge import plan_relabel
 
 
 def _direct_final_ids(counts, pairs, sequential):

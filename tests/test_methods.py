@@ -69,7 +69,7 @@ def test_otsu_samples_large_images_without_reading_them_whole():
             reads.append(out.size)
             return out
 
-    from patchworks._methods import sample_values
+    from patchworks.segment._threshold import sample_values
     sample = sample_values(Counting(), n_voxels=4096, n_blocks=16)
     assert sum(reads) == sample.size <= 4096 and len(reads) == 16
 

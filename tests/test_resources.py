@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from patchworks._resources import (ResourceBudget, auto_overlap, auto_tile_shape, available_cores,
+from patchworks.run._resources import (ResourceBudget, auto_overlap, auto_tile_shape, available_cores,
                                    available_memory, gpu_free_memory, resource_budget, visible_gpus)
 
 GiB = 2**30
@@ -90,7 +90,7 @@ def test_memory_garbage_files_and_vars_are_ignored(tmp_path):
 
 def test_cgroup_walks_from_own_cgroup_up_to_root(tmp_path, monkeypatch):
     """A SLURM job step's cgroup is nested: the tightest level along the path wins."""
-    import patchworks._resources as pr
+    import patchworks.run._resources as pr
     proc = tmp_path / "proc_cgroup"
     proc.write_text("4:memory:/slurm/job_7\n2:cpu,cpuacct:/slurm/job_7\n0::/slurm/job_7/step_0\n")
     monkeypatch.setattr(pr, "_PROC_CGROUP", str(proc))

@@ -10,8 +10,8 @@ import pytest
 import zarr
 from scipy import stats
 
-from patchworks._grid import PatchSpec
-from patchworks._samplers import (FixedRandomSampler, FixedSampler, LabelSampler, SequentialSampler,
+from patchworks.grid import PatchSpec
+from patchworks.patches._samplers import (FixedRandomSampler, FixedSampler, LabelSampler, SequentialSampler,
                                   StratifiedSampler, UniformSampler, WeightedSampler, WholeSampler)
 
 _P = 1e-3  # tests are deterministic (fixed seeds); this only says how surprising a pass/fail would be
@@ -229,7 +229,7 @@ def test_dataloader_workers_do_not_change_patches():
     torch = pytest.importorskip("torch", reason="PyTorch adapter is optional (patchworks[torch])")
     from torch.utils.data import DataLoader
 
-    from patchworks._torch import PatchDataset
+    from patchworks.patches._torch import PatchDataset
 
     img = np.random.default_rng(0).random((24, 20)).astype(np.float32)
     ds = PatchDataset(UniformSampler(img, 6, seed=9))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import zarr
 
-import patchworks._seams as seams
+import patchworks.labels._seam_report as seams
 from patchworks import threshold, tile_process
-from patchworks._seams import SeamReport, seam_report
+from patchworks.labels._seam_report import SeamReport, seam_report
 from patchworks.testing import TissueOracle, dense_tissue, random_blobs
 
 

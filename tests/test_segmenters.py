@@ -9,8 +9,8 @@ import pytest
 from scipy import ndimage
 
 from patchworks import tile_process
-from patchworks._methods import otsu_threshold, sample_values
-from patchworks._segmenters import LogBlobs, Watershed, log_blobs, paint_balls, watershed
+from patchworks.segment._threshold import otsu_threshold, sample_values
+from patchworks.segment._instances import LogBlobs, Watershed, log_blobs, paint_balls, watershed
 from patchworks.testing import assert_labels_equivalent, label_mismatches, random_blobs
 
 skimage = pytest.importorskip("skimage")
@@ -231,7 +231,7 @@ def test_missing_scikit_image_names_the_extra(monkeypatch):
 
 
 def test_scikit_image_is_not_imported_with_patchworks():
-    code = "import sys, patchworks, patchworks._segmenters; print('skimage' in sys.modules)"
+    code = "import sys, patchworks, patchworks.segment._instances; print('skimage' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
 

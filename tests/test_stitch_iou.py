@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from patchworks import merge_tile_labels, tile_process
-from patchworks._iou import match_labels, stitch_planes
+from patchworks.labels._iou import match_labels, stitch_planes
 from patchworks.testing import (TissueOracle, assert_labels_equivalent, dense_tissue, largest_cell_extent,
                                 stitching_errors)
 
@@ -212,8 +212,8 @@ def test_per_plane_masks_saved_to_zarr_are_stitched_in_z(tmp_path):
 
 def test_bands_are_staged_compressed_and_read_back_exactly(tmp_path):
     from patchworks import TileGrid
-    from patchworks._stage import band_ids
-    from patchworks._staging import TileStaging
+    from patchworks.labels._tile_task import band_ids
+    from patchworks.labels._stage_store import TileStaging
 
     truth = dense_tissue((48, 48, 48), 8, seed=1)
     grid = TileGrid(truth.shape, 16, overlap=6)

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ._grid import TileGrid
+from ..grid import TileGrid
 from ._iou import match_labels, mutual_best, overlap_table
 
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
@@ -125,7 +125,7 @@ def iou_pairs_for_tile(staging, grid: TileGrid, linear_index: int, counts: np.nd
 
     For each neighbour (sharing a face, an edge or a corner), both tiles'
     views of the region their windows share are cut from the staged bands
-    and matched (:func:`patchworks._iou.match_labels`). Along a
+    and matched (:func:`patchworks.labels._iou.match_labels`). Along a
     plane-by-plane axis (no overlap) the tile's last plane meets the
     neighbour's first. Edge and corner neighbours matter for a cell that
     reaches into a diagonal tile only. Only labels with core voxels in both

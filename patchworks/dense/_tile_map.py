@@ -33,12 +33,12 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ._grid import Tile, TileGrid
-from ._io import LazySource, create_output, open_image, same_location
-from ._resources import available_memory
-from ._run import active_client, local_threads, new_token, resolve_tile_shape, run_tasks, shared, tile_windows
+from ..grid import Tile, TileGrid
+from ..io._sources import LazySource, create_output, open_image, same_location
+from ..run._resources import available_memory
+from ..run._execute import active_client, local_threads, new_token, resolve_tile_shape, run_tasks, shared, tile_windows
 from ._spill import SpillingAccumulators
-from ._windows import make_window
+from ..run._windows import make_window
 
 __all__ = ["tile_blend", "tile_map"]
 
@@ -419,7 +419,7 @@ def _stream_locally(job: BlendJob, windows, progress, accs: SpillingAccumulators
     the front, which ``accs`` spills to disk beyond its budget -- never a
     graph of the whole image for a static ordering to get wrong.
     """
-    from ._run import _want_progress
+    from ..run._execute import _want_progress
     grid = job.grid
     threads = _local_threads()
     ahead = 2 * threads + 2

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from patchworks._grid import PatchSpec, TileGrid, normalize_per_axis
-from patchworks._io import open_image
-from patchworks._sampling import _check_index, read_patch
+from patchworks.grid import PatchSpec, TileGrid, normalize_per_axis
+from patchworks.io._sources import open_image
+from patchworks.patches._grid_sampler import _check_index, read_patch
 
 __all__ = ["FixedRandomSampler", "FixedSampler", "LabelSampler", "PatchSampler", "SequentialSampler",
            "StratifiedSampler", "UniformSampler", "WeightedSampler", "WholeSampler"]

@@ -153,7 +153,7 @@ def otsu(image, *, connectivity: int | None = None, n_voxels: int = 1 << 22, **o
     **open_kwargs
         ``component``, ``level``, ``channel``: passed to :func:`patchworks.open_image`.
     """
-    from ._io import open_image
+    from ..io._sources import open_image
 
     source = open_image(image, **open_kwargs)
     axes = getattr(source, "axes", None) or ""

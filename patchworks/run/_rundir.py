@@ -22,7 +22,7 @@ import dask.array as da
 import zarr
 from dask.base import tokenize
 
-from ._io import LazySource, create_output, same_location
+from ..io._sources import LazySource, create_output, same_location
 
 logger = logging.getLogger("patchworks")
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from numcodecs import Blosc
 
-from ._grid import Tile, TileGrid
+from ..grid import Tile, TileGrid
 
 # lz4 level 1 with byte shuffle: ~1.5 GB/s each way on label tiles at ~8x;
 # scratch is read once and deleted, so speed beats ratio here.

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import fastremap
 import numpy as np
 
-from ._grid import Tile, TileGrid
+from ..grid import Tile, TileGrid
 
 _UINT32_MAX = np.iinfo(np.uint32).max
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._grid import normalize_per_axis
+from ..grid import normalize_per_axis
 
 logger = logging.getLogger("patchworks")
 

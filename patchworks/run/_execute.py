@@ -77,7 +77,7 @@ def resolve_tile_shape(tile_shape, source, overlap, client, *, use_gpu=False, ch
         if isinstance(tile_shape, str):
             raise ValueError(f"tile_shape={tile_shape!r}: use 'auto', an int, a tuple or a dict {{axis: int}}")
         return tile_shape
-    from ._grid import TileGrid
+    from ..grid import TileGrid
     from ._resources import auto_tile_shape
 
     budget = None

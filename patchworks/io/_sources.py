@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from patchworks._ngff import parse_multiscales
+from patchworks.io._ngff import parse_multiscales
 
 __all__ = ["LazySource", "create_output", "open_image", "same_location"]
 

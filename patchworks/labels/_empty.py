@@ -8,10 +8,10 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ._grid import TileGrid
-from ._io import LazySource, open_image
-from ._methods import otsu_threshold, sample_values
-from ._run import graph_tasks, new_token, run_tasks
+from ..grid import TileGrid
+from ..io._sources import LazySource, open_image
+from ..segment._threshold import otsu_threshold, sample_values
+from ..run._execute import graph_tasks, new_token, run_tasks
 
 
 @dataclass

@@ -152,7 +152,7 @@ def slurm_cluster(*, cores, memory, walltime, queue=None, gpus=0, threads_per_wo
     memory split evenly), like :func:`make_local_cluster`. With ``gpus=N``
     the job asks for ``--gres=gpu:N`` and runs N single-threaded worker
     processes, one per GPU: each pins itself to its own GPU at start-up
-    (``--preload patchworks._cluster``, see :func:`dask_setup`). No job is
+    (``--preload patchworks.run._cluster``, see :func:`dask_setup`). No job is
     submitted until you call ``cluster.scale(jobs=...)`` or
     ``cluster.adapt(...)``.
 
@@ -225,7 +225,7 @@ def dask_setup(worker) -> None:
     ``CUDA_VISIBLE_DEVICES`` (set by SLURM for ``--gres=gpu:N``; indices
     ``0..N-1`` when unset). It runs at worker start-up, before any task can
     initialise CUDA. Used by :func:`slurm_cluster` through
-    ``--preload patchworks._cluster``.
+    ``--preload patchworks.run._cluster``.
     """
     name = str(getattr(worker, "name", ""))
     suffix = name.rsplit("-", 1)[-1]

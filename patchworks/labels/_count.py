@@ -5,7 +5,7 @@ from __future__ import annotations
 import fastremap
 import numpy as np
 
-from ._grid import TileGrid
+from ..grid import TileGrid
 
 
 def _scan_tile_shape(shape, chunks, target=1 << 22):

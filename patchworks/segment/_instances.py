@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ._methods import label_components, otsu_threshold, sample_values
+from ._threshold import label_components, otsu_threshold, sample_values
 
 __all__ = ["LogBlobs", "Watershed", "log_blobs", "watershed"]
 
@@ -71,7 +71,7 @@ def _open_sample(image, threshold, *, who: str, n_voxels: int, ndim, component, 
     if threshold is not None:
         raise ValueError(f"{who}: got threshold={threshold!r} and image=...; give one: a number, or threshold=None "
                          f"with image= to estimate it from the whole image")
-    from ._io import open_image
+    from ..io._sources import open_image
 
     source = open_image(image, component=component, level=level, channel=channel, name="image")
     axes = getattr(source, "axes", None) or ""

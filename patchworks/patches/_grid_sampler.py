@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from patchworks._grid import PatchSpec, TileGrid
-from patchworks._io import create_output, open_image
+from patchworks.grid import PatchSpec, TileGrid
+from patchworks.io._sources import create_output, open_image
 
 __all__ = ["PAD_MODES", "Aggregator", "GridSampler", "read_patch"]
 
@@ -270,7 +270,7 @@ class Aggregator:
         ``"crop"``: each voxel is taken from the patch whose core owns it
         (exact: an identity model gives the input back bit for bit; nothing
         but the output is held). Otherwise predictions are blended with
-        these weights (see :func:`patchworks._windows.make_window`, or an
+        these weights (see :func:`patchworks.run._windows.make_window`, or an
         array of ``patch_size``): a float32 accumulator of the output's size
         plus float32 weights of the spatial size are kept until
         :meth:`result`. For outputs far larger than memory use the streaming
@@ -307,7 +307,7 @@ class Aggregator:
 
     def __init__(self, sampler, *, window="crop", out_channels=None, channel_last=False, dtype=None,
                  output=None, chunks=None, zarr_format=3, overwrite=False):
-        from patchworks._windows import make_window
+        from patchworks.run._windows import make_window
 
         if not hasattr(sampler, "grid") or getattr(sampler.grid, "patch_size", None) is None:
             raise TypeError(f"sampler={type(sampler).__name__}: expected a GridSampler")

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._grid import TileGrid
-from ._io import open_image
+from ..grid import TileGrid
+from ..io._sources import open_image
 
 __all__ = ["SeamAxis", "SeamReport", "seam_report"]
 

@@ -15,18 +15,18 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from ._cluster import check_client
+from ..run._cluster import check_client
 from ._count import count_labels
-from ._grid import TileGrid
-from ._io import LazySource, open_image
+from ..grid import TileGrid
+from ..io._sources import LazySource, open_image
 from ._merge import (iou_pairs_for_tile, plan_relabel, plane_axes, plane_pairs_for_seam, relabel_tile,
                      touch_pairs_for_seam)
-from ._methods import Threshold, otsu_threshold, sample_values
-from ._segmenters import LogBlobs, Watershed
-from ._run import active_client, graph_tasks, new_token, resolve_tile_shape, run_tasks, shared, tile_windows
-from ._rundir import RunDir, describe_source, fn_token, source_token
-from ._stage import StageJob, stage_tile
-from ._staging import STAGING_FORMAT, TileStaging
+from ..segment._threshold import Threshold, otsu_threshold, sample_values
+from ..segment._instances import LogBlobs, Watershed
+from ..run._execute import active_client, graph_tasks, new_token, resolve_tile_shape, run_tasks, shared, tile_windows
+from ..run._rundir import RunDir, describe_source, fn_token, source_token
+from ._tile_task import StageJob, stage_tile
+from ._stage_store import STAGING_FORMAT, TileStaging
 
 logger = logging.getLogger("patchworks")
 
@@ -489,5 +489,5 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
 
 
 def _core_halo(overlap, ndim):
-    from ._grid import normalize_per_axis
+    from ..grid import normalize_per_axis
     return normalize_per_axis(overlap, ndim, "overlap", default=0)
