@@ -218,7 +218,7 @@ def run_e2e(input_path, out_path, tile_shape, fn_kind="threshold"):
 
 
 def _install_phase_timers(events: list) -> None:
-    """Time the pipeline's phases by wrapping what ``_labels`` calls (this process only)."""
+    """Time the pipeline's phases by wrapping what ``labels._process`` calls (this process only)."""
     import patchworks.labels._process as L
 
     names = iter(["stage", "seams", "relabel"])  # run_tasks is called in this order

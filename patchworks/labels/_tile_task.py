@@ -1,7 +1,7 @@
 """What one tile task does: read window -> fn -> validate -> number -> stage.
 
 The task stages the tile's core with its local numbering ``1..n`` and its
-seam planes (see ``_staging``), then returns only a tiny
+seam planes (see ``_stage_store``), then returns only a tiny
 :class:`TileResult`. The merge works from the seam planes, so it never
 re-reads the volume, and ``fn`` is never called a second time.
 """
