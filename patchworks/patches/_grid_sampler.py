@@ -63,7 +63,9 @@ def read_patch(image, spec: PatchSpec, spatial_axes, *, pad_mode="constant", con
     for ax, sl in zip(spatial_axes, spec.window):
         key[ax] = sl
     if not any(b or e for b, e in spec.pad_width):
-        return np.asarray(image[tuple(key)])
+        out = np.asarray(image[tuple(key)])
+        # a numpy image gives a view: copy, so a model that edits its patch in place never reaches the input
+        return out if out.flags.owndata else out.copy()
     runs, takes = [], []  # per axis: contiguous runs of image indices to read; gather map (or None)
     for ax in range(ndim):
         if ax not in spatial_axes:
