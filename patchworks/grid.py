@@ -221,6 +221,11 @@ class PatchSpec:
         """Spec of a training patch: core = the patch clipped to the image."""
         start = tuple(int(a) for a in start)
         size = tuple(int(s) for s in size)
+        stop = tuple(a + s for a, s in zip(start, size))
+        if anchor is None and min(start) >= 0 and all(b <= n for b, n in zip(stop, image_shape)):
+            # the common case of the training samplers (hot: one call per patch): wholly inside the image
+            return cls(int(data_idx), int(sample_idx), start, size, ((0, 0),) * len(start), start, stop,
+                       tuple(a + s // 2 for a, s in zip(start, size)))
         pad = tuple((max(0, -a), max(0, a + s - n)) for a, s, n in zip(start, size, image_shape))
         cs = tuple(max(a, 0) for a in start)
         ce = tuple(min(a + s, n) for a, s, n in zip(start, size, image_shape))

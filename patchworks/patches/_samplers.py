@@ -172,7 +172,9 @@ class UniformSampler(PatchSampler):
     """
 
     def _spec(self, d, s, rng):
-        start = [int(rng.integers(0, n - p + 1)) for n, p in zip(self.spatial_shapes[d], self.patch_sizes[d])]
+        # one draw for all axes: floor(u * choices) is uniform over 0..choices-1
+        u = rng.random(len(self.patch_sizes[d]))
+        start = [int(x * (n - p + 1)) for x, n, p in zip(u, self.spatial_shapes[d], self.patch_sizes[d])]
         return self._inside(d, s, start)
 
 
