@@ -143,3 +143,28 @@ def test_errors_name_the_parameter_and_the_fix():
     agg.append(*s[0])
     with pytest.raises(RuntimeError, match="3 of 4 patches were never added"):
         agg.get_output()  # patchly would return zeros there; a missing patch here is an error
+
+
+def test_torch_dataloader_loop_as_in_patchly_readme():
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, Dataset
+
+    class PatchSet(Dataset):
+        def __init__(self, sampler):
+            self.sampler = sampler
+
+        def __getitem__(self, idx):
+            patch, bbox = self.sampler[idx]
+            return patch.transpose(2, 0, 1), bbox
+
+        def __len__(self):
+            return len(self.sampler)
+
+    image = torch.from_numpy(np.random.default_rng(4).random((30, 28, 3)).astype(np.float32))
+    sampler = GridSampler(image=image, spatial_size=(30, 28), patch_size=(10, 10), patch_offset=(5, 6))
+    loader = DataLoader(PatchSet(sampler), batch_size=4, num_workers=0, shuffle=True)
+    aggregator = Aggregator(sampler=sampler, output_size=(3, 30, 28), spatial_first=False, has_batch_dim=True)
+    with torch.no_grad():
+        for patch, bbox in loader:  # collated tensors: (B, 3, 10, 10) and (B, 2, 2)
+            aggregator.append(patch * 2, bbox)
+    np.testing.assert_allclose(aggregator.get_output(), 2 * image.numpy().transpose(2, 0, 1), rtol=1e-6)

@@ -67,7 +67,11 @@ def is_tile_specs(specs) -> TypeGuard[TileSpecs]:
 
 
 def _shape_only(shape):
-    return np.broadcast_to(np.zeros((), dtype=np.uint8), tuple(shape))
+    # a stand-in image of the right shape for the geometry, never read: a lazy dask array of zeros,
+    # which (unlike a broadcast numpy array) pickles small for DataLoader workers
+    import dask.array as da
+
+    return da.zeros(tuple(shape), dtype=np.uint8, chunks=-1)
 
 
 class _Stacks:

@@ -81,8 +81,11 @@ def _ints(value, n, name) -> tuple[int, ...]:
 
 
 def _shape_only(shape):
-    # a stand-in image of the right shape that holds one byte: the geometry never reads it
-    return np.broadcast_to(np.zeros((), dtype=np.uint8), tuple(shape))
+    # a stand-in image of the right shape for the geometry, never read: a lazy dask array of zeros,
+    # which (unlike a broadcast numpy array) pickles small for DataLoader workers
+    import dask.array as da
+
+    return da.zeros(tuple(shape), dtype=np.uint8, chunks=-1)
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -97,9 +100,10 @@ class GridSampler:
     Parameters
     ----------
     image : array-like or None
-        numpy / dask / zarr array (or anything :func:`patchworks.open_image`
-        accepts); read lazily, patch by patch. ``None``: only the bounding
-        boxes are produced (``sampler[i]`` is then the bbox alone).
+        numpy / dask / zarr array, torch tensor (patches come out as numpy),
+        or anything :func:`patchworks.open_image` accepts; read lazily, patch
+        by patch. ``None``: only the bounding boxes are produced
+        (``sampler[i]`` is then the bbox alone).
     spatial_size : sequence of int
         Size of the spatial axes. With ``spatial_first=True`` they are the
         leading axes of ``image`` (e.g. ``(H, W, C)``), else the trailing ones
@@ -159,6 +163,8 @@ class GridSampler:
                 raise ValueError(f"patch_size={self.patch_size!r}: axis {ax} patch {p} is larger than the image "
                                  f"({s}); use a patch_size <= {s} or mode=SamplingMode.SAMPLE_ADAPTIVE")
 
+        if image is not None and type(image).__module__.startswith("torch"):
+            image = image.detach().cpu().numpy()  # shares memory on the CPU; patches come out as numpy
         self.image = image
         if image is not None:
             shape = tuple(int(v) for v in image.shape)
