@@ -303,3 +303,40 @@ def test_sampler_streams_are_default_rng_of_seed_epoch_index():
                                       np.random.default_rng([123, epoch, index]).random(4))
     big = UniformSampler(np.zeros((8, 8)), 2, seed=2**40)
     np.testing.assert_array_equal(big.rng(1, 2).random(2), np.random.default_rng([2**40, 2, 1]).random(2))
+
+
+def test_stratified_rates_expected_counts_property():
+    # oracle: a direct sum over the bins of the systematic draw, per region
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.7, 1.0, 1.5]), min_size=9, max_size=9),
+           st.sets(st.tuples(st.integers(0, 2), st.integers(0, 2)), max_size=3))
+    def check(rates, excluded):
+        s = StratifiedSampler(np.zeros((9, 9)), 3, seed=0)
+        s.exclude_patches(0, sorted(excluded))
+        grid = s.grid_coords(0)
+        s.set_region_rates(0, dict(zip(grid, rates)))
+        inc = s.included_grid_coords(0)
+        r = np.array([dict(zip(grid, rates))[g] for g in inc])
+        total = r.sum()
+        n = int(np.ceil(total - 1e-9)) if total > 0 else 0
+        assert len(s) == n
+        expected = s.region_rates(0)
+        hi = np.cumsum(r)
+        lo = hi - r
+        for j, g in enumerate(inc):  # bins [k, k+1) for k < n-1 count as laid out; the last one is scaled to 1
+            want = 0.0
+            for k in range(n):
+                top = min(k + 1, total)
+                part = max(0.0, min(hi[j], top) - max(lo[j], k))
+                want += part / (top - k) if top > k else 0.0
+            assert expected[g] == pytest.approx(want, abs=1e-9)
+            if r[j] == 0:
+                assert want == 0
+        assert sum(expected.values()) == pytest.approx(n)
+        drawn = {tuple(a // 3 for a in s.spec(i).start) for i in range(len(s))}
+        assert drawn <= {g for g, v in zip(inc, r) if v > 0}  # never an excluded or zero-rate region
+
+    check()

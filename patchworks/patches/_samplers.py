@@ -622,7 +622,10 @@ class StratifiedSampler(PatchSampler):
                 x = s + u[0] * min(1.0, total - s)
             else:
                 x = u[0] * total
-            g = inc[min(int(np.searchsorted(cum, x, side="right")), len(inc) - 1)]
+            j = int(np.searchsorted(cum, x, side="right"))
+            if j >= len(inc):  # x rounded up to the total: the last region that has a rate
+                j = int(np.flatnonzero(np.diff(np.r_[0.0, cum]) > 0)[-1])
+            g = inc[j]
         origin, m, patterns, pcum, ptotal = self._region(d, g)
         z = patterns[bisect.bisect_right(pcum, u[1] * ptotal)] if len(patterns) > 1 else patterns[0]
         start = [o + (1 + int(uk * (mk - 1)) if zk else 0) for o, mk, zk, uk in zip(origin, m, z, u[2:])]
