@@ -193,9 +193,9 @@ class GridSampler:
         # the geometry (and the Aggregator) work on the covered extent; patches are read from the image itself
         self._geometry = _GridSampler(_shape_only(geom_shape), self.patch_size, step=self.step_size, edge=edge,
                                       channel_axis=self._channel_axes)
+        # only its read() is used (for the geometry's specs): one whole-image patch keeps it cheap
         self._reader = (None if image is None else
-                        _GridSampler(image, tuple(min(p, s) for p, s in zip(self.patch_size, self.spatial_size)),
-                                     channel_axis=self._channel_axes))
+                        _GridSampler(image, self.spatial_size, channel_axis=self._channel_axes))
         self.specs = self._geometry.specs
         self._by_start = {s.start: s for s in self.specs}
 
