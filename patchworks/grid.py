@@ -18,7 +18,7 @@ import numpy as np
 __all__ = ["EDGE_POLICIES", "PatchSpec", "Tile", "TileGrid", "normalize_per_axis"]
 
 #: Edge policies of :meth:`TileGrid.for_patches`.
-EDGE_POLICIES = ("shift", "pad", "squeeze")
+EDGE_POLICIES = ("shift", "pad", "squeeze", "adaptive")
 
 _NON_SPATIAL_AXES = "ct"  # OME-NGFF axis letters that are carried whole
 
@@ -221,6 +221,11 @@ class PatchSpec:
         """Spec of a training patch: core = the patch clipped to the image."""
         start = tuple(int(a) for a in start)
         size = tuple(int(s) for s in size)
+        stop = tuple(a + s for a, s in zip(start, size))
+        if anchor is None and min(start) >= 0 and all(b <= n for b, n in zip(stop, image_shape)):
+            # the common case of the training samplers (hot: one call per patch): wholly inside the image
+            return cls(int(data_idx), int(sample_idx), start, size, ((0, 0),) * len(start), start, stop,
+                       tuple(a + s // 2 for a, s in zip(start, size)))
         pad = tuple((max(0, -a), max(0, a + s - n)) for a, s, n in zip(start, size, image_shape))
         cs = tuple(max(a, 0) for a in start)
         ce = tuple(min(a + s, n) for a, s, n in zip(start, size, image_shape))
@@ -237,6 +242,9 @@ def _patch_starts(size: int, patch: int, step: int, edge: str) -> np.ndarray:
         # fewest patches whose union reaches overlap // 2 voxels past the end
         n = max(1, -(-(size + overlap // 2 - first - patch) // step) + 1)
         return first + step * np.arange(n, dtype=np.int64)
+    if edge == "adaptive":
+        # every origin of the regular lattice that lies inside the image (patchly's rule); patches are cut at the end
+        return np.arange(0, max(size, 1), step, dtype=np.int64)
     n = -(-(size - patch) // step) + 1
     if edge == "shift":
         return np.minimum(step * np.arange(n, dtype=np.int64), size - patch)
@@ -244,9 +252,19 @@ def _patch_starts(size: int, patch: int, step: int, edge: str) -> np.ndarray:
     return np.round(np.linspace(0, size - patch, n)).astype(np.int64) if n > 1 else np.zeros(1, np.int64)
 
 
-def _core_bounds(starts: np.ndarray, patch: int, size: int) -> np.ndarray:
-    """Split the overlap of consecutive patches at its midpoint: cores partition [0, size)."""
-    mids = (starts[1:] + starts[:-1] + patch) // 2  # midpoint of [start_{i+1}, stop_i)
+def _core_bounds(starts: np.ndarray, patch: int, size: int, *, clip: bool = False) -> np.ndarray:
+    """Split the overlap of consecutive patches at its midpoint: cores partition [0, size).
+
+    ``clip``: patches end at the image end (``edge="adaptive"``), so the overlap is
+    measured to the clipped stop, and the trailing patches that lie inside their
+    neighbour still own one voxel each (bound ``i`` at most ``size - (n - i)``), so
+    that no core is empty.
+    """
+    stops = np.minimum(starts[:-1] + patch, size) if clip else starts[:-1] + patch
+    mids = (starts[1:] + stops) // 2  # midpoint of [start_{i+1}, stop_i)
+    if clip:
+        n = starts.size
+        mids = np.minimum(mids, size - n + np.arange(1, n))
     return np.r_[0, mids, size].astype(np.int64)
 
 
@@ -391,6 +409,12 @@ class TileGrid:
             * ``"squeeze"``: as many patches as ``"shift"``, with origins
               spread evenly from 0 to ``size - patch_size`` (rounded), so all
               steps are equal to within one voxel and never exceed ``step``.
+            * ``"adaptive"``: a patch at every multiple of ``step`` inside the
+              image, each cut at the image end, so the last patches are
+              *smaller* than ``patch_size`` (patchly's adaptive mode). With
+              ``step < patch_size`` a few trailing patches lie wholly inside
+              their neighbour. Nothing is padded and a patch larger than the
+              image is cut to it.
 
             With ``"shift"`` and ``"squeeze"`` a patch larger than the image
             is an error.
@@ -406,6 +430,8 @@ class TileGrid:
         [-1, 1, 3, 5, 7]
         >>> TileGrid.for_patches((11,), 4, overlap=1, edge="squeeze").patch_starts[0].tolist()
         [0, 2, 5, 7]
+        >>> [p.size for p in map(TileGrid.for_patches((10,), 4, edge="adaptive").patch, range(3))]
+        [(4,), (4,), (2,)]
         """
         if edge not in EDGE_POLICIES:
             raise ValueError(f"edge={edge!r} is unknown; use one of {', '.join(map(repr, EDGE_POLICIES))}")
@@ -418,10 +444,11 @@ class TileGrid:
             p = size if not p else p
             if p < 1:
                 raise ValueError(f"patch_size={req!r}: axis {ax} is {p}; patch sizes must be >= 1")
-            if p > size and edge != "pad":
+            if p > size and edge not in ("pad", "adaptive"):
                 raise ValueError(
                     f"patch_size={req!r}: axis {ax} patch {p} is larger than the image axis ({size}); "
-                    f"use edge='pad' (the outside is padded) or a patch_size <= {size} on that axis")
+                    f"use edge='pad' (the outside is padded), edge='adaptive' (the patch is cut to the image) "
+                    f"or a patch_size <= {size} on that axis")
             sizes.append(int(p))
         if overlap is not None and step is not None:
             raise ValueError(f"overlap={overlap!r} and step={step!r} were both given; give one of them "
@@ -448,7 +475,7 @@ class TileGrid:
         for size, p, s in zip(grid.spatial_shape, sizes, steps):
             a = _patch_starts(size, p, s, edge)
             starts.append(a)
-            bounds.append(_core_bounds(a, p, size))
+            bounds.append(_core_bounds(a, p, size, clip=edge == "adaptive"))
         grid.patch_size, grid.step, grid.edge = tuple(sizes), tuple(steps), edge
         grid.patch_starts = tuple(starts)
         grid.boundaries = tuple(bounds)
@@ -471,6 +498,8 @@ class TileGrid:
         else:
             start = tuple(int(a[i]) for a, i in zip(self.patch_starts, t.index))
             size = self.patch_size
+            if self.edge == "adaptive":
+                size = tuple(min(p, n - a) for p, n, a in zip(size, self.spatial_shape, start))
         pad = tuple((max(0, -a), max(0, a + p - n)) for a, p, n in zip(start, size, self.spatial_shape))
         core_start = tuple(s.start for s in t.spatial_core)
         core_stop = tuple(s.stop for s in t.spatial_core)

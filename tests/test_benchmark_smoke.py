@@ -44,3 +44,14 @@ def test_bench_stitch_smoke():
     assert int(rows["touch"][1]) > 0            # touch fuses cells pressed against seams
     assert rows["iou"][1:3] == ["0", "0"]       # iou: no false merges, no splits
     assert "iou / touch time" in proc.stdout
+
+
+def test_bench_samplers_smoke():
+    script = BENCH.parent / "bench_samplers.py"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH.parent.parent), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, str(script), "--smoke"], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("stratified", "random"))]
+    assert len(rows) == 4 and all(float(r[2]) > 0 for r in rows), proc.stdout

@@ -243,3 +243,100 @@ def test_dataloader_workers_do_not_change_patches():
         runs.append(starts)
     assert runs[0] == runs[1]
     assert runs[0] == [ds.sampler.spec(i, epoch=2).start for i in range(len(ds))]
+
+
+def test_stratified_absolute_rates_change_the_count_and_hit_the_rates():
+    # CAREamics' meaning: a region of rate r gives r patches per epoch on average, and n_patches follows
+    s = StratifiedSampler(np.zeros((16, 16)), 4, seed=2)
+    regions = s.included_grid_coords(0)
+    s.set_region_rates(0, {g: 0.1 for g in regions})
+    assert len(s) == 2  # ceil(16 * 0.1); relative weights of 0.1 everywhere would change nothing
+    half = regions[::2]
+    s.set_region_rates(0, {g: (0.5 if g in half else 1.0) for g in regions})
+    s.set_region_rates(0, {(3, 3): 0.0})  # later calls update only the named regions
+    assert len(s) == 8 * 0.5 + 7 + 0  # a whole number: no partial bin, every rate holds exactly
+    epochs = 400
+    counts = {g: 0 for g in regions}
+    for e in range(epochs):
+        for i in range(len(s)):
+            counts[tuple(a // 4 for a in s.spec(i, epoch=e).start)] += 1
+    assert counts[(3, 3)] == 0
+    rate = {g: 0.0 if g == (3, 3) else (0.5 if g in half else 1.0) for g in regions}
+    obs = np.array([counts[g] for g in regions if rate[g] > 0])
+    exp = np.array([rate[g] * epochs for g in regions if rate[g] > 0])
+    assert stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > _P
+    assert s.region_rates(0) == pytest.approx(rate)
+
+
+def test_stratified_rates_with_a_partial_last_bin_and_exclusions():
+    s = StratifiedSampler(np.zeros((12, 12)), 3, seed=4)
+    s.exclude_patches(0, [(1, 1)])
+    s.set_region_rates(0, {(0, 0): 0.3, (2, 2): 0.2, (1, 1): 0.9})  # (1, 1) is excluded: its rate is moot
+    n = int(np.ceil(13 + 0.3 + 0.2))
+    assert len(s) == n
+    expected = s.region_rates(0)
+    assert sum(expected.values()) == pytest.approx(n)  # every index gives one patch
+    assert (1, 1) not in expected
+    # regions before the last bin keep their rate exactly; the last bin is filled up to one patch
+    assert expected[(0, 0)] == pytest.approx(0.3) and expected[(2, 2)] == pytest.approx(0.2)
+    epochs = 300
+    counts = {g: 0 for g in expected}
+    for e in range(epochs):
+        for i in range(len(s)):
+            sp = s.spec(i, epoch=e)
+            assert not all(3 < a + 3 and a < 6 for a in sp.start)  # never over the excluded cell
+            counts[tuple(a // 3 for a in sp.start)] += 1
+    obs = np.array([counts[g] for g in expected])
+    exp = np.array([expected[g] * epochs for g in expected])
+    assert stats.chisquare(obs, exp).pvalue > _P
+    with pytest.raises(ValueError, match=r"rate -0.5 of region \(0, 0\) must be a finite number >= 0"):
+        s.set_region_rates(0, {(0, 0): -0.5})
+    s.set_region_rates(0, None)
+    assert len(s) == 15
+
+
+def test_sampler_streams_are_default_rng_of_seed_epoch_index():
+    # the documented contract, whatever shortcut builds the generator
+    s = UniformSampler(np.zeros((8, 8)), 2, seed=123)
+    for epoch, index in [(0, 0), (5, 7), (2**31, 3)]:
+        np.testing.assert_array_equal(s.rng(index, epoch).random(4),
+                                      np.random.default_rng([123, epoch, index]).random(4))
+    big = UniformSampler(np.zeros((8, 8)), 2, seed=2**40)
+    np.testing.assert_array_equal(big.rng(1, 2).random(2), np.random.default_rng([2**40, 2, 1]).random(2))
+
+
+def test_stratified_rates_expected_counts_property():
+    # oracle: a direct sum over the bins of the systematic draw, per region
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.7, 1.0, 1.5]), min_size=9, max_size=9),
+           st.sets(st.tuples(st.integers(0, 2), st.integers(0, 2)), max_size=3))
+    def check(rates, excluded):
+        s = StratifiedSampler(np.zeros((9, 9)), 3, seed=0)
+        s.exclude_patches(0, sorted(excluded))
+        grid = s.grid_coords(0)
+        s.set_region_rates(0, dict(zip(grid, rates)))
+        inc = s.included_grid_coords(0)
+        r = np.array([dict(zip(grid, rates))[g] for g in inc])
+        total = r.sum()
+        n = int(np.ceil(total - 1e-9)) if total > 0 else 0
+        assert len(s) == n
+        expected = s.region_rates(0)
+        hi = np.cumsum(r)
+        lo = hi - r
+        for j, g in enumerate(inc):  # bins [k, k+1) for k < n-1 count as laid out; the last one is scaled to 1
+            want = 0.0
+            for k in range(n):
+                top = min(k + 1, total)
+                part = max(0.0, min(hi[j], top) - max(lo[j], k))
+                want += part / (top - k) if top > k else 0.0
+            assert expected[g] == pytest.approx(want, abs=1e-9)
+            if r[j] == 0:
+                assert want == 0
+        assert sum(expected.values()) == pytest.approx(n)
+        drawn = {tuple(a // 3 for a in s.spec(i).start) for i in range(len(s))}
+        assert drawn <= {g for g, v in zip(inc, r) if v > 0}  # never an excluded or zero-rate region
+
+    check()

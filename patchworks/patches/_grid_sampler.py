@@ -63,7 +63,9 @@ def read_patch(image, spec: PatchSpec, spatial_axes, *, pad_mode="constant", con
     for ax, sl in zip(spatial_axes, spec.window):
         key[ax] = sl
     if not any(b or e for b, e in spec.pad_width):
-        return np.asarray(image[tuple(key)])
+        out = np.asarray(image[tuple(key)])
+        # a numpy image gives a view: copy, so a model that edits its patch in place never reaches the input
+        return out if out.flags.owndata else out.copy()
     runs, takes = [], []  # per axis: contiguous runs of image indices to read; gather map (or None)
     for ax in range(ndim):
         if ax not in spatial_axes:
@@ -137,8 +139,9 @@ class GridSampler:
     overlap, step : int, tuple or dict, optional
         Overlap between neighbouring patches, or the step between their
         origins (give one); default no overlap.
-    edge : {"shift", "pad", "squeeze"}
-        Edge policy, see :meth:`TileGrid.for_patches`.
+    edge : {"shift", "pad", "squeeze", "adaptive"}
+        Edge policy, see :meth:`TileGrid.for_patches`; with ``"adaptive"``
+        the last patches are smaller than ``patch_size``.
     pad_mode : str
         ``np.pad`` mode for the part of a patch outside the image (one of
         :data:`PAD_MODES`); only used with ``edge="pad"``.
@@ -315,6 +318,7 @@ class Aggregator:
         self.window = window
         self.crop = isinstance(window, str) and window == "crop"
         self.weights_window = None if self.crop else make_window(window, sampler.patch_size)
+        self._small_windows = {}
         if out_channels is not None and (not isinstance(out_channels, (int, np.integer)) or out_channels < 1):
             raise ValueError(f"out_channels={out_channels!r}: use a positive int, or None to take it from the "
                              "first batch")
@@ -414,10 +418,27 @@ class Aggregator:
             if self.crop:
                 self._out[self._idx(spec.core)] = p[self._idx(spec.crop)]
             else:
-                w = self.weights_window[spec.valid]
+                w = self._window_for(spec)[spec.valid]
                 self._acc[self._idx(spec.window)] += p[self._idx(spec.valid)] * self._expand(w)
                 self.weight_sum[spec.window] += w
             self._seen[spec.sample_idx] = True
+
+    def _window_for(self, spec):
+        size = tuple(spec.size)
+        if size == tuple(self.weights_window.shape):
+            return self.weights_window
+        # a smaller patch (edge="adaptive"): a named window of its own size, so its cut edge is
+        # weighted down like any patch edge; user weights are the full patch's, cut like the patch
+        w = self._small_windows.get(size)
+        if w is None:
+            from ..run._windows import make_window
+
+            if isinstance(self.window, str):
+                w = make_window(self.window, size)
+            else:
+                w = self.weights_window[tuple(slice(0, n) for n in size)]
+            self._small_windows[size] = w
+        return w
 
     @property
     def n_missing(self) -> int:

@@ -12,7 +12,7 @@ label samplers one block of the map per draw, is read.
 from __future__ import annotations
 
 import abc
-
+import bisect
 import itertools
 from collections.abc import Mapping
 
@@ -110,7 +110,11 @@ class PatchSampler(abc.ABC):
     def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
         """The generator of patch ``index``: a pure function of ``(seed, epoch, index)``."""
         epoch = self.epoch if epoch is None else epoch
-        return np.random.default_rng([self.seed, int(epoch), int(index)] if self.uses_epoch else [self.seed, int(index)])
+        key = [self.seed, int(epoch), int(index)] if self.uses_epoch else [self.seed, int(index)]
+        if all(0 <= k < 1 << 32 for k in key):
+            # the very stream of default_rng(key), built without its slow coercion of a Python list
+            return np.random.Generator(np.random.PCG64(np.random.SeedSequence(np.array(key, dtype=np.uint32))))
+        return np.random.default_rng(key)
 
     def spec(self, index: int, epoch: int | None = None) -> PatchSpec:
         """Geometry of patch ``index`` in ``epoch`` (default: the current one)."""
@@ -168,7 +172,9 @@ class UniformSampler(PatchSampler):
     """
 
     def _spec(self, d, s, rng):
-        start = [int(rng.integers(0, n - p + 1)) for n, p in zip(self.spatial_shapes[d], self.patch_sizes[d])]
+        # one draw for all axes: floor(u * choices) is uniform over 0..choices-1
+        u = rng.random(len(self.patch_sizes[d]))
+        start = [int(x * (n - p + 1)) for x, n, p in zip(u, self.spatial_shapes[d], self.patch_sizes[d])]
         return self._inside(d, s, start)
 
 
@@ -396,8 +402,14 @@ class StratifiedSampler(PatchSampler):
     samples region ``i`` (every included region once per epoch, at a
     uniformly random position). :meth:`exclude_patches` removes cells: no
     patch ever overlaps an excluded cell (e.g. keep a validation area out of
-    training). :meth:`set_region_probs` makes each index draw its region
-    from the given weights instead.
+    training). Two ways to sample some regions more or less often:
+
+    * :meth:`set_region_rates` -- **absolute**: region ``g`` gives on average
+      ``rate[g]`` patches per epoch (0.1: one epoch in ten); the number of
+      patches shrinks or grows to ``ceil(sum of rates)`` (CAREamics'
+      ``set_region_probs``).
+    * :meth:`set_region_probs` -- **relative** weights: the number of patches
+      stays, and each index draws its region from the normalised weights.
 
     Parameters
     ----------
@@ -413,6 +425,9 @@ class StratifiedSampler(PatchSampler):
     >>> len(s), any(sp.start[0] < 4 and sp.start[1] < 4 and sp.start[0] > 0 and sp.start[1] > 0
     ...             for sp in (s.spec(i, epoch=e) for i in range(len(s)) for e in range(20)))
     (15, False)
+    >>> s.set_region_rates(0, {g: 0.1 for g in s.included_grid_coords(0)})
+    >>> len(s)  # 15 regions x 0.1 patches per epoch
+    2
     """
 
     def __init__(self, images, patch_size, *, seed=0, channel_axis=None, axes=None):
@@ -420,24 +435,58 @@ class StratifiedSampler(PatchSampler):
         super().__init__(images, patch_size, seed=seed, channel_axis=channel_axis, axes=axes)
         n = len(self.images)
         self._excluded = [set() for _ in range(n)]
-        self._weights = [None] * n
-        self._refresh()
+        self._weights = [None] * n  # relative: {grid_coord: weight}
+        self._rates = [None] * n  # absolute: {grid_coord: expected patches per epoch}
+        self._invalidate()
 
+    # -- regions ---------------------------------------------------------
     def _cells(self, d):
         return tuple(-(-s // p) for s, p in zip(self.spatial_shapes[d], self.patch_sizes[d]))
 
+    def _n_regions(self, d):
+        return tuple((s - p) // p + 1 for s, p in zip(self.spatial_shapes[d], self.patch_sizes[d]))
+
     def grid_coords(self, data_idx: int) -> list[tuple[int, ...]]:
         """Grid coordinates of all sampling regions of image ``data_idx``."""
-        n_reg = [(s - p) // p + 1 for s, p in zip(self.spatial_shapes[data_idx], self.patch_sizes[data_idx])]
-        return list(itertools.product(*(range(r) for r in n_reg)))
+        return list(itertools.product(*(range(r) for r in self._n_regions(data_idx))))
 
     def included_grid_coords(self, data_idx: int) -> list[tuple[int, ...]]:
         """Regions of image ``data_idx`` that can still be sampled."""
-        ex = self._excluded[data_idx] if self._excluded is not None else set()
-        return [g for g in self.grid_coords(data_idx) if g not in ex]
+        if self._excluded is None:
+            return self.grid_coords(data_idx)
+        return list(self._tables(data_idx)[0])
+
+    def _invalidate(self):
+        # everything a spec needs is cached per image and rebuilt only when exclusions or rates change
+        self._cache = [None] * len(self.images)
+        self._region_cache = [{} for _ in self.images]
+        self._refresh()
+
+    def _tables(self, d):
+        """(included coords, cumulative weights or rates or None, total) of image ``d``."""
+        c = self._cache[d]
+        if c is None:
+            ex = self._excluded[d]
+            inc = tuple(g for g in self.grid_coords(d) if g not in ex)
+            table = self._weights[d] if self._weights[d] is not None else self._rates[d]
+            if table is None:
+                c = (inc, None, float(len(inc)))
+            else:
+                default = 0.0 if self._weights[d] is not None else 1.0
+                cum = np.cumsum([table.get(g, default) for g in inc]) if inc else np.zeros(0)
+                c = (inc, cum, float(cum[-1]) if cum.size else 0.0)
+            self._cache[d] = c
+        return c
 
     def _counts(self):
-        return [len(self.included_grid_coords(d)) for d in range(len(self.images))]
+        if self._excluded is None:
+            return [0] * len(self.images)
+        out = []
+        for d in range(len(self.images)):
+            inc, _, total = self._tables(d)
+            # absolute rates: as many indices as the expected number of patches, rounded up
+            out.append(int(np.ceil(total - 1e-9)) if self._rates[d] is not None else len(inc))
+        return out
 
     def _check_data_idx(self, data_idx):
         if not isinstance(data_idx, (int, np.integer)) or not 0 <= data_idx < len(self.images):
@@ -456,54 +505,130 @@ class StratifiedSampler(PatchSampler):
         self._check_data_idx(data_idx)
         for g in grid_coords:
             self._excluded[data_idx].add(self._check_coord(data_idx, g, "grid_coords"))
-        self._refresh()
+        self._invalidate()
+
+    def _table(self, data_idx, values, name, what):
+        w = {}
+        for g, p in dict(values).items():
+            g = self._check_coord(data_idx, g, name)
+            if not (isinstance(p, (int, float, np.integer, np.floating)) and np.isfinite(p) and p >= 0):
+                raise ValueError(f"{name}: {what} {p!r} of region {g} must be a finite number >= 0")
+            w[g] = float(p)
+        return w
 
     def set_region_probs(self, data_idx: int, probs):
-        """Weights of the regions of image ``data_idx``: ``{grid_coord: weight}``; unnamed regions get 0.
+        """**Relative** weights of the regions of image ``data_idx``: ``{grid_coord: weight}``; unnamed regions get 0.
 
         Each index of that image then draws its region from these weights
         (normalised over the included regions), still a pure function of
-        ``(seed, epoch, index)``. ``None`` restores one patch per region.
+        ``(seed, epoch, index)``; the number of patches does not change.
+        ``None`` restores one patch per region. For CAREamics' meaning
+        (absolute probabilities that also change the number of patches) use
+        :meth:`set_region_rates`.
         """
         self._check_data_idx(data_idx)
         if probs is None:
             self._weights[data_idx] = None
+            self._invalidate()
             return
-        w = {}
-        for g, p in dict(probs).items():
-            g = self._check_coord(data_idx, g, "probs")
-            if not (np.isfinite(p) and p >= 0):
-                raise ValueError(f"probs: weight {p!r} of region {g} must be finite and >= 0")
-            w[g] = float(p)
-        inc = self.included_grid_coords(data_idx)
-        arr = np.array([w.get(g, 0.0) for g in inc])
-        if not arr.sum() > 0:
+        w = self._table(data_idx, probs, "probs", "weight")
+        ex = self._excluded[data_idx]
+        if not sum(v for g, v in w.items() if g not in ex and g in set(self.grid_coords(data_idx))) > 0:
             raise ValueError("probs: every included region has weight 0; give at least one included region "
                              "a weight > 0")
-        self._weights[data_idx] = w
+        self._weights[data_idx], self._rates[data_idx] = w, None
+        self._invalidate()
 
-    def _spec(self, d, s, rng):
-        inc = self.included_grid_coords(d)
-        if self._weights[d] is None:
-            g = inc[s]
-        else:
-            w = np.array([self._weights[d].get(c, 0.0) for c in inc])
-            g = inc[int(rng.choice(len(inc), p=w / w.sum()))]
+    def set_region_rates(self, data_idx: int, rates):
+        """**Absolute** sampling rates of the regions of image ``data_idx``: ``{grid_coord: rate}``.
+
+        A region of rate ``r`` gives on average ``r`` patches per epoch
+        (``r = 0.1``: one epoch in ten; 0: never); regions not named keep
+        their rate (1 at first). The number of patches of the image becomes
+        ``ceil(sum of the rates)``: the regions are laid end to end, in grid
+        order, on ``[0, sum)``, and index ``k`` samples the region under a
+        uniform point of ``[k, k + 1)`` (systematic sampling), so every
+        region's expected count is exactly its rate -- except those in the
+        last, partial bin, which is filled to a whole patch. This is what
+        CAREamics' ``set_region_probs`` means. ``None`` restores rate 1
+        everywhere (one patch per region).
+
+        Examples
+        --------
+        >>> s = StratifiedSampler(np.zeros((16, 16)), 4, seed=0)
+        >>> s.set_region_rates(0, {(0, 0): 0.5, (3, 3): 0})
+        >>> len(s)  # 14 regions at 1, one at 0.5, one at 0
+        15
+        """
+        self._check_data_idx(data_idx)
+        if rates is None:
+            self._rates[data_idx] = None
+            self._invalidate()
+            return
+        r = dict(self._rates[data_idx] or {})
+        r.update(self._table(data_idx, rates, "rates", "rate"))
+        self._rates[data_idx], self._weights[data_idx] = r, None
+        self._invalidate()
+
+    def region_rates(self, data_idx: int) -> dict[tuple[int, ...], float]:
+        """Expected patches per epoch of every included region of image ``data_idx``."""
+        inc, cum, total = self._tables(data_idx)
+        if cum is None:
+            return {g: 1.0 for g in inc}
+        vals = np.diff(np.r_[0.0, cum])
+        if self._weights[data_idx] is not None:
+            vals = vals / total * len(inc)
+        elif total > 0:
+            # systematic bins: full bins [k, k + 1) count as laid out; the last, partial one is filled to 1
+            n = int(np.ceil(total - 1e-9))
+            lo, cut, f = cum - vals, n - 1, total - (n - 1)
+            vals = (np.clip(cum, 0, cut) - np.clip(lo, 0, cut)) + (np.clip(cum, cut, total) - np.clip(lo, cut, total)) / f
+        return {g: float(v) for g, v in zip(inc, vals)}
+
+    # -- drawing ---------------------------------------------------------
+    def _region(self, d, g):
+        """Cached per region: origin choices per axis, the allowed offset patterns and their cumulative counts."""
+        hit = self._region_cache[d].get(g)
+        if hit is not None:
+            return hit
         sizes, shape, ex = self.patch_sizes[d], self.spatial_shapes[d], self._excluded[d]
         m = [min(p, n - p - gk * p + 1) for gk, p, n in zip(g, sizes, shape)]  # origin choices per axis
         nd = len(g)
         # pattern Z = axes whose offset is > 0; the patch then overlaps cells g + delta for every delta in Z
-        patterns, counts = [], []
+        patterns, cum, total = [], [], 0
         for z in itertools.product((0, 1), repeat=nd):
-            cnt = int(np.prod([m[k] - 1 if z[k] else 1 for k in range(nd)]))
+            cnt = 1
+            for k in range(nd):
+                cnt *= (m[k] - 1) if z[k] else 1
+            if cnt <= 0:
+                continue
             touched = (tuple(gk + dk for gk, dk in zip(g, delta))
                        for delta in itertools.product(*((0, 1) if z[k] else (0,) for k in range(nd))))
-            if cnt > 0 and not any(c in ex for c in touched):
+            if not any(c in ex for c in touched):
+                total += cnt
                 patterns.append(z)
-                counts.append(cnt)
-        counts = np.array(counts, dtype=np.float64)
-        z = patterns[int(rng.choice(len(patterns), p=counts / counts.sum()))]
-        start = [gk * p + (int(rng.integers(1, mk)) if zk else 0) for gk, p, mk, zk in zip(g, sizes, m, z)]
+                cum.append(total)
+        hit = (tuple(gk * p for gk, p in zip(g, sizes)), m, patterns, cum, total)
+        self._region_cache[d][g] = hit
+        return hit
+
+    def _spec(self, d, s, rng):
+        inc, cum, total = self._tables(d)
+        u = rng.random(len(self.patch_sizes[d]) + 2)  # one call: region, pattern, one offset per axis
+        if cum is None:
+            g = inc[s]
+        else:
+            if self._rates[d] is not None:  # systematic: index s covers [s, s + 1) of the laid-out rates
+                x = s + u[0] * min(1.0, total - s)
+            else:
+                x = u[0] * total
+            j = int(np.searchsorted(cum, x, side="right"))
+            if j >= len(inc):  # x rounded up to the total: the last region that has a rate
+                j = int(np.flatnonzero(np.diff(np.r_[0.0, cum]) > 0)[-1])
+            g = inc[j]
+        origin, m, patterns, pcum, ptotal = self._region(d, g)
+        z = patterns[bisect.bisect_right(pcum, u[1] * ptotal)] if len(patterns) > 1 else patterns[0]
+        start = [o + (1 + int(uk * (mk - 1)) if zk else 0) for o, mk, zk, uk in zip(origin, m, z, u[2:])]
         return self._inside(d, s, start)
 
 
