@@ -280,7 +280,12 @@ def cmd_seams(args) -> int:
                                         tolerance=args.tolerance)
     except ValueError as exc:
         raise CLIError(str(exc).replace("pass tile_shape=", "pass --tile")) from None
-    print(report)
+    if args.json:
+        import json
+
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(report)
     return 0 if report.ok else 1
 
 
@@ -365,13 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("seams", help="check stitching quality of a label image without ground truth",
                        description="Compare how often labels change across the tile seams with interior control "
                                    "planes: seams that are too quiet mean cells fused across them, too busy mean "
-                                   "cells cut. Exit status 1 when an axis is flagged.")
+                                   "cells cut; and how often objects end there (foreground on one side, "
+                                   "background on the other): too often means objects cut off at the seams. "
+                                   "Exit status 1 when an axis is flagged.")
     p.add_argument("path", metavar="PATH", help="label image (zarr written by patchworks label, or any source)")
     p.add_argument("--tile", type=per_axis, metavar="T", help="tile core size the labels were made with "
                    "(default: read from the zarr attributes patchworks wrote)")
     p.add_argument("--component", metavar="NAME", help="array inside a zarr group / HDF5 file")
     p.add_argument("--tolerance", type=float, default=2.0, metavar="F",
-                   help="flag an axis whose seam / control change ratio leaves [1/F, F] (default 2)")
+                   help="flag an axis whose seam / control change ratio leaves [1/F, F], or whose "
+                        "object-end ratio exceeds F (default 2)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (SeamReport.to_dict())")
     p.set_defaults(run=cmd_seams)
 
     p = sub.add_parser("demo", help="label a generated volume tiled and whole, and compare",
