@@ -250,6 +250,24 @@ def test_a_lost_tile_is_flagged_by_its_faces():
     assert honest.ok and all(row.end_worst_p_value >= 1e-3 for row in honest.axes)
 
 
+def test_a_lost_tile_is_flagged_on_a_small_2d_image():
+    labels = ndimage.label(random_blobs((128, 128), seed=2) > 0.5)[0]
+    lost = labels.copy()
+    lost[32:64, 32:64] = 0
+    report = seam_report(lost, 32)
+    # each face alone has ~10 pairs: only the tile's faces together are evidence
+    assert verdicts(report) == ["ok", "ok"]
+    assert report.worst_tile == (1, 1) and report.worst_tile_p_value < 1e-3 and report.worst_tile_ratio > 2
+    assert report.tile_flagged and not report.ok
+    assert "tile (1, 1): cut off" in str(report).splitlines()[0]
+    honest = seam_report(labels, 32)
+    assert honest.ok and not honest.tile_flagged
+    # many honest images, none flagged (the multiple testing over tiles is corrected for)
+    for seed in range(6):
+        for shape, tile in (((128, 128), 16), ((256, 256), 32)):
+            assert seam_report(ndimage.label(random_blobs(shape, seed=seed) > 0.5)[0], tile).ok
+
+
 def test_stitched_segmenter_output_passes():
     image = random_blobs((128, 128), seed=4)
     labels = tile_process(image, threshold(0.5), tile_shape=32, compute=True, client=False)
@@ -270,6 +288,7 @@ def test_report_as_a_plain_dict(tissue_2d):
     assert row["flagged"] is True and row["seam_pairs"] == report.axes[0].seam_pairs == 384
     assert set(row) >= {"axis", "n_seams", "ratio", "p_value", "change_verdict", "seam_fg_pairs", "seam_ends",
                         "end_ratio", "end_p_value", "end_verdict", "end_worst_tile"}
+    assert {"worst_tile", "worst_tile_ratio", "worst_tile_p_value", "tile_flagged"} <= set(d)
     back = json.loads(json.dumps(d))  # only plain types inside (nan / inf as JSON allows them)
     assert back["axes"][1]["verdict"] == "cut" and back["axes"][0]["seam_changes"] == row["seam_changes"]
 

@@ -118,8 +118,15 @@ class SeamAxis:
 class SeamReport:
     """Result of :func:`seam_report`: one :class:`SeamAxis` per spatial axis.
 
-    ``ok`` is False when any axis is flagged. ``str(report)`` is a small
-    table for the console.
+    ``worst_tile`` is the tile whose faces, all axes together, show the
+    most object ends against the controls (rate above ``tolerance`` times
+    theirs), with that ratio and its p-value times the number of tiles
+    tested; below ``alpha`` the tile is flagged ``cut off`` (``tile_flagged``):
+    the signature of a tile lost in the merge, which on a 128² image has too
+    few pairs on any one face to be seen axis by axis.
+
+    ``ok`` is False when any axis or the worst tile is flagged.
+    ``str(report)`` is a small table for the console.
     """
 
     shape: tuple[int, ...]
@@ -128,10 +135,17 @@ class SeamReport:
     tolerance: float
     min_pairs: int
     alpha: float
+    worst_tile: tuple | None = None
+    worst_tile_ratio: float = math.nan
+    worst_tile_p_value: float = 1.0
+
+    @property
+    def tile_flagged(self) -> bool:
+        return self.worst_tile is not None and (self.worst_tile_p_value < self.alpha or self.alpha == 1)
 
     @property
     def ok(self) -> bool:
-        return not any(row.flagged for row in self.axes)
+        return not any(row.flagged for row in self.axes) and not self.tile_flagged
 
     @property
     def flagged(self) -> tuple[SeamAxis, ...]:
@@ -149,10 +163,16 @@ class SeamReport:
         """
         return {"shape": list(self.shape), "tile_shape": list(self.tile_shape), "ok": self.ok,
                 "tolerance": self.tolerance, "min_pairs": self.min_pairs, "alpha": self.alpha,
-                "axes": [row.to_dict() for row in self.axes]}
+                "axes": [row.to_dict() for row in self.axes],
+                "worst_tile": None if self.worst_tile is None else list(self.worst_tile),
+                "worst_tile_ratio": self.worst_tile_ratio, "worst_tile_p_value": self.worst_tile_p_value,
+                "tile_flagged": self.tile_flagged}
 
     def __str__(self) -> str:
-        status = "ok" if self.ok else "FLAGGED (" + ", ".join(f"axis {r.axis}: {r.verdict}" for r in self.flagged) + ")"
+        flags = [f"axis {r.axis}: {r.verdict}" for r in self.flagged]
+        if self.tile_flagged:
+            flags.append(f"tile {self.worst_tile}: cut off")
+        status = "ok" if self.ok else "FLAGGED (" + ", ".join(flags) + ")"
         lines = [f"seam report: shape {self.shape}, tile_shape {self.tile_shape}: {status}",
                  "axis  signal   seams  seam pairs  seam rate  control rate  ratio        p  verdict"]
         for r in self.axes:
@@ -166,6 +186,10 @@ class SeamReport:
                      r.end_verdict)):
                 lines.append(f"{r.axis:>4}  {name:<7}  {r.n_seams:>5}  {pairs:>10}  {seam:>9.4f}  {control:>12.4f}  "
                              f"{ratio:>5.2f}  {p:>7.1g}  {_VERDICTS[verdict]}")
+        if self.worst_tile is not None:
+            lines.append(f"worst tile {self.worst_tile}: object ends on its faces {self.worst_tile_ratio:.2f}x the "
+                         f"control rate, p {self.worst_tile_p_value:.1g} (x tiles tested): "
+                         f"{'CUT OFF: a tile lost?' if self.tile_flagged else 'ok'}")
         lines += ["changes: share of adjacent foreground voxel pairs whose labels differ; ends: share of pairs with "
                   "foreground on one side only (of those with any);",
                   "each across the seam planes / mid-tile control planes. A signal is flagged when seam rate / "
@@ -255,8 +279,12 @@ def seam_report(labels, tile_shape=None, *, component=None, tolerance: float = 2
     grid = TileGrid(source.shape, tile_shape)
     counts, faces = _count_changes(source, grid)
     rows = tuple(_judge(a, grid, counts[a], faces[a], tolerance, min_pairs, alpha) for a in range(len(grid.shape)))
+    worst = _worst_tile(grid, counts, faces, tolerance, max(1, min_pairs // 4))
     return SeamReport(shape=tuple(grid.shape), tile_shape=tuple(grid.tile_shape), axes=rows,
-                      tolerance=float(tolerance), min_pairs=int(min_pairs), alpha=float(alpha))
+                      tolerance=float(tolerance), min_pairs=int(min_pairs), alpha=float(alpha),
+                      worst_tile=None if worst is None else tuple(int(i) for i in worst[0]),
+                      worst_tile_ratio=math.nan if worst is None else float(worst[1]),
+                      worst_tile_p_value=1.0 if worst is None else float(worst[2]))
 
 
 def _recorded_tile_shape(labels, component):
@@ -447,6 +475,20 @@ def _worst_face(faces, control, tolerance, min_pairs):
         if best is None or p < best[2]:
             best = (index, ratio, p)
     return best
+
+
+def _worst_tile(grid: TileGrid, counts, faces, tolerance, min_pairs):
+    """:func:`_worst_face` over tiles: each tile's seam faces on every axis together, against all controls."""
+    per_tile = {}
+    for a, axis_faces in enumerate(faces):
+        for after, (n, k) in axis_faces.items():
+            before = after[:a] + (after[a] - 1,) + after[a + 1:]
+            for index in (before, after):  # a face belongs to the tiles on both of its sides
+                total = per_tile.setdefault(index, [0, 0])
+                total[0] += int(n)
+                total[1] += int(k)
+    control = counts[:, 1, 2:].sum(axis=0)  # object ends; sums of counts and of their squares add up
+    return _worst_face({i: tuple(v) for i, v in per_tile.items()}, control, tolerance, min_pairs)
 
 
 def _judge(axis, grid: TileGrid, c, faces, tolerance, min_pairs, alpha) -> SeamAxis:
