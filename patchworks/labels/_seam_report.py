@@ -399,17 +399,22 @@ def _control_stats(pairs) -> np.ndarray:
     for x, y in pairs:
         for s, (n_mask, k_mask) in enumerate(_signals(x, y)):
             out[s, :2] += np.count_nonzero(n_mask), np.count_nonzero(k_mask)
-            for i, side in enumerate(_PATCHES):
-                n, k = _patch_sums(n_mask, side), _patch_sums(k_mask, side)
-                out[s, 2 + 3 * i: 5 + 3 * i] += (k * k).sum(), (k * n).sum(), (n * n).sum()
+            for i, (n, k) in enumerate(zip(_patch_sums(n_mask), _patch_sums(k_mask))):
+                out[s, 2 + 3 * i: 5 + 3 * i] += ((k * k).sum(dtype=np.int64), (k * n).sum(dtype=np.int64),
+                                                 (n * n).sum(dtype=np.int64))
     return out
 
 
-def _patch_sums(mask, side):
-    sums = mask.astype(np.int64)
-    for a in range(mask.ndim):
-        sums = np.add.reduceat(sums, np.arange(0, mask.shape[a], side), axis=a)
-    return sums
+def _patch_sums(mask):
+    """Counts of ``mask`` in square patches of each side in ``_PATCHES``, each level summed from the one before."""
+    sums = mask.astype(np.int32)  # a patch holds at most 32² voxels: squares fit in int32
+    out, previous = [], 1
+    for side in _PATCHES:  # increasing, each a multiple of the one before
+        for a in range(sums.ndim):
+            sums = np.add.reduceat(sums, np.arange(0, sums.shape[a], side // previous), axis=a)
+        out.append(sums)
+        previous = side
+    return out
 
 
 def _dispersion(control) -> float:
