@@ -145,7 +145,7 @@ def build_method(args, out=None):
 
 # which options each method reads: an option given to another method is an error, not ignored
 _METHOD_OPTIONS = {"min_distance": ("watershed",), "min_sigma": ("log", "dog"), "max_sigma": ("log", "dog"),
-                   "model": _PLUGINS, "diameter": ("cellpose",), "gpu": ("cellpose",), "do_3d": ("cellpose",)}
+                   "model": _PLUGINS, "diameter": ("cellpose", "watershed"), "gpu": ("cellpose",), "do_3d": ("cellpose",)}
 
 
 def _check_method_options(args, method: str) -> None:
@@ -159,13 +159,18 @@ def _segmenter(args, method: str, out=None):
     """watershed / log / dog: a threshold given, or Otsu / a noise estimate from the whole input, once."""
     import patchworks
 
-    source = {"image": args.input if args.threshold is None else None, "component": args.component,
-              "level": args.level, "channel": args.channel}
+    # image first, as every built-in factory: it checks the channel and estimates what is not given
+    source = {"component": args.component, "level": args.level, "channel": args.channel}
     if method == "watershed":
-        fn = patchworks.watershed(args.threshold, min_distance=args.min_distance or 5, **source)
-    else:
-        sigmas = {k: v for k, v in (("min_sigma", args.min_sigma), ("max_sigma", args.max_sigma)) if v is not None}
-        fn = patchworks.log_blobs(args.threshold, method=method, **sigmas, **source)
+        fn = patchworks.watershed(args.input, threshold=args.threshold, min_distance=args.min_distance,
+                                  diameter=args.diameter, **source)
+        size = "given" if args.diameter is not None else "estimated" if fn.diameter is not None else "default"
+        print(f"watershed threshold: {fn.threshold:.6g}, object diameter: {fn.diameter or 24:.3g} ({size}), "
+              f"min_distance: {fn.min_distance}, sigma: {fn.sigma:.3g}",
+              file=out or sys.stdout)
+        return fn
+    sigmas = {k: v for k, v in (("min_sigma", args.min_sigma), ("max_sigma", args.max_sigma)) if v is not None}
+    fn = patchworks.log_blobs(args.input, threshold=args.threshold, method=method, **sigmas, **source)
     if args.threshold is None:
         print(f"{method} threshold: {fn.threshold:.6g}", file=out or sys.stdout)
     return fn
@@ -275,7 +280,12 @@ def cmd_seams(args) -> int:
                                         tolerance=args.tolerance)
     except ValueError as exc:
         raise CLIError(str(exc).replace("pass tile_shape=", "pass --tile")) from None
-    print(report)
+    if args.json:
+        import json
+
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(report)
     return 0 if report.ok else 1
 
 
@@ -328,12 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, metavar="V", help="foreground is image > V (alone: --method "
                    "threshold); for watershed / log / dog the default is estimated once from the whole image")
     p.add_argument("--min-distance", type=int, metavar="N", help="watershed: smallest distance between two "
-                   "object centres (default 5)")
+                   "object centres (default: the object diameter / 5)")
     p.add_argument("--min-sigma", type=float, metavar="S", help="log / dog: smallest spot sigma (default 1)")
     p.add_argument("--max-sigma", type=float, metavar="S", help="log / dog: largest spot sigma (default 4)")
     p.add_argument("--model", metavar="NAME", help="cellpose / stardist model name or path (default cyto3 / "
                    "cpsam by Cellpose version; 2D_versatile_fluo)")
-    p.add_argument("--diameter", type=float, metavar="D", help="cellpose: cell diameter in pixels")
+    p.add_argument("--diameter", type=float, metavar="D", help="cellpose, watershed: object diameter in "
+                   "pixels (watershed default: estimated from the input)")
     p.add_argument("--gpu", action="store_true", help="cellpose / stardist: run the model on the GPU")
     p.add_argument("--do-3D", dest="do_3d", action="store_true", help="cellpose: 3-D model (else plane by plane)")
     p.add_argument("--sequential", action="store_true", help="number objects 1..n without gaps")
@@ -359,13 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("seams", help="check stitching quality of a label image without ground truth",
                        description="Compare how often labels change across the tile seams with interior control "
                                    "planes: seams that are too quiet mean cells fused across them, too busy mean "
-                                   "cells cut. Exit status 1 when an axis is flagged.")
+                                   "cells cut; and how often objects end there (foreground on one side, "
+                                   "background on the other): too often means objects cut off at the seams. "
+                                   "Exit status 1 when an axis is flagged.")
     p.add_argument("path", metavar="PATH", help="label image (zarr written by patchworks label, or any source)")
     p.add_argument("--tile", type=per_axis, metavar="T", help="tile core size the labels were made with "
                    "(default: read from the zarr attributes patchworks wrote)")
     p.add_argument("--component", metavar="NAME", help="array inside a zarr group / HDF5 file")
     p.add_argument("--tolerance", type=float, default=2.0, metavar="F",
-                   help="flag an axis whose seam / control change ratio leaves [1/F, F] (default 2)")
+                   help="flag an axis whose seam / control change ratio leaves [1/F, F], or whose "
+                        "object-end ratio exceeds F (default 2)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (SeamReport.to_dict())")
     p.set_defaults(run=cmd_seams)
 
     p = sub.add_parser("demo", help="label a generated volume tiled and whole, and compare",

@@ -295,7 +295,7 @@ def test_label_cellpose_through_the_plugin(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv, needle", [
     (["--method", "otsu", "--min-distance", "3"], "--min-distance applies to --method watershed"),
-    (["--method", "watershed", "--diameter", "30"], "--diameter applies to --method cellpose"),
+    (["--method", "log", "--diameter", "30"], "--diameter applies to --method cellpose / watershed"),
     (["--method", "otsu", "--threshold", "0.5"], "--threshold applies to --method threshold, watershed"),
     (["--stitch", "iou", "--tile", "32"], "stitch='iou' matches labels in the overlap"),
 ])

@@ -90,5 +90,8 @@ def test_builtins_refuse_images_with_channels(tmp_path):
     with pytest.raises(ValueError, match="channel axis .* choose a channel with channel=N"):
         otsu(str(path))
     assert otsu(str(path), channel=1).value == 0.0
+    with pytest.raises(ValueError, match="threshold: image has a channel axis .* choose a channel with channel=N"):
+        threshold(str(path), value=0.5)  # the image first, as for otsu: checked before any tile runs
+    assert threshold(str(path), value=0.5, channel=0) == threshold(0.5)
     with pytest.raises(ValueError, match="fn=threshold labels a single-channel image .* channel=N"):
         tile_process(np.zeros((2, 8, 8)), threshold(0.5), tile_shape=4, channel_axis=0)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ._threshold import label_components, otsu_threshold, sample_values
+from ._threshold import image_or_number, label_components, otsu_threshold, sample_blocks
 
 __all__ = ["LogBlobs", "Watershed", "log_blobs", "watershed"]
 
@@ -63,14 +63,8 @@ def _check_ndim(ndim) -> int | None:
     return ndim
 
 
-def _open_sample(image, threshold, *, who: str, n_voxels: int, ndim, component, level, channel):
-    """Open ``image`` for a global threshold; return (sample of its values, its number of axes)."""
-    if image is None:
-        raise ValueError(f"{who}: threshold=None needs image=... to estimate a threshold from the whole image once; "
-                         f"give a number (threshold=0.5) or the image that will be processed (image=...)")
-    if threshold is not None:
-        raise ValueError(f"{who}: got threshold={threshold!r} and image=...; give one: a number, or threshold=None "
-                         f"with image= to estimate it from the whole image")
+def _open_source(image, *, who: str, ndim, component, level, channel):
+    """Open the image a factory estimates from; return (source, its number of spatial axes)."""
     from ..io._sources import open_image
 
     source = open_image(image, component=component, level=level, channel=channel, name="image")
@@ -82,7 +76,65 @@ def _open_sample(image, threshold, *, who: str, n_voxels: int, ndim, component, 
         raise ValueError(f"{who}: image has shape {tuple(source.shape)}; it segments a single-channel "
                          f"{f'{ndim}-D' if ndim else '2-D or 3-D'} image: pick a channel with channel=N "
                          f"(or index the image yourself)")
-    return sample_values(source, n_voxels=n_voxels), len(source.shape)
+    return source, len(source.shape)
+
+
+def estimate_diameter(blocks, cut: float) -> float | None:
+    """Typical diameter (voxels) of the objects of ``block > cut``: the voxel-weighted median, or None.
+
+    Each component's diameter is that of the disc (ball in 3-D) of its area
+    (volume). Weighting by voxels makes the many one-voxel noise specks of a
+    raw threshold count for little. Components cut by a sampled window's edge
+    are left out (their size is unknown) unless the window is the whole image.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[-20:21, -20:21]
+    >>> round(estimate_diameter([yy ** 2 + xx ** 2 <= 100], 0.5), 1)   # a disc of radius 10
+    20.1
+    """
+    sizes = []
+    whole = len(blocks) == 1
+    for block in blocks:
+        mask = np.asarray(block) > cut
+        labels = label_components(mask, 1)
+        areas = np.bincount(labels.ravel())
+        areas[0] = 0
+        if not whole:
+            for a in range(labels.ndim):
+                for face in (np.take(labels, 0, a), np.take(labels, -1, a)):
+                    areas[np.unique(face)] = 0
+        sizes.append(areas[areas > 0])
+    areas = np.concatenate(sizes).astype(np.float64)
+    if areas.size == 0:
+        return None
+    ndim = np.asarray(blocks[0]).ndim
+    diameters = 2 * np.sqrt(areas / np.pi) if ndim == 2 else 2 * np.cbrt(3 * areas / (4 * np.pi))
+    order = np.argsort(diameters)
+    weight = np.cumsum(areas[order])
+    return float(diameters[order][np.searchsorted(weight, weight[-1] / 2)])
+
+
+def noise_sigma(blocks) -> float:
+    """Standard deviation of the image noise from neighbour differences (robust to the objects).
+
+    ``1.4826 * MAD / sqrt(2)`` of the differences between neighbours along
+    the last axis: objects and smooth background change little from one voxel
+    to the next, so unlike the spread of the values themselves this stays the
+    noise's even when objects cover much of the image. Assumes noise that is
+    not correlated between neighbours (a smoothed image gives less).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> img = rng.normal(0, 2, (256, 256)) + 100 * (np.arange(256) > 128)  # half the image is a bright object
+    >>> round(noise_sigma([img]), 1)
+    2.0
+    """
+    diffs = np.concatenate([np.diff(np.asarray(b, np.float64), axis=-1).ravel() for b in blocks])
+    if diffs.size == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / math.sqrt(2))
 
 
 # ---------------------------------------------------------------------------------------- watershed
@@ -102,6 +154,7 @@ class Watershed:
     exclude_border: int = 0
     ndim: int | None = None
     method: str = "watershed"
+    diameter: float | None = None  # the object size min_distance and sigma were derived from (a record)
 
     def __call__(self, window) -> np.ndarray:
         peak_local_max, sk_watershed, _, _ = _skimage()
@@ -153,33 +206,61 @@ def _plateau_markers(distance: np.ndarray, components: np.ndarray, seeds: np.nda
     return markers
 
 
-def watershed(threshold: float | None = None, *, image=None, min_distance: int = 5, sigma: float = 0.0,
-              compactness: float = 0.0, exclude_border: bool | int = False, ndim: int | None = None,
-              n_voxels: int = 1 << 22, component=None, level: int = 0, channel=None) -> Watershed:
+_DEFAULT_DIAMETER = 24.0  # voxels: a nucleus at 20x-40x, when nothing tells us better
+
+
+def _int_at_least_1(name, value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r}: use an int >= 1 ({what})")
+    return int(value)
+
+
+def watershed(image=None, *, threshold: float | None = None, diameter: float | None = None,
+              min_distance: int | None = None, sigma: float | None = None, compactness: float = 0.0,
+              exclude_border: bool | int = False, ndim: int | None = None, n_voxels: int = 1 << 22,
+              component=None, level: int = 0, channel=None) -> Watershed:
     """Tile function splitting touching round objects with a distance-transform watershed.
 
-    Foreground is ``window > threshold`` (after a Gaussian of ``sigma`` when
-    ``sigma > 0``). Seeds are the maxima of its Euclidean distance transform
-    at least ``min_distance`` apart (one per flat plateau), flooded over the
-    inverted distance within the foreground. Every foreground voxel gets a
-    label: a component without a seed becomes one object. Give
+    Foreground is ``window > threshold`` after a Gaussian of ``sigma``. Seeds
+    are the maxima of its Euclidean distance transform at least
+    ``min_distance`` apart (one per flat plateau), flooded over the inverted
+    distance within the foreground. Every foreground voxel gets a label: a
+    component without a seed becomes one object. Give
     :func:`patchworks.tile_process` an ``overlap`` of about an object's
-    radius so that seeds near a seam see the whole object.
+    diameter (``fn.diameter``) so that seeds near a seam see the whole object.
+
+    What it needs is estimated once from the image, never per tile:
+    ``watershed(image)`` takes Otsu's threshold of a sample of the whole
+    image and the typical object diameter of that foreground, and derives
+    ``min_distance = diameter / 5`` and ``sigma = diameter / 20`` from it.
+    On the 2018 Data Science Bowl nuclei image shipped with StarDist (512²,
+    125 hand-annotated nuclei) these defaults find 119 objects, F1 0.71 at
+    IoU 0.5 (no smoothing and ``min_distance=5``, the old defaults: 1,197
+    objects, F1 0.12); each of the 24 coins of ``skimage.data.coins()`` is
+    one object.
 
     Parameters
     ----------
-    threshold : float, optional
-        Foreground intensity cut, the same for every tile. ``None`` with
-        ``image=``: Otsu's threshold of a sample of the whole image,
-        estimated once now (on the raw values, before ``sigma``).
     image : array-like or path, optional
-        The image that will be processed (anything
-        :func:`patchworks.open_image` reads); only with ``threshold=None``.
-    min_distance : int, default 5
+        The image that will be processed (anything :func:`patchworks.open_image`
+        reads), first like every built-in factory. A number in its place is
+        the threshold: ``watershed(0.5)`` is ``watershed(threshold=0.5)``.
+    threshold : float, optional
+        Foreground intensity cut, the same for every tile. Default: Otsu's
+        threshold of a sample of ``image`` (raw values, before ``sigma``).
+    diameter : float, optional
+        Typical object diameter in voxels. Default: estimated from
+        ``image`` (voxel-weighted median of the foreground components'
+        equivalent diameters; touching objects make it somewhat larger),
+        else 24.
+    min_distance : int, optional
         Smallest distance in voxels between two seeds; about the radius of
-        the smallest object keeps round objects whole.
-    sigma : float, default 0
-        Gaussian smoothing of the window before thresholding (0: none).
+        the smallest object keeps round objects whole. Default
+        ``round(diameter / 5)``, at least 1.
+    sigma : float, optional
+        Gaussian smoothing of the window before thresholding (0: none), so
+        that noise neither frays the foreground nor seeds false objects.
+        Default ``diameter / 20``.
     compactness : float, default 0
         scikit-image's compact watershed: larger values give more regular
         (Voronoi-like) splits.
@@ -187,9 +268,9 @@ def watershed(threshold: float | None = None, *, image=None, min_distance: int =
         Passed to ``peak_local_max``: no seeds this close to the window edge.
     ndim : {2, 3}, optional
         Spatial axes of a window; a window with more (a channel axis) is
-        refused. Default: the image's when ``image=`` is given, else 2 or 3.
+        refused. Default: the image's when ``image`` is given, else 2 or 3.
     n_voxels : int
-        Size of the sample the threshold is estimated from.
+        Size of the sample the estimates are made from.
     component, level, channel :
         Which array of ``image`` to read, as in :func:`patchworks.open_image`.
 
@@ -203,27 +284,50 @@ def watershed(threshold: float | None = None, *, image=None, min_distance: int =
     --------
     >>> yy, xx = np.mgrid[:20, :32]
     >>> img = ((yy - 10) ** 2 + (xx - 10) ** 2 < 49) | ((yy - 10) ** 2 + (xx - 21) ** 2 < 49)
-    >>> labels = watershed(0.5, min_distance=3)(img.astype(np.float32))
+    >>> fn = watershed(img.astype(np.float32))          # threshold and object size from the image
+    >>> fn.min_distance, round(fn.sigma, 2)
+    (4, 0.94)
+    >>> labels = fn(img.astype(np.float32))
     >>> labels.dtype, int(labels.max()), int(labels[10, 10]), int(labels[10, 21])
     (dtype('uint32'), 2, 1, 2)
     """
     _skimage()  # fail on the driver, before a cluster runs a single tile
-    if isinstance(min_distance, bool) or not isinstance(min_distance, (int, np.integer)) or min_distance < 1:
-        raise ValueError(f"min_distance={min_distance!r}: use an int >= 1 (voxels between two seeds, "
-                         f"about the radius of the smallest object)")
-    sigma = _finite("sigma", sigma, low=0)
+    image, threshold = image_or_number(image, threshold, who="watershed", name="threshold")
+    if image is None and threshold is None:
+        raise ValueError("watershed: no image and threshold=None; give the image that will be processed, "
+                         "watershed(image) (threshold and object size estimated from it once), or a number, "
+                         "watershed(threshold=0.5)")
+    if diameter is not None:
+        diameter = _finite("diameter", diameter, low=0, strict=True)
+    if min_distance is not None:
+        min_distance = _int_at_least_1("min_distance", min_distance,
+                                       "voxels between two seeds, about the radius of the smallest object")
+    if sigma is not None:
+        sigma = _finite("sigma", sigma, low=0)
     compactness = _finite("compactness", compactness, low=0)
-    if isinstance(exclude_border, bool):
-        exclude_border = int(exclude_border) * int(min_distance)  # True: skimage's own meaning
-    elif not isinstance(exclude_border, (int, np.integer)) or exclude_border < 0:
+    if not isinstance(exclude_border, (bool, int, np.integer)) or exclude_border < 0:
         raise ValueError(f"exclude_border={exclude_border!r}: use False, True or an int >= 0 (voxels)")
     ndim = _check_ndim(ndim)
-    if threshold is None or image is not None:
-        values, ndim = _open_sample(image, threshold, who="watershed", n_voxels=n_voxels, ndim=ndim,
-                                    component=component, level=level, channel=channel)
-        threshold = otsu_threshold(values)
-    return Watershed(_finite("threshold", threshold), int(min_distance), sigma, compactness, int(exclude_border),
-                     ndim)
+    if image is not None:
+        source, ndim = _open_source(image, who="watershed", ndim=ndim, component=component, level=level,
+                                    channel=channel)
+        blocks = sample_blocks(source, n_voxels=n_voxels)
+        if threshold is None:
+            threshold = otsu_threshold(np.concatenate([b.ravel() for b in blocks]))
+        if diameter is None and (min_distance is None or sigma is None):
+            # fewer, larger windows than for the threshold: an object cut by a window's edge does not count
+            big = blocks if len(blocks) == 1 else sample_blocks(source, n_voxels=n_voxels, n_blocks=8, seed=1)
+            diameter = estimate_diameter(big, float(threshold))
+    threshold = _finite("threshold", threshold)
+    size = diameter or _DEFAULT_DIAMETER
+    if min_distance is None:
+        min_distance = max(1, round(size / 5))
+    if sigma is None:
+        sigma = size / 20
+    if isinstance(exclude_border, (bool, np.bool_)):
+        exclude_border = int(exclude_border) * min_distance  # True: skimage's own meaning
+    return Watershed(threshold, min_distance, float(sigma), compactness, int(exclude_border), ndim,
+                     diameter=None if diameter is None else float(diameter))
 
 
 # ---------------------------------------------------------------------------------------- LoG / DoG spots
@@ -320,7 +424,7 @@ def _sigmas(name: str, value) -> float | tuple:
     return tuple(_finite(name, v, low=0, strict=True) for v in np.asarray(value).ravel())
 
 
-def log_blobs(threshold: float | None = None, *, image=None, min_sigma=1.0, max_sigma=4.0, num_sigma: int = 5,
+def log_blobs(image=None, *, threshold: float | None = None, min_sigma=1.0, max_sigma=4.0, num_sigma: int = 5,
               method: str = "log", sigma_ratio: float = 1.6, overlap: float = 0.5, radius=None,
               exclude_border: bool | int = False, snr: float = 3.0, ndim: int | None = None,
               n_voxels: int = 1 << 22, component=None, level: int = 0, channel=None) -> LogBlobs:
@@ -335,19 +439,24 @@ def log_blobs(threshold: float | None = None, *, image=None, min_sigma=1.0, max_
 
     Parameters
     ----------
+    image : array-like or path, optional
+        The image that will be processed, first like every built-in factory.
+        A number in its place is the threshold: ``log_blobs(0.1)`` is
+        ``log_blobs(threshold=0.1)``.
     threshold : float, optional
         scikit-image's ``threshold``: the absolute lower bound for maxima of
         the scale-normalised LoG/DoG response; weaker maxima are ignored.
         Here it is in the image's own intensity units (integer windows are
         not rescaled to [0, 1]). A Gaussian spot of peak height ``A`` above
         its background responds about ``A / 2`` (LoG) or ``A / 3`` (DoG).
-        ``None`` with ``image=``: ``snr`` times the noise of the whole image
-        (1.4826 x the median absolute deviation of a sample), estimated once
-        now. Otsu's threshold is no use here: with spots on well under 1 %
-        of the voxels it cuts inside the background noise.
-    image : array-like or path, optional
-        The image that will be processed; only with ``threshold=None``.
-        Assumes spots cover well under half of it.
+        Default: ``snr`` times the noise of ``image``, estimated once now
+        from the differences between neighbouring voxels of a sample
+        (:func:`noise_sigma`), which objects covering much of the image do
+        not inflate (the spread of the values themselves did: on the StarDist
+        nuclei image it read 10.4 grey levels for a noise of 5.2 and kept
+        two thirds of the nuclei undetected). Otsu's threshold is no use
+        here: with spots on well under 1 % of the voxels it cuts inside the
+        background noise.
     min_sigma, max_sigma : float or sequence of floats, default 1 and 4
         Range of blob scales (standard deviations; per axis for anisotropic
         voxels). A blob's radius is about ``sqrt(ndim) * sigma``.
@@ -369,7 +478,7 @@ def log_blobs(threshold: float | None = None, *, image=None, min_sigma=1.0, max_
         it or give a number.
     ndim : {2, 3}, optional
         Spatial axes of a window; a window with more (a channel axis) is
-        refused. Default: the image's when ``image=`` is given, else 2 or 3.
+        refused. Default: the image's when ``image`` is given, else 2 or 3.
     n_voxels, component, level, channel :
         Sample size and which array of ``image`` to read, as for :func:`watershed`.
 
@@ -391,6 +500,10 @@ def log_blobs(threshold: float | None = None, *, image=None, min_sigma=1.0, max_
     (dtype('uint32'), 2, 1, 2)
     """
     _skimage()  # fail on the driver, before a cluster runs a single tile
+    image, threshold = image_or_number(image, threshold, who="log_blobs", name="threshold")
+    if image is None and threshold is None:
+        raise ValueError("log_blobs: no image and threshold=None; give the image that will be processed, "
+                         "log_blobs(image) (threshold from its noise, once), or a number, log_blobs(threshold=0.1)")
     if method not in ("log", "dog"):
         raise ValueError(f"method={method!r}: use 'log' (Laplacian of Gaussian) or 'dog' (Difference of Gaussians)")
     min_sigma, max_sigma = _sigmas("min_sigma", min_sigma), _sigmas("max_sigma", max_sigma)
@@ -414,15 +527,15 @@ def log_blobs(threshold: float | None = None, *, image=None, min_sigma=1.0, max_
         raise ValueError(f"exclude_border={exclude_border!r}: use False, True or an int >= 0 (voxels)")
     snr = _finite("snr", snr, low=0, strict=True)
     ndim = _check_ndim(ndim)
-    if threshold is None or image is not None:
-        values, ndim = _open_sample(image, threshold, who=method, n_voxels=n_voxels, ndim=ndim,
-                                    component=component, level=level, channel=channel)
-        values = values.astype(np.float64)
-        median = float(np.median(values))
-        noise = 1.4826 * float(np.median(np.abs(values - median)))
-        if noise == 0:
-            raise ValueError(f"{method}: the image's background noise is 0 (over half the sampled voxels equal "
-                             f"{median:g}), so threshold=None cannot be set from it; give threshold= a number")
-        threshold = snr * noise
+    if image is not None:
+        source, ndim = _open_source(image, who=method, ndim=ndim, component=component, level=level,
+                                    channel=channel)
+        if threshold is None:
+            blocks = sample_blocks(source, n_voxels=n_voxels)
+            noise = noise_sigma(blocks)
+            if noise == 0:
+                raise ValueError(f"{method}: the image's noise is 0 (most neighbouring voxels of the sample are "
+                                 f"equal), so threshold=None cannot be set from it; give threshold= a number")
+            threshold = snr * noise
     return LogBlobs(_finite("threshold", threshold), min_sigma, max_sigma, int(num_sigma), sigma_ratio, method,
                     overlap, radius, int(exclude_border), ndim)

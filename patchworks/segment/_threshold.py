@@ -7,6 +7,8 @@ that labelling and merging agree.
 
 from __future__ import annotations
 
+import numbers
+import os
 from dataclasses import dataclass, replace
 
 import cc3d
@@ -60,18 +62,80 @@ class Threshold:
         return label_components(np.asarray(tile) > self.value, self.connectivity or 1)
 
 
-def threshold(value: float, *, connectivity: int | None = None) -> Threshold:
+def _is_number(value) -> bool:
+    """A real scalar (Python or numpy, 0-d array included): never an image, so it can only be a threshold."""
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes, os.PathLike)):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    return isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf"
+
+
+def image_or_number(first, value, *, who: str, name: str):
+    """Split a factory's first argument into ``(image, threshold)``.
+
+    The built-in factories take the image first; a bare number in that place
+    cannot be an image, so it is the threshold (the calling convention of
+    earlier releases, kept). A number there *and* by keyword is ambiguous.
+    """
+    if not _is_number(first):
+        return first, value
+    if value is not None:
+        raise ValueError(f"{who}({first!r}, {name}={value!r}): two thresholds; the first argument is the image "
+                         f"the function will run on: give {who}(image, {name}={value!r}) or {who}({name}={value!r})")
+    return None, float(first)
+
+
+def _check_single_channel(source, who: str) -> None:
+    axes = getattr(source, "axes", None) or ""
+    if "c" in axes:
+        raise ValueError(f"{who}: image has a channel axis (axes {axes!r}); one threshold over mixed channels "
+                         f"means nothing: choose a channel with channel=N")
+
+
+def threshold(image=None, *, value: float | None = None, connectivity: int | None = None,
+              **open_kwargs) -> Threshold:
     """Tile function labelling the components of ``tile > value``.
+
+    Like every built-in factory it takes the image first; a fixed threshold
+    needs nothing from it, so the image is optional (given, it is checked to
+    be single-channel before any tile runs). A number in first place is the
+    value: ``threshold(0.5)`` is ``threshold(value=0.5)``.
+
+    Parameters
+    ----------
+    image : array-like or path, optional
+        The image that will be processed (anything :func:`patchworks.open_image` reads).
+    value : float
+        Foreground is ``tile > value``.
+    connectivity : int, optional
+        Labelling connectivity; ``None`` takes the one ``tile_process`` uses.
+    **open_kwargs
+        ``component``, ``level``, ``channel``: passed to :func:`patchworks.open_image`.
 
     Examples
     --------
     >>> fn = threshold(0.5)
     >>> fn(np.array([[0.9, 0.1, 0.8]])).tolist()
     [[1, 0, 2]]
+    >>> threshold(np.zeros((4, 4)), value=0.5) == fn
+    True
     """
-    value = float(value)
+    image, value = image_or_number(image, value, who="threshold", name="value")
+    if value is None:
+        hint = "threshold(image, value=0.5)" if image is not None else "threshold(value=0.5)"
+        raise ValueError(f"threshold: value=None; give the cut, {hint}, or let otsu(image) estimate it "
+                         f"from the whole image")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"threshold: value={value!r}: give a number (foreground is tile > value)") from None
     if not np.isfinite(value):
         raise ValueError(f"threshold={value!r}: give a finite number")
+    if image is not None:
+        from ..io._sources import open_image
+
+        _check_single_channel(open_image(image, **open_kwargs), "threshold")
     return Threshold(value, connectivity)
 
 
@@ -115,24 +179,31 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float((centers[best[0]] + centers[run_end]) / 2)
 
 
-def sample_values(image, *, n_voxels: int = 1 << 22, n_blocks: int = 64, seed: int = 0) -> np.ndarray:
-    """A reproducible sample of voxel values spread over the whole image.
+def sample_blocks(image, *, n_voxels: int = 1 << 22, n_blocks: int = 64, seed: int = 0) -> list[np.ndarray]:
+    """Reproducible windows of the image spread over all of it: the whole image when it is small.
 
     Reads ``n_blocks`` small windows at seeded random places rather than the
-    whole image, so it is cheap for an out-of-core source.
+    whole image, so it is cheap for an out-of-core source. Windows keep their
+    shape, so neighbours (noise from differences, object sizes) can be measured.
     """
     shape = tuple(image.shape)
     total = int(np.prod(shape))
     if total <= n_voxels:
-        return np.asarray(image[tuple(slice(None) for _ in shape)]).ravel()
+        return [np.asarray(image[tuple(slice(None) for _ in shape)])]
     side = max(1, int((n_voxels / n_blocks) ** (1 / len(shape))))
     block = tuple(min(side, s) for s in shape)
     rng = np.random.default_rng(seed)
     parts = []
     for _ in range(n_blocks):
         start = [int(rng.integers(0, s - b + 1)) for s, b in zip(shape, block)]
-        parts.append(np.asarray(image[tuple(slice(a, a + b) for a, b in zip(start, block))]).ravel())
-    return np.concatenate(parts)
+        parts.append(np.asarray(image[tuple(slice(a, a + b) for a, b in zip(start, block))]))
+    return parts
+
+
+def sample_values(image, *, n_voxels: int = 1 << 22, n_blocks: int = 64, seed: int = 0) -> np.ndarray:
+    """A reproducible sample of voxel values spread over the whole image (see :func:`sample_blocks`)."""
+    return np.concatenate([b.ravel() for b in sample_blocks(image, n_voxels=n_voxels, n_blocks=n_blocks,
+                                                             seed=seed)])
 
 
 def otsu(image, *, connectivity: int | None = None, n_voxels: int = 1 << 22, **open_kwargs) -> Threshold:
@@ -155,10 +226,10 @@ def otsu(image, *, connectivity: int | None = None, n_voxels: int = 1 << 22, **o
     """
     from ..io._sources import open_image
 
+    if _is_number(image) or image is None:
+        raise TypeError(f"otsu(image={image!r}): otsu estimates its threshold from the image, so it takes the image "
+                        f"(array or path) first; for a fixed value use threshold({image if image is not None else 0.5!r})")
     source = open_image(image, **open_kwargs)
-    axes = getattr(source, "axes", None) or ""
-    if "c" in axes:
-        raise ValueError(f"otsu: image has a channel axis (axes {axes!r}); one threshold over mixed channels "
-                         f"means nothing: choose a channel with channel=N")
+    _check_single_channel(source, "otsu")
     values = sample_values(source, n_voxels=n_voxels)
     return Threshold(otsu_threshold(values), connectivity, method="otsu")
