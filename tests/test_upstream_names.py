@@ -1,0 +1,42 @@
+"""Same names, same meaning as upstream patchworks: tile_shape=None, scalar overlaps on thin stacks,
+max_workers / stage_dir / keep_stage / dry_run / gpus, and resume refusals that say what changed."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from patchworks import estimate_empty_tiles, label_components, threshold, tile_process
+from patchworks.testing import assert_labels_equivalent, random_blobs
+
+
+# ------------------------------------------------ a scalar overlap works on every image
+
+def test_scalar_overlap_on_a_two_plane_stack_with_the_default_tile_shape():
+    stack = random_blobs((2, 40, 40), seed=1)
+    labels = tile_process(stack, threshold(0.5), overlap=8, compute=True)
+    assert_labels_equivalent(labels, ndimage.label(stack > 0.5)[0])
+
+
+def test_scalar_overlap_larger_than_a_whole_axis_tile():
+    stack = random_blobs((4, 48, 48), seed=2)
+    labels = tile_process(stack, threshold(0.5), tile_shape=(4, 16, 16), overlap=6, compute=True)
+    assert_labels_equivalent(labels, ndimage.label(stack > 0.5)[0])
+    labels = tile_process(stack, threshold(0.5), tile_shape=(4, 16, 16), overlap=6, stitch="iou", compute=True)
+    assert_labels_equivalent(labels, ndimage.label(stack > 0.5)[0])
+    # where the axis really has neighbours the overlap must stay below the tile
+    with pytest.raises(ValueError, match=r"axis 1 overlap 16 is not smaller than the tile size 16"):
+        tile_process(stack, threshold(0.5), tile_shape=(4, 16, 16), overlap=16)
+
+
+def test_estimate_empty_tiles_with_a_z_tile_equal_to_the_z_size():
+    img = np.zeros((3, 16, 16), np.float32)
+    img[1, 2, 2] = 5   # in tile (0, 0, 0); its window reaches 4 voxels into the neighbours along y and x
+    info = estimate_empty_tiles(img, tile_shape=(3, 8, 8), threshold=1, overlap=4)
+    assert info["n_tiles"] == 4
+    # direct loop: a tile is occupied when its window (core + 4 clipped) holds a voxel above 1
+    want = np.zeros((1, 2, 2), bool)
+    for j in range(2):
+        for i in range(2):
+            win = img[:, max(8 * j - 4, 0):8 * j + 12, max(8 * i - 4, 0):8 * i + 12]
+            want[0, j, i] = win.max() > 1
+    np.testing.assert_array_equal(info["occupied"], want)
