@@ -482,3 +482,15 @@ def test_auto_overlap_safety_errors():
         auto_overlap(30, 0)
     with pytest.raises(ValueError, match=r"safety=True"):
         auto_overlap(30, True)
+
+
+def test_auto_tile_shape_takes_whole_input_chunks(caplog):
+    free = auto_tile_shape((1000, 1000), "float32", budget=8 * MiB, overlap=8)
+    assert free == (334, 334)
+    assert auto_tile_shape((1000, 1000), "float32", budget=8 * MiB, overlap=8, chunks=(100, 64)) == (300, 320)
+    assert auto_tile_shape((1000, 1000), "float32", budget=64 * MiB, chunks=128) == (1000, 1000)  # whole image
+    with caplog.at_level("WARNING", logger="patchworks"):
+        assert auto_tile_shape((1000, 1000), "float32", budget=8 * MiB, overlap=8, chunks=500) == (500, 500)
+    assert "one input chunk (500, 500) is larger than the per-tile budget" in caplog.text
+    with pytest.raises(ValueError, match=r"chunks=\(0, 4\): use positive chunk sizes"):
+        auto_tile_shape((1000, 1000), "float32", budget=8 * MiB, chunks=(0, 4))

@@ -40,3 +40,39 @@ def test_estimate_empty_tiles_with_a_z_tile_equal_to_the_z_size():
             win = img[:, max(8 * j - 4, 0):8 * j + 12, max(8 * i - 4, 0):8 * i + 12]
             want[0, j, i] = win.max() > 1
     np.testing.assert_array_equal(info["occupied"], want)
+
+
+# ------------------------------------------------ tile_shape=None: the input's own chunks
+
+def test_tile_shape_none_means_the_zarr_chunks(tmp_path):
+    import zarr
+    image = random_blobs((16, 40, 48), seed=3)
+    src = tmp_path / "image.zarr"
+    zarr.create_array(store=src, data=image, chunks=(8, 16, 24))
+    out = tile_process(str(src), threshold(0.5), write_to=tmp_path / "labels.zarr")
+    assert zarr.open_array(tmp_path / "labels.zarr").chunks == (8, 16, 24)
+    assert out.chunksize == (8, 16, 24)
+    assert_labels_equivalent(out.compute(), ndimage.label(image > 0.5)[0])
+
+
+def test_tile_shape_none_means_the_dask_chunks_and_auto_without_chunks():
+    import dask.array as da
+    image = random_blobs((40, 36), seed=4)
+    out = tile_process(da.from_array(image, chunks=(10, 12)), threshold(0.5))
+    assert out.chunks == ((10,) * 4, (12,) * 3)
+    assert_labels_equivalent(out.compute(), ndimage.label(image > 0.5)[0])
+    # numpy has no chunks: None is "auto"
+    assert tile_process(image, threshold(0.5)).chunks == tile_process(image, threshold(0.5), tile_shape="auto").chunks
+
+
+def test_auto_tile_shape_is_a_multiple_of_the_zarr_chunks(tmp_path, monkeypatch):
+    import zarr
+    image = random_blobs((32, 96, 96), seed=5)
+    src = tmp_path / "image.zarr"
+    zarr.create_array(store=src, data=image, chunks=(8, 24, 24))
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "1")   # a 1 MiB allocation: tiles of a few chunks
+    out = tile_process(str(src), threshold(0.5), tile_shape="auto", client=False)
+    tile = out.chunksize
+    assert tile != image.shape, "the budget cuts the image into tiles"
+    assert all(t % c == 0 or t == s for t, c, s in zip(tile, (8, 24, 24), image.shape)), tile
+    assert_labels_equivalent(out.compute(), ndimage.label(image > 0.5)[0])

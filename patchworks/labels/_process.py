@@ -233,7 +233,7 @@ def _result(output, run: RunDir, compute: bool, return_count: bool, n_objects):
     return (result, n_objects) if return_count else result
 
 
-def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, stitch="touch", iou_threshold=0.5,
+def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitch="touch", iou_threshold=0.5,
                  write_to=None, sequential_labels=False, compute=False, progress=None, client=None, overwrite=False,
                  resume=True, skip_empty=False, empty_threshold=None, use_gpu=False,
                  component=None, level=0, channel=None, channel_axis=None, axes=None,
@@ -257,12 +257,17 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, sti
         HDF5 or ``.npy``; see :func:`patchworks.open_image`. Never written to.
     fn : callable
         ``fn(window) -> labels`` with labels of the window's spatial shape.
-    tile_shape : "auto", int, tuple or dict, default "auto"
-        Core size per spatial axis. ``"auto"``: the largest tile whose
-        working set fits one worker's memory — the memory available to this
-        process (psutil, cgroup and SLURM limits, shared by its cores), the
+    tile_shape : None, "auto", int, tuple or dict, default None
+        Core size per spatial axis. ``None`` (as upstream patchworks): the
+        input's own chunks — dask chunks, or the chunks of a zarr / OME-Zarr
+        array — and ``"auto"`` for inputs without chunks (numpy, TIFF, HDF5,
+        ``.npy``). ``"auto"``: the largest tile whose working set fits one
+        worker's memory — the memory available to this process (psutil,
+        cgroup and SLURM limits, shared by its cores or ``max_workers``), the
         smallest worker of a cluster, or a GPU's free memory with
-        ``use_gpu=True``; see :func:`patchworks.auto_tile_shape`.
+        ``use_gpu=True``; on a chunked input a multiple of its chunks, so no
+        tile reads a chunk it only partly needs; see
+        :func:`patchworks.auto_tile_shape`.
     overlap : int, tuple or dict, default 0
         Halo per side per spatial axis given to ``fn`` for context (e.g. the
         per-axis tuple :func:`patchworks.auto_overlap` returns).

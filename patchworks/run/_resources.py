@@ -562,7 +562,7 @@ def _per_tile_bytes(budget, use_gpu, n_workers) -> int:
 
 def auto_tile_shape(shape, dtype, *, memory_factor=_DEFAULT_MEMORY_FACTOR, use_gpu=False, n_channels=None,
                     overlap=0, n_workers=None, budget=None, spatial_axes=None, fixed=None, min_tile=16,
-                    max_tile=None) -> tuple:
+                    max_tile=None, chunks=None) -> tuple:
     """The largest, roughly cubic tile whose working set fits one worker's memory.
 
     A tile's *window* is the tile plus ``overlap`` on each side (clipped to
@@ -606,6 +606,11 @@ def auto_tile_shape(shape, dtype, *, memory_factor=_DEFAULT_MEMORY_FACTOR, use_g
         hold it is an error.
     max_tile : int or tuple, optional
         Largest side per axis, e.g. to keep more tiles than workers.
+    chunks : int or tuple, optional
+        Chunk shape of the input per spatial axis (zarr or dask chunks):
+        each tile side is then a multiple of its chunk (rounded down, at
+        least one chunk), so that no tile reads a chunk it only partly needs.
+        A single chunk larger than the budget is used whole, with a warning.
 
     Returns
     -------
@@ -620,6 +625,8 @@ def auto_tile_shape(shape, dtype, *, memory_factor=_DEFAULT_MEMORY_FACTOR, use_g
     (334, 334)
     >>> auto_tile_shape((50, 4096, 4096), "uint16", budget=2**26, fixed={0: 1})
     (1, 1366, 1366)
+    >>> auto_tile_shape((50, 4096, 4096), "uint16", budget=2**26, fixed={0: 1}, chunks=(1, 512, 512))
+    (1, 1024, 1024)
     """
     shape = tuple(int(s) for s in shape)
     if not shape or any(s < 1 for s in shape):
@@ -687,6 +694,17 @@ def auto_tile_shape(shape, dtype, *, memory_factor=_DEFAULT_MEMORY_FACTOR, use_g
     even = [-(-s // -(-s // t)) for s, t in zip(spatial, tile)]
     tile = tuple(t if fix[i] or even[i] <= ov[i] or even[i] < min(min_tile, spatial[i]) else even[i]
                  for i, t in enumerate(tile))
+    if chunks is not None:
+        chunk = normalize_per_axis(chunks, n, "chunks")
+        if any(c is None or c < 1 for c in chunk):
+            raise ValueError(f"chunks={chunks!r}: use positive chunk sizes, one per spatial axis")
+        # a whole axis reads whole chunks already; otherwise round down to whole chunks
+        tile = tuple(t if fix[i] or t >= spatial[i] else min(spatial[i], max(1, t // chunk[i]) * chunk[i])
+                     for i, t in enumerate(tile))
+        if cost(tile) > per_tile:
+            logger.warning("auto tile shape %s: one input chunk %s is larger than the per-tile budget "
+                           "(%.1f MiB needed, %.1f MiB available); pass tile_shape to read chunks partly",
+                           tile, chunk, cost(tile) / 2**20, per_tile / 2**20)
     logger.debug("auto tile shape %s for %s %s (%.1f MiB per tile, factor %s)", tile, shape, dtype,
                  per_tile / 2**20, memory_factor)
     return tile
