@@ -76,3 +76,66 @@ def test_auto_tile_shape_is_a_multiple_of_the_zarr_chunks(tmp_path, monkeypatch)
     assert tile != image.shape, "the budget cuts the image into tiles"
     assert all(t % c == 0 or t == s for t, c, s in zip(tile, (8, 24, 24), image.shape)), tile
     assert_labels_equivalent(out.compute(), ndimage.label(image > 0.5)[0])
+
+
+# ------------------------------------------------ a refused resume names what changed
+
+def _interrupted(image, fn, out, monkeypatch, **kwargs):
+    """Stage every tile with ``fn``, then fail before the merge: an unfinished run in ``out``."""
+    import patchworks.labels._process as process
+
+    def crash(*args, **kw):
+        raise RuntimeError("interrupted")
+
+    with monkeypatch.context() as m:
+        m.setattr(process, "plan_relabel", crash)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            tile_process(image, fn, write_to=out, client=False, **kwargs)
+
+
+def _closure_fn(level):
+    def segment(tile):
+        return label_components(tile > level, 1)
+    return segment
+
+
+def _segment(tile, level=0.5, *, connectivity=1):
+    return label_components(tile > level, connectivity)
+
+
+def _segment_at(level, tile):
+    return label_components(tile > level, 1)
+
+
+@pytest.mark.parametrize("first, second, match", [
+    # a closure's captured value
+    (_closure_fn(0.5), _closure_fn(0.7), r"fn: captured level was '0\.5', now '0\.7'"),
+    # a partial's positional and keyword arguments
+    (__import__("functools").partial(_segment, level=0.5), __import__("functools").partial(_segment, level=0.6),
+     r"fn: keyword level was '0\.5', now '0\.6'"),
+    (__import__("functools").partial(_segment_at, np.float64(0.5)), __import__("functools").partial(_segment_at, 0.25),
+     r"fn: arg 0 was .*0\.5.*, now '0\.25'"),
+    # the attributes of a callable dataclass (our Threshold)
+    (threshold(0.5), threshold(0.75), r"fn: attribute value was '0\.5', now '0\.75'"),
+    # another function altogether
+    (threshold(0.5), _closure_fn(0.5), r"fn: name was 'patchworks\.segment\._threshold\.Threshold', now "),
+])
+def test_refused_resume_names_the_captured_value_that_changed(tmp_path, monkeypatch, first, second, match):
+    image = random_blobs((32, 32), seed=6)
+    out = tmp_path / "labels.zarr"
+    _interrupted(image, first, out, monkeypatch, tile_shape=8)
+    with pytest.raises(ValueError, match=r"has an unfinished run with other arguments \(.*" + match):
+        tile_process(image, second, tile_shape=8, write_to=out, client=False)
+    # the same function again resumes: nothing is refused, and the result is the whole-image labelling
+    done = tile_process(image, first, tile_shape=8, write_to=out, client=False, compute=True, overwrite=False)
+    assert_labels_equivalent(done, ndimage.label(image > 0.5)[0])
+
+
+def test_refused_resume_names_changed_numpy_content(tmp_path, monkeypatch):
+    image = random_blobs((32, 32), seed=7)
+    out = tmp_path / "labels.zarr"
+    _interrupted(image, threshold(0.5), out, monkeypatch, tile_shape=8)
+    other = image.copy()
+    other[0, 0] += 1   # same shape and dtype, other content
+    with pytest.raises(ValueError, match=r"other arguments \(image content was '\w+', now '\w+'\)"):
+        tile_process(other, threshold(0.5), tile_shape=8, write_to=out, client=False)

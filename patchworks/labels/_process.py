@@ -24,7 +24,7 @@ from ._merge import (iou_pairs_for_tile, plan_relabel, plane_axes, plane_pairs_f
 from ..segment._threshold import Threshold, otsu_threshold, sample_values
 from ..segment._instances import LogBlobs, Watershed
 from ..run._execute import active_client, graph_tasks, new_token, resolve_tile_shape, run_tasks, shared, tile_windows
-from ..run._rundir import RunDir, describe_source, fn_token, source_token
+from ..run._rundir import RunDir, describe_fn, describe_source, fn_token, source_token
 from ._tile_task import StageJob, stage_tile
 from ._stage_store import STAGING_FORMAT, TileStaging
 
@@ -378,13 +378,16 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
         logger.info("patchworks: skip_empty threshold (Otsu of a sample) = %g", empty_threshold)
     elif not skip_empty:
         empty_threshold = None
-    describe = {"image": describe_source(image, source), "tile_shape": grid.tile_shape, "overlap": grid.overlap,
-                "fn": getattr(fn, "__qualname__", type(fn).__qualname__), "connectivity": connectivity,
-                "stitch": stitch, "iou_threshold": iou_threshold if stitch == "iou" else None,
-                "sequential_labels": bool(sequential_labels), "empty_threshold": empty_threshold}
     # only a named output can be resumed; skip hashing (a full pass over a numpy input) otherwise
+    image_token = "" if write_to is None else source_token(source)
+    describe = {"image": describe_source(image, source), "image content": image_token[:12],
+                "tile_shape": grid.tile_shape, "overlap": grid.overlap,
+                "fn": describe_fn(fn), "connectivity": connectivity,
+                "stitch": stitch, "iou_threshold": iou_threshold if stitch == "iou" else None,
+                "sequential_labels": bool(sequential_labels), "empty_threshold": empty_threshold,
+                "zarr_format": zarr_format}
     fingerprint = "" if write_to is None else tokenize(
-        "tile_process", STAGING_FORMAT, source_token(source), grid.shape, grid.spatial_axes, grid.tile_shape, grid.overlap,
+        "tile_process", STAGING_FORMAT, image_token, grid.shape, grid.spatial_axes, grid.tile_shape, grid.overlap,
         fn_token(fn), connectivity, bool(sequential_labels), empty_threshold, zarr_format,
         *(("iou", float(iou_threshold)) if stitch == "iou" else ()))
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
@@ -477,11 +480,16 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         if label_counts is None:
             raise ValueError(f"label_counts must hold one count per tile ({grid.n_tiles} for the grid "
                              f"{grid.grid_shape})")
+    labeled_token = "" if write_to is None else source_token(source if source is not None else blocks)
     describe = {"labeled": describe_source(labeled, source if source is not None else blocks),
+                "labeled content": labeled_token[:12],
                 "tiles": grid.grid_shape, "overlap": grid.overlap, "connectivity": connectivity,
-                "stitch": stitch, "sequential_labels": bool(sequential_labels)}
+                "stitch": stitch, "iou_threshold": iou_threshold if stitch == "iou" else None,
+                "sequential_labels": bool(sequential_labels),
+                "label_counts": None if label_counts is None else tokenize(label_counts.tolist())[:12],
+                "zarr_format": zarr_format}
     fingerprint = "" if write_to is None else tokenize(
-        "merge_tile_labels", STAGING_FORMAT, source_token(source if source is not None else blocks),
+        "merge_tile_labels", STAGING_FORMAT, labeled_token,
         [b.tolist() for b in grid.boundaries], grid.overlap, connectivity, bool(sequential_labels),
         None if label_counts is None else label_counts.tolist(), zarr_format,
         *(("iou", float(iou_threshold)) if stitch == "iou" else ()))
