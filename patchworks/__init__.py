@@ -19,7 +19,8 @@ from .patches._samplers import (FixedRandomSampler, FixedSampler, LabelSampler, 
 from .patches._torch import PatchDataset
 from .run._resources import (ResourceBudget, auto_overlap, auto_overlap_physical, auto_tile_shape, available_cores, available_memory,
                          gpu_free_memory, resource_budget, visible_gpus)
-from .run._cluster import check_client, make_local_cluster, slurm_cluster
+from .run._cluster import check_client, gpu_devices, make_local_cluster, slurm_cluster
+from .run._plan import RunPlan
 
 __version__ = "0.1.0.dev0"
 
@@ -31,6 +32,8 @@ __all__ = [
     "available_cores",
     "available_memory",
     "check_client",
+    "gpu_devices",
+    "RunPlan",
     "gpu_free_memory",
     "make_local_cluster",
     "resource_budget",

@@ -129,6 +129,13 @@ def describe_source(image, source) -> str:
     return f"{type(source).__name__} {tuple(source.shape)} {source.dtype}"
 
 
+def _kept(scratch: Path) -> bool:
+    try:
+        return bool(json.loads((scratch / "run.json").read_text()).get("complete"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -155,8 +162,9 @@ class RunDir:
     """
 
     def __init__(self, write_to, component, *, fingerprint: str, describe: dict, overwrite: bool, resume: bool,
-                 zarr_format: int, scratch_dir=None, inputs=()):
+                 zarr_format: int, scratch_dir=None, inputs=(), keep_stage: bool = False):
         self.fingerprint, self.describe = fingerprint, describe
+        self.keep_stage = bool(keep_stage)
         self.component, self.overwrite, self.zarr_format = component, overwrite, zarr_format
         self.temporary = write_to is None
         self.created = self.finished = False
@@ -176,7 +184,8 @@ class RunDir:
         parent.mkdir(parents=True, exist_ok=True)
         stem = f"{_SCRATCH_PREFIX}{self.path.name}{'-' + component.replace('/', '_') if component else ''}-"
         self.scratch = parent / f"{stem}{fingerprint[:16]}"
-        others = [p for p in parent.glob(f"{stem}*") if p.is_dir() and p != self.scratch]
+        # a stage kept after a finished run (keep_stage=True) is no unfinished run to protect
+        others = [p for p in parent.glob(f"{stem}*") if p.is_dir() and p != self.scratch and not _kept(p)]
         if overwrite or not resume:
             for stale in others + [self.scratch]:
                 shutil.rmtree(stale, ignore_errors=True)
@@ -261,7 +270,20 @@ class RunDir:
         output.attrs["patchworks"] = {"complete": True, "fingerprint": self.fingerprint, **info}
 
     def finish(self) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        if not self.keep_stage:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            return
+        try:
+            (self.scratch / "lock").unlink()
+        except OSError:
+            pass
+        info = self.scratch / "run.json"
+        try:
+            record = json.loads(info.read_text())
+        except (OSError, ValueError):
+            record = {"fingerprint": self.fingerprint}
+        info.write_text(json.dumps({**record, "complete": True}, default=str))
+        logger.info("patchworks: stage kept in %s (keep_stage=True)", self.scratch)
 
     def fail(self) -> None:
         """After an error: a temporary run leaves nothing; a named one keeps its scratch to resume."""
@@ -274,5 +296,7 @@ class RunDir:
                 pass
 
     def discard_temporary(self) -> None:
-        if self.temporary:
+        if self.temporary and self.keep_stage:  # the labels go, the stage stays where it was logged
+            shutil.rmtree(self.path, ignore_errors=True)
+        elif self.temporary:
             shutil.rmtree(self.root, ignore_errors=True)
