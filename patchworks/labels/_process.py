@@ -431,7 +431,7 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
     image_token = "" if write_to is None else source_token(source)
     describe = {"image": describe_source(image, source), "image content": image_token[:12],
                 "tile_shape": grid.tile_shape, "overlap": grid.overlap,
-                "fn": describe_fn(fn), "connectivity": connectivity,
+                "fn": None if write_to is None else describe_fn(fn), "connectivity": connectivity,
                 "stitch": stitch, "iou_threshold": iou_threshold if stitch == "iou" else None,
                 "sequential_labels": bool(sequential_labels), "empty_threshold": empty_threshold,
                 "zarr_format": zarr_format}
