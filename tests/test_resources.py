@@ -491,6 +491,9 @@ def test_auto_tile_shape_takes_whole_input_chunks(caplog):
     assert auto_tile_shape((1000, 1000), "float32", budget=64 * MiB, chunks=128) == (1000, 1000)  # whole image
     with caplog.at_level("WARNING", logger="patchworks"):
         assert auto_tile_shape((1000, 1000), "float32", budget=8 * MiB, overlap=8, chunks=500) == (500, 500)
-    assert "one input chunk (500, 500) is larger than the per-tile budget" in caplog.text
+    assert "one input chunk (500, 500) per tile is larger than the per-tile budget" in caplog.text
+    # an axis rounded up to one chunk is paid for with whole chunks of the axis that has most
+    assert auto_tile_shape((48, 384, 384), "uint8", budget=4 * MiB) == (48, 48, 48)
+    assert auto_tile_shape((48, 384, 384), "uint8", budget=4 * MiB, chunks=(16, 64, 64)) == (32, 64, 64)
     with pytest.raises(ValueError, match=r"chunks=\(0, 4\): use positive chunk sizes"):
         auto_tile_shape((1000, 1000), "float32", budget=8 * MiB, chunks=(0, 4))

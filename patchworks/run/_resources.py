@@ -698,11 +698,19 @@ def auto_tile_shape(shape, dtype, *, memory_factor=_DEFAULT_MEMORY_FACTOR, use_g
         chunk = normalize_per_axis(chunks, n, "chunks")
         if any(c is None or c < 1 for c in chunk):
             raise ValueError(f"chunks={chunks!r}: use positive chunk sizes, one per spatial axis")
-        # a whole axis reads whole chunks already; otherwise round down to whole chunks
-        tile = tuple(t if fix[i] or t >= spatial[i] else min(spatial[i], max(1, t // chunk[i]) * chunk[i])
-                     for i, t in enumerate(tile))
+        # a whole axis reads whole chunks already; otherwise round down to whole chunks (at least one)
+        tile = [t if fix[i] or t >= spatial[i] else min(spatial[i], max(1, t // chunk[i]) * chunk[i])
+                for i, t in enumerate(tile)]
+        # an axis rounded up to one chunk may break the budget: give back whole chunks where most are taken
+        while cost(tile) > per_tile:
+            shrinkable = [i for i in range(n) if not fix[i] and tile[i] > chunk[i]]
+            if not shrinkable:
+                break
+            i = max(shrinkable, key=lambda k: tile[k] / chunk[k])
+            tile[i] = (-(-tile[i] // chunk[i]) - 1) * chunk[i]
+        tile = tuple(tile)
         if cost(tile) > per_tile:
-            logger.warning("auto tile shape %s: one input chunk %s is larger than the per-tile budget "
+            logger.warning("auto tile shape %s: one input chunk %s per tile is larger than the per-tile budget "
                            "(%.1f MiB needed, %.1f MiB available); pass tile_shape to read chunks partly",
                            tile, chunk, cost(tile) / 2**20, per_tile / 2**20)
     logger.debug("auto tile shape %s for %s %s (%.1f MiB per tile, factor %s)", tile, shape, dtype,
