@@ -448,7 +448,8 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
             if run.finished:  # nothing to run: no cluster to start
                 devices = None
             else:
-                gpu_client, gpu_cluster = make_local_cluster(gpus=devices, dashboard_address=":0")
+                gpu_client, gpu_cluster = make_local_cluster(gpus=devices, dashboard_address=":0",
+                                                             silence_logs=logging.WARNING)
                 stack.callback(gpu_cluster.close)
                 stack.callback(gpu_client.close)
                 client = gpu_client
