@@ -17,19 +17,23 @@ from .patches._grid_sampler import Aggregator, GridSampler
 from .patches._samplers import (FixedRandomSampler, FixedSampler, LabelSampler, SequentialSampler, StratifiedSampler,
                         UniformSampler, WeightedSampler, WholeSampler)
 from .patches._torch import PatchDataset
-from .run._resources import (ResourceBudget, auto_overlap, auto_tile_shape, available_cores, available_memory,
+from .run._resources import (ResourceBudget, auto_overlap, auto_overlap_physical, auto_tile_shape, available_cores, available_memory,
                          gpu_free_memory, resource_budget, visible_gpus)
-from .run._cluster import check_client, make_local_cluster, slurm_cluster
+from .run._cluster import check_client, gpu_devices, make_local_cluster, slurm_cluster
+from .run._plan import RunPlan
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "ResourceBudget",
     "auto_overlap",
+    "auto_overlap_physical",
     "auto_tile_shape",
     "available_cores",
     "available_memory",
     "check_client",
+    "gpu_devices",
+    "RunPlan",
     "gpu_free_memory",
     "make_local_cluster",
     "resource_budget",

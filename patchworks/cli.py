@@ -58,6 +58,21 @@ def per_axis(text: str):
     return values[0] if len(values) == 1 else values
 
 
+def _tile(text: str):
+    """``--tile``: per-axis sizes, or ``auto``."""
+    return "auto" if text.strip().lower() == "auto" else per_axis(text)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive int")
+    return value
+
+
 def _shape(text: str) -> tuple[int, ...]:
     value = per_axis(text)
     shape = (value,) if isinstance(value, int) else value
@@ -213,16 +228,21 @@ def cmd_label(args) -> int:
         client = Client(args.scheduler)
     try:
         start = time.perf_counter()
-        labels, n = patchworks.tile_process(
+        result = patchworks.tile_process(
             args.input, fn, tile_shape=args.tile, overlap=args.overlap, connectivity=args.connectivity,
             stitch=args.stitch, iou_threshold=args.iou_threshold,
             write_to=args.output, sequential_labels=args.sequential, progress=args.progress, client=client,
             overwrite=args.overwrite, component=args.component, level=args.level, channel=args.channel,
-            channel_axis=args.channel_axis, zarr_format=args.zarr_format, return_count=True)
+            channel_axis=args.channel_axis, zarr_format=args.zarr_format, return_count=True,
+            max_workers=args.max_workers, stage_dir=args.stage_dir, keep_stage=args.keep_stage,
+            dry_run=args.dry_run, skip_empty=args.skip_empty)
         elapsed = time.perf_counter() - start
     finally:
         if client is not None:
             client.close()
+    if args.dry_run:  # tile_process printed the plan; nothing was run or written
+        return 0
+    labels, n = result
     print(f"output:  {args.output}")
     print(f"shape:   {labels.shape}")
     print(f"dtype:   {labels.dtype}")
@@ -319,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(zarr) is the same partition as labelling the whole image at once.")
     p.add_argument("input", metavar="INPUT", help="zarr / OME-Zarr store, TIFF, HDF5 or .npy")
     p.add_argument("output", metavar="OUTPUT", help="zarr store to write, e.g. labels.zarr")
-    p.add_argument("--tile", type=per_axis, metavar="T", help="tile core size: one int or one per spatial axis, "
-                   "e.g. 64,512,512 (default: about 2**24 voxels)")
+    p.add_argument("--tile", type=_tile, metavar="T", help="tile core size: one int or one per spatial axis, "
+                   "e.g. 64,512,512, or auto (sized to the memory); default: the input's zarr chunks, else auto")
     p.add_argument("--overlap", type=per_axis, default=0, metavar="H",
                    help="halo per side given to the method: one int or one per spatial axis (default 0)")
     p.add_argument("--connectivity", type=int, default=1, metavar="K",
@@ -353,6 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: only on a terminal)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--max-workers", type=_positive, metavar="N",
+                   help="tiles processed at once on local threads (default: one per available core)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (tiles, tile and window shapes, memory "
+                   "per task, workers, empty tiles with --skip-empty) and stop: no tile is segmented, nothing "
+                   "is written")
+    p.add_argument("--skip-empty", action="store_true", help="skip tiles whose whole window is at or below "
+                   "Otsu's threshold of a sample of the input")
+    p.add_argument("--stage-dir", metavar="DIR", help="where the run's scratch (staged tiles) lives (default: "
+                   "next to OUTPUT)")
+    p.add_argument("--keep-stage", action="store_true", help="keep the scratch after the run completes")
     _add_source_options(p)
     p.add_argument("--channel", type=int, metavar="N", help="use this channel of the c axis only")
     p.add_argument("--channel-axis", type=int, metavar="N", help="axis carried whole into every tile (not tiled)")

@@ -280,9 +280,12 @@ class TileGrid:
         for an axis means the whole axis. A tile larger than the image is
         clipped to the image.
     overlap : int, tuple or dict, default 0
-        Halo per side per spatial axis. Must be smaller than the tile on
-        that axis; a tile axis of thickness 1 gets no halo (a 2-D model run
-        plane by plane needs none along z, and z is never regrouped).
+        Halo per side per spatial axis. Must be smaller than the tile on an
+        axis that has more than one tile; an axis that a single tile covers
+        gets no halo (it would lie outside the image), so a scalar overlap
+        works on every image; a tile axis of thickness 1 gets no halo either
+        (a 2-D model run plane by plane needs none along z, and z is never
+        regrouped).
     channel_axis : int or tuple of int, optional
         Non-spatial axes, carried whole.
     axes : str, optional
@@ -326,8 +329,10 @@ class TileGrid:
             h = 0 if h is None else h
             if h < 0:
                 raise ValueError(f"overlap={halo!r}: axis {ax} is negative; use 0 or more")
-            if t == 1:
-                h = 0  # plane-by-plane tiling: no halo, never regrouped
+            if t == 1 or t >= self.spatial_shape[ax]:
+                # plane-by-plane tiling: no halo, never regrouped; one tile spanning the axis: the
+                # halo would lie outside the image, clipped to nothing
+                h = 0
             elif h >= t:
                 raise ValueError(
                     f"overlap={halo!r}: axis {ax} overlap {h} is not smaller than the tile size {t}; "
@@ -363,6 +368,7 @@ class TileGrid:
         grid.n_tiles = int(np.prod(grid.grid_shape))
         grid.tile_shape = tuple(int(np.max(np.diff(b))) for b in bounds)
         halo = normalize_per_axis(overlap, len(bounds), "overlap", default=0)
+        halo = tuple(0 if len(b) == 2 and h is not None and h > 0 else h for h, b in zip(halo, bounds))  # one chunk
         for ax, (h, b) in enumerate(zip(halo, bounds)):
             if h < 0 or (h and h >= int(np.min(np.diff(b)))):
                 raise ValueError(f"overlap={overlap!r}: axis {ax} needs 0 <= overlap < the smallest tile "

@@ -302,3 +302,38 @@ def test_label_cellpose_through_the_plugin(tmp_path, monkeypatch, capsys):
 def test_method_option_errors(argv, needle, tmp_path, capsys):
     assert main(["label", discs_image(tmp_path), str(tmp_path / "o.zarr"), *argv]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_label_dry_run_prints_the_plan_and_writes_nothing(zarr_input, tmp_path, capsys):
+    out = tmp_path / "labels.zarr"
+    rc = main(["label", zarr_input, str(out), "--method", "threshold", "--threshold", "0.5", "--overlap", "2",
+               "--dry-run", "--max-workers", "3", "--skip-empty"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".patchworks-")]
+    # no --tile: the input's zarr chunks (4, 16, 16) over (12, 40, 36) -> 3 x 3 x 3 tiles
+    assert "tiles:        27 = 3 x 3 x 3" in text
+    assert "tile shape:   (4, 16, 16)" in text
+    assert "window shape: (8, 20, 20)" in text
+    assert "workers:      3 local thread(s)" in text
+    assert "empty tiles:" in text
+
+
+def test_label_max_workers_stage_dir_keep_stage(zarr_input, tmp_path, capsys):
+    out, stage = tmp_path / "labels.zarr", tmp_path / "stage"
+    rc = main(["label", zarr_input, str(out), "--method", "threshold", "--threshold", "0.5", "--tile", "auto",
+               "--max-workers", "1", "--stage-dir", str(stage), "--keep-stage", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert_labels_equivalent(read(out), scipy_labels(IMG, 0.5))
+    kept = [p for p in stage.iterdir() if p.name.startswith(".patchworks-")]
+    assert len(kept) == 1 and list((kept[0] / "tiles").glob("tile-*.bin"))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--max-workers", "0"], "argument --max-workers: '0': give a positive int"),
+    (["--tile", "big"], "argument --tile: 'big': give one int or a comma list of ints"),
+])
+def test_label_new_option_errors(argv, needle, zarr_input, tmp_path, capsys):
+    rc = main(["label", zarr_input, str(tmp_path / "o.zarr"), "--threshold", "0.5", *argv])
+    assert rc == 2
+    assert needle in capsys.readouterr().err

@@ -130,9 +130,10 @@ def test_auto_tile_shape_follows_the_smallest_worker(tmp_path):
     with dask.config.set(relaxed), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                                  memory_limit="256MiB", dashboard_address=None) as cluster, \
             Client(cluster) as c:
-        out = tile_process(str(src), threshold(127), client=c)   # tile_shape="auto" is the default
+        out = tile_process(str(src), threshold(127), tile_shape="auto", client=c)
         labels = out.compute(scheduler="threads")
     assert out.chunks[0][0] < 8192, "256 MiB workers get tiles smaller than the image"
+    assert out.chunks[0][0] % 1024 == 0, "auto tiles are whole input chunks"
     from scipy import ndimage
     assert_labels_equivalent(labels, ndimage.label(image > 127)[0])
 

@@ -95,3 +95,27 @@ def test_normaliser_spellings_agree():
 def test_geometry_errors_name_parameter_value_and_fix(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         TileGrid((10, 10), **kwargs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(1, 40), tile=st.integers(1, 50), halo=st.integers(0, 60))
+def test_scalar_overlap_is_clipped_where_one_tile_covers_the_axis(size, tile, halo):
+    # a halo beyond the image edge is clipped to nothing; only an axis with neighbours refuses it
+    has_neighbours = min(tile, size) < size
+    if has_neighbours and tile > 1 and halo >= tile:
+        with pytest.raises(ValueError, match=rf"overlap {halo} is not smaller than the tile size {tile}"):
+            TileGrid((size, 3), (tile, 3), overlap=halo)
+        return
+    grid = TileGrid((size, 3), (tile, 3), overlap=halo)
+    assert grid.overlap == ((halo if has_neighbours and tile > 1 else 0), 0)
+    for t in grid:  # windows: core + halo clipped to the image, exactly as if no clipping happened
+        lo, hi = t.spatial_core[0].start, t.spatial_core[0].stop
+        h = 0 if tile == 1 else halo
+        assert t.spatial_window[0] == slice(max(lo - h, 0), min(hi + h, size))
+
+
+def test_single_chunk_axis_of_from_chunks_takes_any_halo():
+    grid = TileGrid.from_chunks((4, 20), ((4,), (10, 10)), overlap=6)
+    assert grid.overlap == (0, 6)
+    with pytest.raises(ValueError, match=r"axis 1 needs 0 <= overlap < the smallest tile \(10\)"):
+        TileGrid.from_chunks((4, 20), ((4,), (10, 10)), overlap=10)

@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from patchworks.run._resources import (ResourceBudget, auto_overlap, auto_tile_shape, available_cores,
+from patchworks.run._resources import (ResourceBudget, auto_overlap, auto_overlap_physical, auto_tile_shape, available_cores,
                                    available_memory, gpu_free_memory, resource_budget, visible_gpus)
 
 GiB = 2**30
@@ -430,13 +430,34 @@ def test_auto_tile_errors(kwargs, match):
 
 # ---------------------------------------------------------------- auto_overlap
 
-def test_auto_overlap():
+def test_auto_overlap_has_upstreams_meaning():
+    # upstream patchworks: diameter in lateral pixels, times safety; z scaled by the anisotropy
     assert auto_overlap(30) == 30
+    assert auto_overlap(30, 1.5) == 45
+    assert auto_overlap(30, safety=2.0) == 60
+    assert auto_overlap(30, voxel_size=(2.0, 0.1, 0.1)) == (2, 30, 30)   # 1.5 planes round up
+    assert auto_overlap(17.2) == 18
     assert auto_overlap(0.2) == 1
-    assert auto_overlap(12.0, voxel_size=0.5) == 24
-    assert auto_overlap(10.0, voxel_size=(2.0, 0.5, 0.5)) == (5, 20, 20)
-    assert auto_overlap(10.0, voxel_size=(3.0, 0.1)) == (4, 100)
-    assert auto_overlap(1.0, voxel_size=[0.3, 0.3]) == (4, 4)  # 3.33 rounds up
+    assert auto_overlap(20, voxel_size=(1.0, 1.0)) == (20, 20)
+    assert auto_overlap(20, voxel_size=0.3) == 20          # isotropic: pixels stay pixels
+    assert auto_overlap(10, 1.5, (0.5, 0.25, 0.25)) == (8, 15, 15)    # 7.5 rounds up
+    # against a direct computation of the rule, for many anisotropies
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        d, k = rng.uniform(1, 60), rng.uniform(0.5, 3)
+        vs = tuple(float(v) for v in rng.uniform(0.05, 5, size=3))
+        want = tuple(max(1, int(np.ceil(d * k * vs[-1] / v - 1e-9))) for v in vs)
+        assert auto_overlap(d, k, voxel_size=vs) == want
+
+
+def test_auto_overlap_physical_keeps_the_physical_units_form():
+    assert auto_overlap_physical(12.0, 0.5) == 24
+    assert auto_overlap_physical(10.0, (2.0, 0.5, 0.5)) == (5, 20, 20)
+    assert auto_overlap_physical(10.0, voxel_size=(3.0, 0.1)) == (4, 100)
+    assert auto_overlap_physical(1.0, [0.3, 0.3]) == (4, 4)  # 3.33 rounds up
+    assert auto_overlap_physical(10.0, (2.0, 0.5, 0.5), safety=1.5) == (8, 30, 30)
+    with pytest.raises(ValueError, match="voxel_size=None: auto_overlap_physical needs the voxel size"):
+        auto_overlap_physical(10.0, None)
 
 
 @pytest.mark.parametrize("diameter, voxel_size, match", [
@@ -451,3 +472,28 @@ def test_auto_overlap():
 def test_auto_overlap_errors(diameter, voxel_size, match):
     with pytest.raises(ValueError, match=match):
         auto_overlap(diameter, voxel_size=voxel_size)
+    if voxel_size is not None:
+        with pytest.raises(ValueError, match=match):
+            auto_overlap_physical(diameter, voxel_size)
+
+
+def test_auto_overlap_safety_errors():
+    with pytest.raises(ValueError, match=r"safety=0: give a positive multiplier"):
+        auto_overlap(30, 0)
+    with pytest.raises(ValueError, match=r"safety=True"):
+        auto_overlap(30, True)
+
+
+def test_auto_tile_shape_takes_whole_input_chunks(caplog):
+    free = auto_tile_shape((1000, 1000), "float32", budget=8 * MiB, overlap=8)
+    assert free == (334, 334)
+    assert auto_tile_shape((1000, 1000), "float32", budget=8 * MiB, overlap=8, chunks=(100, 64)) == (300, 320)
+    assert auto_tile_shape((1000, 1000), "float32", budget=64 * MiB, chunks=128) == (1000, 1000)  # whole image
+    with caplog.at_level("WARNING", logger="patchworks"):
+        assert auto_tile_shape((1000, 1000), "float32", budget=8 * MiB, overlap=8, chunks=500) == (500, 500)
+    assert "one input chunk (500, 500) per tile is larger than the per-tile budget" in caplog.text
+    # an axis rounded up to one chunk is paid for with whole chunks of the axis that has most
+    assert auto_tile_shape((48, 384, 384), "uint8", budget=4 * MiB) == (48, 48, 48)
+    assert auto_tile_shape((48, 384, 384), "uint8", budget=4 * MiB, chunks=(16, 64, 64)) == (32, 64, 64)
+    with pytest.raises(ValueError, match=r"chunks=\(0, 4\): use positive chunk sizes"):
+        auto_tile_shape((1000, 1000), "float32", budget=8 * MiB, chunks=(0, 4))

@@ -11,7 +11,7 @@ import numpy as np
 from ..grid import TileGrid
 from ..io._sources import LazySource, open_image
 from ..segment._threshold import otsu_threshold, sample_values
-from ..run._execute import graph_tasks, new_token, run_tasks
+from ..run._execute import graph_tasks, new_token, resolve_tile_shape, run_tasks
 
 
 @dataclass
@@ -30,7 +30,7 @@ def _window_max(source, grid: TileGrid, i: int, window=None) -> float:
     return float(data.max()) if data.size else -np.inf
 
 
-def estimate_empty_tiles(image, tile_shape, threshold=None, *, overlap=0, component=None, level=0, channel=None,
+def estimate_empty_tiles(image, tile_shape=None, threshold=None, *, overlap=0, component=None, level=0, channel=None,
                          channel_axis=None, axes=None, client=None, progress=None) -> dict:
     """How many tiles of ``image`` hold something above ``threshold``.
 
@@ -44,7 +44,8 @@ def estimate_empty_tiles(image, tile_shape, threshold=None, *, overlap=0, compon
     image : array-like or path
         Anything :func:`patchworks.open_image` reads.
     tile_shape, overlap, channel_axis, axes :
-        The geometry ``tile_process`` will use.
+        The geometry ``tile_process`` will use (``tile_shape=None``: the
+        input's chunks, else ``"auto"``, as there).
     threshold : float, optional
         Background level; default Otsu's threshold of a sample of the image
         (never a silent 0).
@@ -65,6 +66,7 @@ def estimate_empty_tiles(image, tile_shape, threshold=None, *, overlap=0, compon
     source = open_image(image, component=component, level=level, channel=channel)
     if axes is None and isinstance(source, LazySource):
         axes = source.axes
+    tile_shape = resolve_tile_shape(tile_shape, source, overlap, client, channel_axis=channel_axis, axes=axes)
     grid = TileGrid(source.shape, tile_shape, overlap, channel_axis=channel_axis, axes=axes)
     if threshold is None:
         threshold = otsu_threshold(sample_values(source))

@@ -7,6 +7,8 @@ rewrite every tile in one more task per tile into a new zarr array.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 from dataclasses import dataclass
 
@@ -15,7 +17,10 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from ..run._cluster import check_client
+from ..run._cluster import check_client, gpu_devices, make_local_cluster
+from ..run._options import max_workers_option, refuse_unknown, stage_dir_option, workers_text
+from ..run._plan import RunPlan
+from ..run._resources import gpu_free_memory
 from ._count import count_labels
 from ..grid import TileGrid
 from ..io._sources import LazySource, open_image
@@ -23,8 +28,9 @@ from ._merge import (iou_pairs_for_tile, plan_relabel, plane_axes, plane_pairs_f
                      touch_pairs_for_seam)
 from ..segment._threshold import Threshold, otsu_threshold, sample_values
 from ..segment._instances import LogBlobs, Watershed
-from ..run._execute import active_client, graph_tasks, new_token, resolve_tile_shape, run_tasks, shared, tile_windows
-from ..run._rundir import RunDir, describe_source, fn_token, source_token
+from ..run._execute import (active_client, graph_tasks, input_chunks, new_token, resolve_tile_shape, run_tasks,
+                             shared, tile_windows)
+from ..run._rundir import RunDir, describe_fn, describe_source, fn_token, source_token
 from ._tile_task import StageJob, stage_tile
 from ._stage_store import STAGING_FORMAT, TileStaging
 
@@ -233,11 +239,12 @@ def _result(output, run: RunDir, compute: bool, return_count: bool, n_objects):
     return (result, n_objects) if return_count else result
 
 
-def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, stitch="touch", iou_threshold=0.5,
+def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitch="touch", iou_threshold=0.5,
                  write_to=None, sequential_labels=False, compute=False, progress=None, client=None, overwrite=False,
                  resume=True, skip_empty=False, empty_threshold=None, use_gpu=False,
                  component=None, level=0, channel=None, channel_axis=None, axes=None,
-                 output_component=None, zarr_format=3, scratch_dir=None, return_count=False):
+                 output_component=None, zarr_format=3, scratch_dir=None, return_count=False, max_workers=None,
+                 stage_dir=None, keep_stage=False, dry_run=False, gpus=None, **unknown):
     """Run ``fn`` on every tile of ``image`` and merge the labels into one consistent array.
 
     ``fn`` receives each tile with its halo (``overlap`` voxels per side, as
@@ -257,12 +264,17 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, sti
         HDF5 or ``.npy``; see :func:`patchworks.open_image`. Never written to.
     fn : callable
         ``fn(window) -> labels`` with labels of the window's spatial shape.
-    tile_shape : "auto", int, tuple or dict, default "auto"
-        Core size per spatial axis. ``"auto"``: the largest tile whose
-        working set fits one worker's memory — the memory available to this
-        process (psutil, cgroup and SLURM limits, shared by its cores), the
+    tile_shape : None, "auto", int, tuple or dict, default None
+        Core size per spatial axis. ``None`` (as upstream patchworks): the
+        input's own chunks — dask chunks, or the chunks of a zarr / OME-Zarr
+        array — and ``"auto"`` for inputs without chunks (numpy, TIFF, HDF5,
+        ``.npy``). ``"auto"``: the largest tile whose working set fits one
+        worker's memory — the memory available to this process (psutil,
+        cgroup and SLURM limits, shared by its cores or ``max_workers``), the
         smallest worker of a cluster, or a GPU's free memory with
-        ``use_gpu=True``; see :func:`patchworks.auto_tile_shape`.
+        ``use_gpu=True``; on a chunked input a multiple of its chunks, so no
+        tile reads a chunk it only partly needs; see
+        :func:`patchworks.auto_tile_shape`.
     overlap : int, tuple or dict, default 0
         Halo per side per spatial axis given to ``fn`` for context (e.g. the
         per-axis tuple :func:`patchworks.auto_overlap` returns).
@@ -334,12 +346,36 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, sti
         a failure so that the run can resume.
     return_count : bool, default False
         Also return the number of objects.
+    max_workers : int, optional
+        Tiles processed at once on local threads (upstream's name); default
+        one per available core. Also divides the memory ``tile_shape="auto"``
+        sizes tiles by. A distributed client runs as many tiles as its
+        workers have threads: there it is not used (a warning says so).
+    stage_dir : path, optional
+        Upstream's name for ``scratch_dir``.
+    keep_stage : bool, default False
+        Keep the run's scratch (the staged per-tile local labels and seam
+        planes, one lz4 file per tile, and ``run.json``) after the run
+        completes, for inspection; its path is logged.
+    dry_run : bool, default False
+        Print and return the plan (a :class:`patchworks.RunPlan`: grid,
+        tile and window shapes, number of tiles, memory per task, workers,
+        and with ``skip_empty`` the tiles it would skip) without calling
+        ``fn`` and without writing anything.
+    gpus : int or sequence, optional
+        Run on one worker process per listed GPU (e.g. ``gpus=[0, 1]``, or
+        ``gpus=2`` for the first two visible), each seeing only its device,
+        on a cluster started for this call with
+        :func:`patchworks.make_local_cluster` and closed after it. Tiles of
+        ``tile_shape="auto"`` are sized by the smallest free memory of those
+        GPUs (needs ``patchworks[gpu]``). Not with ``client=``.
 
     Returns
     -------
-    dask.array.Array or numpy.ndarray
+    dask.array.Array or numpy.ndarray or RunPlan
         uint32 labels (uint64 when the count needs it), lazily backed by the
-        written store, or numpy with ``compute=True``.
+        written store, or numpy with ``compute=True``; the plan with
+        ``dry_run=True``.
 
     Examples
     --------
@@ -349,16 +385,31 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, sti
     >>> tile_process(img, threshold(0.5), tile_shape=2, compute=True).max()
     np.uint32(1)
     """
+    refuse_unknown("tile_process", unknown, inspect.signature(tile_process).parameters)
     if not callable(fn):
         raise TypeError(f"fn={fn!r} is not callable; pass a function tile -> labels, e.g. patchworks.threshold(0.5)")
+    scratch_dir = stage_dir_option(scratch_dir, stage_dir)
     source = open_image(image, component=component, level=level, channel=channel)
     if axes is None and isinstance(source, LazySource):
         axes = source.axes
-    cluster = active_client(client)
+    devices = None
+    if gpus is not None:
+        if client is not None:
+            raise ValueError(f"gpus={gpus!r} starts a cluster of one worker per GPU for this call, but client="
+                             f"{client!r} was given too; size your own cluster with make_local_cluster(gpus=...) "
+                             "and pass it as client=, or drop client=")
+        devices = gpu_devices(gpus)
+    cluster = active_client(client) if devices is None else None
     if cluster is not None:
         check_client(cluster)
-    tile_shape = resolve_tile_shape(tile_shape, source, overlap, client, use_gpu=use_gpu,
-                                    channel_axis=channel_axis, axes=axes)
+    n_workers = max_workers_option(max_workers, cluster if devices is None else "gpus")
+    budget = None
+    spatial = TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes).spatial_axes
+    if devices is not None and (tile_shape == "auto" or (tile_shape is None and input_chunks(source, spatial) is None)):
+        budget = min(gpu_free_memory(d) for d in devices)   # one tile at a time per GPU
+    tile_shape = resolve_tile_shape(tile_shape, source, overlap, client if devices is None else False,
+                                    use_gpu=use_gpu and budget is None, channel_axis=channel_axis, axes=axes,
+                                    n_workers=n_workers, budget=budget)
     grid = TileGrid(source.shape, tile_shape, overlap, channel_axis=channel_axis, axes=axes)
     connectivity = _check_connectivity(connectivity, len(grid.spatial_axes))
     _check_stitch(stitch, iou_threshold, grid)
@@ -373,30 +424,66 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, sti
         logger.info("patchworks: skip_empty threshold (Otsu of a sample) = %g", empty_threshold)
     elif not skip_empty:
         empty_threshold = None
-    describe = {"image": describe_source(image, source), "tile_shape": grid.tile_shape, "overlap": grid.overlap,
-                "fn": getattr(fn, "__qualname__", type(fn).__qualname__), "connectivity": connectivity,
-                "stitch": stitch, "iou_threshold": iou_threshold if stitch == "iou" else None,
-                "sequential_labels": bool(sequential_labels), "empty_threshold": empty_threshold}
+    if dry_run:
+        return _dry_run(grid, source, client, cluster, n_workers, devices, empty_threshold, write_to,
+                        channel_axis=channel_axis, axes=axes)
     # only a named output can be resumed; skip hashing (a full pass over a numpy input) otherwise
+    image_token = "" if write_to is None else source_token(source)
+    describe = {"image": describe_source(image, source), "image content": image_token[:12],
+                "tile_shape": grid.tile_shape, "overlap": grid.overlap,
+                "fn": None if write_to is None else describe_fn(fn), "connectivity": connectivity,
+                "stitch": stitch, "iou_threshold": iou_threshold if stitch == "iou" else None,
+                "sequential_labels": bool(sequential_labels), "empty_threshold": empty_threshold,
+                "zarr_format": zarr_format}
     fingerprint = "" if write_to is None else tokenize(
-        "tile_process", STAGING_FORMAT, source_token(source), grid.shape, grid.spatial_axes, grid.tile_shape, grid.overlap,
+        "tile_process", STAGING_FORMAT, image_token, grid.shape, grid.spatial_axes, grid.tile_shape, grid.overlap,
         fn_token(fn), connectivity, bool(sequential_labels), empty_threshold, zarr_format,
         *(("iou", float(iou_threshold)) if stitch == "iou" else ()))
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
-                 resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(image,))
+                 resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(image,),
+                 keep_stage=keep_stage)
 
-    source, windows = tile_windows(source, grid, client)
-    return _label_pipeline(grid=grid, job_fn=fn, source=source, windows=windows, run=run,
-                           connectivity=connectivity, sequential=sequential_labels, label_counts=None,
-                           client=client, progress=progress, compute=compute, return_count=return_count,
-                           empty_threshold=empty_threshold, stitch=stitch, iou_threshold=iou_threshold)
+    with contextlib.ExitStack() as stack:
+        if devices is not None:
+            if run.finished:  # nothing to run: no cluster to start
+                devices = None
+            else:
+                gpu_client, gpu_cluster = make_local_cluster(gpus=devices, dashboard_address=":0",
+                                                             silence_logs=logging.WARNING)
+                stack.callback(gpu_cluster.close)
+                stack.callback(gpu_client.close)
+                client = gpu_client
+        if n_workers is not None:
+            stack.enter_context(dask.config.set(num_workers=n_workers))
+        source, windows = tile_windows(source, grid, client)
+        return _label_pipeline(grid=grid, job_fn=fn, source=source, windows=windows, run=run,
+                               connectivity=connectivity, sequential=sequential_labels, label_counts=None,
+                               client=client, progress=progress, compute=compute, return_count=return_count,
+                               empty_threshold=empty_threshold, stitch=stitch, iou_threshold=iou_threshold)
+
+
+def _dry_run(grid, source, client, cluster, n_workers, devices, empty_threshold, write_to, *, channel_axis=None,
+             axes=None, dtype=None) -> RunPlan:
+    n_empty = None
+    if empty_threshold is not None:  # reads every window's maximum; fn is never called
+        from ._empty import estimate_empty_tiles
+        info = estimate_empty_tiles(source, grid.tile_shape, empty_threshold, overlap=grid.overlap,
+                                    channel_axis=channel_axis, axes=axes, client=False if cluster is None else client,
+                                    progress=False)
+        n_empty = info["n_tiles"] - info["n_occupied"]
+    plan = RunPlan.of(grid, source.dtype if dtype is None else dtype,
+                      workers=workers_text(cluster, n_workers, devices), n_empty=n_empty,
+                      empty_threshold=empty_threshold, write_to=write_to)
+    print(plan)
+    return plan
 
 
 def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_component=None, overlap=0,
                       connectivity=1, stitch="touch", iou_threshold=0.5, sequential_labels=False,
                       label_counts=None, return_count=False,
                       progress=False, client=None, overwrite=False, resume=True, compute=False,
-                      zarr_format=3, scratch_dir=None):
+                      zarr_format=3, scratch_dir=None, max_workers=None, stage_dir=None, keep_stage=False,
+                      dry_run=False, **unknown):
     """Merge per-tile labels that someone else computed into globally consistent labels.
 
     Each block of ``labeled`` (dask chunks, or the chunks of a zarr array)
@@ -433,6 +520,8 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         Also return the number of objects.
     progress, client, overwrite, resume, compute, zarr_format, scratch_dir :
         As for :func:`tile_process`.
+    max_workers, stage_dir, keep_stage, dry_run :
+        As for :func:`tile_process` (the plan's window is a block's).
 
     Examples
     --------
@@ -442,9 +531,15 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
     >>> merge_tile_labels(tiles, compute=True, return_count=True)[1]
     1
     """
+    if "gpus" in unknown:
+        raise TypeError("merge_tile_labels() runs no model, so gpus= has no meaning here; the merge runs on "
+                        "local threads (max_workers=) or on the client= you pass")
+    refuse_unknown("merge_tile_labels", unknown, inspect.signature(merge_tile_labels).parameters)
+    scratch_dir = stage_dir_option(scratch_dir, stage_dir)
     cluster = active_client(client)
     if cluster is not None:
         check_client(cluster)
+    n_workers = max_workers_option(max_workers, cluster)
     if isinstance(labeled, np.ndarray):
         raise TypeError("labeled is a numpy array, which has no tiles; wrap it as "
                         "dask.array.from_array(labels, chunks=tile_shape) or pass a zarr array")
@@ -472,20 +567,30 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         if label_counts is None:
             raise ValueError(f"label_counts must hold one count per tile ({grid.n_tiles} for the grid "
                              f"{grid.grid_shape})")
+    if dry_run:
+        return _dry_run(grid, source if source is not None else blocks, client, cluster, n_workers, None, None,
+                        write_to)
+    labeled_token = "" if write_to is None else source_token(source if source is not None else blocks)
     describe = {"labeled": describe_source(labeled, source if source is not None else blocks),
+                "labeled content": labeled_token[:12],
                 "tiles": grid.grid_shape, "overlap": grid.overlap, "connectivity": connectivity,
-                "stitch": stitch, "sequential_labels": bool(sequential_labels)}
+                "stitch": stitch, "iou_threshold": iou_threshold if stitch == "iou" else None,
+                "sequential_labels": bool(sequential_labels),
+                "label_counts": None if label_counts is None else tokenize(label_counts.tolist())[:12],
+                "zarr_format": zarr_format}
     fingerprint = "" if write_to is None else tokenize(
-        "merge_tile_labels", STAGING_FORMAT, source_token(source if source is not None else blocks),
+        "merge_tile_labels", STAGING_FORMAT, labeled_token,
         [b.tolist() for b in grid.boundaries], grid.overlap, connectivity, bool(sequential_labels),
         None if label_counts is None else label_counts.tolist(), zarr_format,
         *(("iou", float(iou_threshold)) if stitch == "iou" else ()))
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
-                 resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(labeled,))
-    return _label_pipeline(grid=grid, job_fn=None, source=source, windows=windows, run=run,
-                           connectivity=connectivity, sequential=sequential_labels, label_counts=label_counts,
-                           client=client, progress=progress, compute=compute, return_count=return_count,
-                           stitch=stitch, iou_threshold=iou_threshold)
+                 resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(labeled,),
+                 keep_stage=keep_stage)
+    with dask.config.set(num_workers=n_workers) if n_workers else contextlib.nullcontext():
+        return _label_pipeline(grid=grid, job_fn=None, source=source, windows=windows, run=run,
+                               connectivity=connectivity, sequential=sequential_labels, label_counts=label_counts,
+                               client=client, progress=progress, compute=compute, return_count=return_count,
+                               stitch=stitch, iou_threshold=iou_threshold)
 
 
 def _core_halo(overlap, ndim):

@@ -42,7 +42,51 @@ def _gpu_worker_specs(devices, *, memory_limit, host="127.0.0.1") -> dict:
     }
 
 
-def make_local_cluster(*, use_gpu=False, n_workers=None, threads_per_worker=1, memory_limit=None, **kwargs):
+def gpu_devices(gpus, *, env=None) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` entries that ``gpus=`` names: one worker per entry.
+
+    ``gpus`` is an int (the first N visible GPUs) or a sequence of device
+    indices / ``GPU-`` / ``MIG-`` UUIDs as ``nvidia-smi -L`` lists them.
+    When ``CUDA_VISIBLE_DEVICES`` is set, only its entries may be listed (a
+    SLURM job must not use a GPU it was not given).
+
+    Examples
+    --------
+    >>> gpu_devices([0, 1], env={"CUDA_VISIBLE_DEVICES": "0,1,2"})
+    ['0', '1']
+    >>> gpu_devices(2, env={"CUDA_VISIBLE_DEVICES": "3,1,2"})
+    ['3', '1']
+    """
+    env = os.environ if env is None else env
+    if isinstance(gpus, bool) or gpus is None:
+        raise TypeError(f"gpus={gpus!r}: give the number of GPUs or a list of devices, e.g. gpus=[0, 1]")
+    try:
+        visible = visible_gpus(env=env)
+    except (ImportError, RuntimeError):  # no NVML to ask: take the listed devices as they are
+        visible = None
+    if isinstance(gpus, int):
+        if gpus < 1:
+            raise ValueError(f"gpus={gpus}: give a positive number of GPUs, or a list of devices")
+        if visible is None:
+            return [str(i) for i in range(gpus)]
+        if gpus > len(visible):
+            raise ValueError(f"gpus={gpus}: only {len(visible)} GPU(s) are visible ({visible}); use gpus<={len(visible)}")
+        return visible[:gpus]
+    if isinstance(gpus, str):
+        gpus = [g for g in gpus.split(",") if g.strip()]
+    devices = [str(g).strip() for g in gpus]
+    if not devices or len(set(devices)) != len(devices):
+        raise ValueError(f"gpus={gpus!r}: list distinct devices, e.g. gpus=[0, 1]")
+    if visible is not None and "CUDA_VISIBLE_DEVICES" in env:
+        hidden = [d for d in devices if d not in visible]
+        if hidden:
+            raise ValueError(f"gpus={gpus!r}: {hidden} not visible to this process (CUDA_VISIBLE_DEVICES="
+                             f"{env['CUDA_VISIBLE_DEVICES']!r}); list entries of it, e.g. gpus={visible[:len(devices)]}")
+    return devices
+
+
+def make_local_cluster(*, use_gpu=False, n_workers=None, threads_per_worker=1, memory_limit=None, gpus=None,
+                       **kwargs):
     """Start a cluster of worker processes on this machine sized to this process's budget.
 
     CPU: ``n_workers = available cores // threads_per_worker`` single-tile
@@ -66,6 +110,10 @@ def make_local_cluster(*, use_gpu=False, n_workers=None, threads_per_worker=1, m
         Tiles each worker runs at once (CPU only; GPU workers run one).
     memory_limit : int or str, optional
         Per-worker memory limit; default the process's memory / n_workers.
+    gpus : int or sequence, optional
+        One worker per listed GPU (implies ``use_gpu``): an int for the
+        first N visible GPUs, or device indices / UUIDs, e.g. ``[0, 2]``;
+        see :func:`gpu_devices`.
     **kwargs
         Passed on to ``LocalCluster`` / ``LocalCUDACluster`` (e.g.
         ``dashboard_address``, ``processes``); for the GPU fallback, only
@@ -97,8 +145,14 @@ def make_local_cluster(*, use_gpu=False, n_workers=None, threads_per_worker=1, m
     if n_workers is not None:
         _positive_int(n_workers, "n_workers", "use a positive int, or None for one per core (per GPU)")
     budget = resource_budget()
-    if use_gpu:
+    if gpus is not None:
+        if n_workers is not None:
+            raise ValueError(f"n_workers={n_workers} and gpus={gpus!r} were both given; gpus= starts one worker "
+                             "per listed GPU, so give only gpus=")
+        use_gpu, devices = True, gpu_devices(gpus)
+    elif use_gpu:
         devices = visible_gpus()
+    if use_gpu:
         if not devices:
             raise RuntimeError(
                 "make_local_cluster(use_gpu=True): no GPU is visible to this process "
@@ -387,4 +441,4 @@ def check_client(client, *, shared_paths=()) -> None:
                 "with the workers")
 
 
-__all__ = ["check_client", "make_local_cluster", "slurm_cluster"]
+__all__ = ["check_client", "gpu_devices", "make_local_cluster", "slurm_cluster"]

@@ -65,30 +65,59 @@ def tile_windows(source, grid, client):
     return source, None
 
 
-def resolve_tile_shape(tile_shape, source, overlap, client, *, use_gpu=False, channel_axis=None, axes=None,
-                       n_channels=None):
-    """``tile_shape`` as given, or for ``None`` / ``"auto"`` the largest tile one worker can hold.
+def input_chunks(source, spatial_axes) -> tuple[int, ...] | None:
+    """The chunk shape of a chunked input on its spatial axes: dask chunks or zarr / OME-Zarr chunks.
 
-    The budget is this process's (psutil, cgroup, SLURM, shared by its
-    cores), the smallest worker's of the cluster the run will use, or the
-    free memory of the visible GPU with ``use_gpu``.
+    None for inputs without a chunk grid of their own (numpy, ``.npy``) and
+    for TIFF and HDF5, whose strips and library-chosen chunks say nothing
+    about a sensible tile.
+    """
+    import dask.array as da
+
+    from ..io._sources import LazySource
+
+    if isinstance(source, da.Array):
+        chunks = source.chunksize
+    elif isinstance(source, LazySource) and source.kind in ("zarr", "zarr-array") and source.chunks:
+        chunks = source.chunks
+    else:
+        return None
+    return tuple(int(chunks[a]) for a in spatial_axes)
+
+
+def resolve_tile_shape(tile_shape, source, overlap, client, *, use_gpu=False, channel_axis=None, axes=None,
+                       n_channels=None, n_workers=None, budget=None):
+    """``tile_shape`` as given; ``None``: the input's own chunks; ``"auto"``: the largest tile one worker can hold.
+
+    ``None`` on an input without chunks (numpy, TIFF, HDF5, ``.npy``) means
+    ``"auto"``. The ``"auto"`` budget is this process's (psutil, cgroup,
+    SLURM, shared by ``n_workers`` or its cores), the smallest worker's of
+    the cluster the run will use, the free memory of the visible GPU with
+    ``use_gpu``, or ``budget`` (bytes per tile) when given; on a chunked
+    input the tile is a multiple of the chunks, so that no tile reads a chunk
+    it only partly needs.
     """
     if tile_shape is not None and not (isinstance(tile_shape, str) and tile_shape == "auto"):
         if isinstance(tile_shape, str):
-            raise ValueError(f"tile_shape={tile_shape!r}: use 'auto', an int, a tuple or a dict {{axis: int}}")
+            raise ValueError(f"tile_shape={tile_shape!r}: use None (the input's chunks), 'auto', an int, a tuple "
+                             f"or a dict {{axis: int}}")
         return tile_shape
     from ..grid import TileGrid
     from ._resources import auto_tile_shape
 
-    budget = None
+    spatial = TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes).spatial_axes
+    chunks = input_chunks(source, spatial)
+    if tile_shape is None and chunks is not None:
+        logger.info("patchworks: tile_shape=None -> the input's chunks %s", chunks)
+        return chunks
     cluster = active_client(client)
-    if cluster is not None and not use_gpu:
+    if budget is None and cluster is not None and not use_gpu:
         per_thread = [w["memory_limit"] / max(w.get("nthreads", 1), 1)
                       for w in cluster.scheduler_info()["workers"].values() if w.get("memory_limit")]
         budget = int(min(per_thread)) if per_thread else None
-    spatial = TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes).spatial_axes
     shape = auto_tile_shape(source.shape, source.dtype, overlap=overlap, spatial_axes=spatial, use_gpu=use_gpu,
-                            budget=budget, n_channels=n_channels)
+                            budget=budget, n_channels=n_channels, n_workers=n_workers if budget is None else None,
+                            chunks=chunks)
     logger.info("patchworks: tile_shape='auto' -> %s", shape)
     return shape
 

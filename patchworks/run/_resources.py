@@ -447,8 +447,22 @@ def _positive_number(value, name: str, fix: str) -> float:
     return float(value)
 
 
-def auto_overlap(diameter, voxel_size=None):
-    """An overlap of about one object diameter, in voxels.
+def _voxel_sizes(voxel_size) -> list[float]:
+    if np.ndim(voxel_size) == 0:
+        return [_positive_number(voxel_size, "voxel_size", "use a positive number or one per spatial axis")]
+    sizes = [_positive_number(v, "voxel_size", "use positive numbers, one per spatial axis") for v in voxel_size]
+    if not sizes:
+        raise ValueError(f"voxel_size={voxel_size!r}: give one positive size per spatial axis")
+    return sizes
+
+
+def _halo(value: float) -> int:
+    # a halo too thin lets objects escape both tiles; round up, forgiving float noise (30 * 0.1 / 2)
+    return max(1, math.ceil(value - 1e-9))
+
+
+def auto_overlap(diameter, safety=1.0, voxel_size=None):
+    """An overlap of about one object diameter, in voxels (upstream patchworks' rule).
 
     Objects up to ``diameter`` across that a seam cuts are then seen whole by
     one of the two tiles, which is what ``stitch="iou"`` needs.
@@ -456,36 +470,77 @@ def auto_overlap(diameter, voxel_size=None):
     Parameters
     ----------
     diameter : float
-        Typical object diameter: in voxels, or in physical units when
-        ``voxel_size`` is given.
-    voxel_size : float or sequence of float, optional
-        Physical size of a voxel, one per spatial axis for anisotropic data.
+        Typical object diameter in **lateral pixels** (along the last axis,
+        x), as Cellpose's ``diameter`` is given.
+    safety : float, default 1.0
+        Multiplier on the diameter: 1.5-2 for elongated or irregular cells.
+    voxel_size : sequence of float, optional
+        Physical voxel size per spatial axis (any unit), e.g. ``(2.0, 0.1,
+        0.1)`` for z sampled 20x coarser than x. Only the ratios matter: the
+        halo on axis ``i`` is ``diameter * safety * voxel_size[-1] /
+        voxel_size[i]`` pixels, so a z halo shrinks with the anisotropy. For a
+        diameter in physical units use :func:`auto_overlap_physical`.
 
     Returns
     -------
     int or tuple of int
-        ``ceil(diameter / voxel_size)`` (at least 1): an int, or one per axis
-        when ``voxel_size`` is a sequence — ``tile_process`` accepts both.
+        ``ceil(diameter * safety)`` (at least 1), or one halo per axis when
+        ``voxel_size`` is a sequence — ``tile_process`` accepts both.
 
     Examples
     --------
-    >>> auto_overlap(17.2)
-    18
-    >>> auto_overlap(10.0, voxel_size=(2.0, 0.5, 0.5))  # z sampled 4x coarser
+    >>> auto_overlap(30)
+    30
+    >>> auto_overlap(30, 1.5)
+    45
+    >>> auto_overlap(30, voxel_size=(2.0, 0.1, 0.1))  # z sampled 20x coarser than x
+    (2, 30, 30)
+    """
+    d = _positive_number(diameter, "diameter", "give the typical object diameter in pixels as a positive number")
+    k = _positive_number(safety, "safety", "give a positive multiplier of the diameter, e.g. 1.0 or 1.5")
+    if voxel_size is None or np.ndim(voxel_size) == 0:
+        if voxel_size is not None:
+            _voxel_sizes(voxel_size)  # validated; one isotropic size changes nothing in pixels
+        return _halo(d * k)
+    sizes = _voxel_sizes(voxel_size)
+    lateral = sizes[-1]
+    return tuple(_halo(d * k * lateral / v) for v in sizes)
+
+
+def auto_overlap_physical(diameter, voxel_size, *, safety=1.0):
+    """An overlap of about one object diameter given in **physical units**.
+
+    Parameters
+    ----------
+    diameter : float
+        Typical object diameter in the unit of ``voxel_size`` (e.g. µm).
+    voxel_size : float or sequence of float
+        Physical size of a voxel, one per spatial axis for anisotropic data.
+    safety : float, default 1.0
+        Multiplier on the diameter.
+
+    Returns
+    -------
+    int or tuple of int
+        ``ceil(diameter * safety / voxel_size)`` per axis (at least 1): an
+        int for a scalar ``voxel_size``, else one per axis.
+
+    Examples
+    --------
+    >>> auto_overlap_physical(12.0, 0.5)
+    24
+    >>> auto_overlap_physical(10.0, (2.0, 0.5, 0.5))  # 10 µm cells, z sampled 4x coarser
     (5, 20, 20)
     """
-    d = _positive_number(diameter, "diameter", "give the typical object diameter as a positive number")
+    d = _positive_number(diameter, "diameter", "give the typical object diameter in physical units as a "
+                         "positive number (for one in pixels use auto_overlap)")
+    k = _positive_number(safety, "safety", "give a positive multiplier of the diameter, e.g. 1.0 or 1.5")
     if voxel_size is None:
-        return max(1, math.ceil(d))
-    if np.ndim(voxel_size) == 0:
-        vs = _positive_number(voxel_size, "voxel_size", "use a positive number or one per spatial axis")
-        return max(1, math.ceil(d / vs - 1e-9))
-    sizes = [_positive_number(v, "voxel_size", "use positive numbers, one per spatial axis")
-             if not isinstance(v, bool) else _positive_number(v, "voxel_size", "use positive numbers")
-             for v in voxel_size]
-    if not sizes:
-        raise ValueError(f"voxel_size={voxel_size!r}: give one positive size per spatial axis")
-    return tuple(max(1, math.ceil(d / v - 1e-9)) for v in sizes)
+        raise ValueError("voxel_size=None: auto_overlap_physical needs the voxel size (one per spatial axis) to "
+                         "turn a physical diameter into voxels; for a diameter in pixels use auto_overlap")
+    sizes = _voxel_sizes(voxel_size)
+    halos = tuple(_halo(d * k / v) for v in sizes)
+    return halos[0] if np.ndim(voxel_size) == 0 else halos
 
 
 def _per_tile_bytes(budget, use_gpu, n_workers) -> int:
@@ -507,7 +562,7 @@ def _per_tile_bytes(budget, use_gpu, n_workers) -> int:
 
 def auto_tile_shape(shape, dtype, *, memory_factor=_DEFAULT_MEMORY_FACTOR, use_gpu=False, n_channels=None,
                     overlap=0, n_workers=None, budget=None, spatial_axes=None, fixed=None, min_tile=16,
-                    max_tile=None) -> tuple:
+                    max_tile=None, chunks=None) -> tuple:
     """The largest, roughly cubic tile whose working set fits one worker's memory.
 
     A tile's *window* is the tile plus ``overlap`` on each side (clipped to
@@ -551,6 +606,11 @@ def auto_tile_shape(shape, dtype, *, memory_factor=_DEFAULT_MEMORY_FACTOR, use_g
         hold it is an error.
     max_tile : int or tuple, optional
         Largest side per axis, e.g. to keep more tiles than workers.
+    chunks : int or tuple, optional
+        Chunk shape of the input per spatial axis (zarr or dask chunks):
+        each tile side is then a multiple of its chunk (rounded down, at
+        least one chunk), so that no tile reads a chunk it only partly needs.
+        A single chunk larger than the budget is used whole, with a warning.
 
     Returns
     -------
@@ -565,6 +625,8 @@ def auto_tile_shape(shape, dtype, *, memory_factor=_DEFAULT_MEMORY_FACTOR, use_g
     (334, 334)
     >>> auto_tile_shape((50, 4096, 4096), "uint16", budget=2**26, fixed={0: 1})
     (1, 1366, 1366)
+    >>> auto_tile_shape((50, 4096, 4096), "uint16", budget=2**26, fixed={0: 1}, chunks=(1, 512, 512))
+    (1, 1024, 1024)
     """
     shape = tuple(int(s) for s in shape)
     if not shape or any(s < 1 for s in shape):
@@ -632,6 +694,25 @@ def auto_tile_shape(shape, dtype, *, memory_factor=_DEFAULT_MEMORY_FACTOR, use_g
     even = [-(-s // -(-s // t)) for s, t in zip(spatial, tile)]
     tile = tuple(t if fix[i] or even[i] <= ov[i] or even[i] < min(min_tile, spatial[i]) else even[i]
                  for i, t in enumerate(tile))
+    if chunks is not None:
+        chunk = normalize_per_axis(chunks, n, "chunks")
+        if any(c is None or c < 1 for c in chunk):
+            raise ValueError(f"chunks={chunks!r}: use positive chunk sizes, one per spatial axis")
+        # a whole axis reads whole chunks already; otherwise round down to whole chunks (at least one)
+        tile = [t if fix[i] or t >= spatial[i] else min(spatial[i], max(1, t // chunk[i]) * chunk[i])
+                for i, t in enumerate(tile)]
+        # an axis rounded up to one chunk may break the budget: give back whole chunks where most are taken
+        while cost(tile) > per_tile:
+            shrinkable = [i for i in range(n) if not fix[i] and tile[i] > chunk[i]]
+            if not shrinkable:
+                break
+            i = max(shrinkable, key=lambda k: tile[k] / chunk[k])
+            tile[i] = (-(-tile[i] // chunk[i]) - 1) * chunk[i]
+        tile = tuple(tile)
+        if cost(tile) > per_tile:
+            logger.warning("auto tile shape %s: one input chunk %s per tile is larger than the per-tile budget "
+                           "(%.1f MiB needed, %.1f MiB available); pass tile_shape to read chunks partly",
+                           tile, chunk, cost(tile) / 2**20, per_tile / 2**20)
     logger.debug("auto tile shape %s for %s %s (%.1f MiB per tile, factor %s)", tile, shape, dtype,
                  per_tile / 2**20, memory_factor)
     return tile

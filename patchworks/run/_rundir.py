@@ -11,6 +11,8 @@ output is never marked complete when it is not.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -46,6 +48,71 @@ def fn_token(fn) -> str:
             return f"unpicklable-{type(fn).__qualname__}"
 
 
+def _short(value, depth: int = 0) -> str:
+    """A readable, stable stand-in for a captured value: arrays by shape, dtype and content hash."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return f"array(shape={value.shape}, dtype={value.dtype}, hash={tokenize(value)[:8]})"
+    if callable(value) and depth < 2 and (hasattr(value, "__code__") or isinstance(value, functools.partial)):
+        return str(describe_fn(value, depth + 1))
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__qualname__}>"
+    if " at 0x" in text or len(text) > 120:  # addresses change between runs; long reprs say little
+        try:
+            text = f"<{type(value).__qualname__} hash={tokenize(value, ensure_deterministic=True)[:8]}>"
+        except Exception:
+            text = f"<{type(value).__qualname__}>"
+    return text
+
+
+def describe_fn(fn, depth: int = 0) -> dict:
+    """What identifies the tile function, readably: its name, a hash of its code, and the values it captured.
+
+    Captured values are a closure's cells (by variable name), a
+    ``functools.partial``'s arguments and keywords, a dataclass's fields, or
+    the attributes of another callable object. This is what a refused resume
+    quotes to say what changed; :func:`fn_token` is what decides.
+    """
+    out: dict = {}
+    if isinstance(fn, functools.partial):
+        out["partial of"] = _short(fn.func, depth)
+        out.update({f"arg {i}": _short(a, depth) for i, a in enumerate(fn.args)})
+        out.update({f"keyword {k}": _short(v, depth) for k, v in (fn.keywords or {}).items()})
+        return out
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        out["name"] = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', '?')}"
+        out["code"] = tokenize(code.co_code, repr(code.co_consts))[:8]
+        for var, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
+            try:
+                out[f"captured {var}"] = _short(cell.cell_contents, depth)
+            except ValueError:  # an empty cell
+                out[f"captured {var}"] = "<empty>"
+        return out
+    cls = type(fn)
+    out["name"] = f"{cls.__module__}.{cls.__qualname__}"
+    if dataclasses.is_dataclass(fn):
+        fields = {f.name: getattr(fn, f.name, None) for f in dataclasses.fields(fn)}
+    else:
+        fields = {k: v for k, v in getattr(fn, "__dict__", {}).items() if not k.startswith("_")}
+    out.update({f"attribute {k}": _short(v, depth) for k, v in fields.items()})
+    return out
+
+
+def _flat(d, prefix="") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{key}: "))
+        else:
+            out[key] = v
+    return out
+
+
 def source_token(source) -> str:
     if isinstance(source, LazySource):
         return tokenize(source.description, source.shape, str(source.dtype))
@@ -60,6 +127,13 @@ def describe_source(image, source) -> str:
     if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
         return str(image)
     return f"{type(source).__name__} {tuple(source.shape)} {source.dtype}"
+
+
+def _kept(scratch: Path) -> bool:
+    try:
+        return bool(json.loads((scratch / "run.json").read_text()).get("complete"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -88,8 +162,9 @@ class RunDir:
     """
 
     def __init__(self, write_to, component, *, fingerprint: str, describe: dict, overwrite: bool, resume: bool,
-                 zarr_format: int, scratch_dir=None, inputs=()):
+                 zarr_format: int, scratch_dir=None, inputs=(), keep_stage: bool = False):
         self.fingerprint, self.describe = fingerprint, describe
+        self.keep_stage = bool(keep_stage)
         self.component, self.overwrite, self.zarr_format = component, overwrite, zarr_format
         self.temporary = write_to is None
         self.created = self.finished = False
@@ -109,7 +184,8 @@ class RunDir:
         parent.mkdir(parents=True, exist_ok=True)
         stem = f"{_SCRATCH_PREFIX}{self.path.name}{'-' + component.replace('/', '_') if component else ''}-"
         self.scratch = parent / f"{stem}{fingerprint[:16]}"
-        others = [p for p in parent.glob(f"{stem}*") if p.is_dir() and p != self.scratch]
+        # a stage kept after a finished run (keep_stage=True) is no unfinished run to protect
+        others = [p for p in parent.glob(f"{stem}*") if p.is_dir() and p != self.scratch and not _kept(p)]
         if overwrite or not resume:
             for stale in others + [self.scratch]:
                 shutil.rmtree(stale, ignore_errors=True)
@@ -148,10 +224,15 @@ class RunDir:
             before = json.loads((other / "run.json").read_text())
         except (OSError, ValueError):
             before = {}
-        now = json.loads(json.dumps(self.describe, default=str))  # tuples -> lists, as stored
+        now = _flat(json.loads(json.dumps(self.describe, default=str)))  # tuples -> lists, as stored
+        before = _flat(before)
         changed = [f"{k} was {before.get(k)!r}, now {v!r}" for k, v in now.items()
                    if k in before and before.get(k) != v]
-        what = "; ".join(changed) if changed else "its arguments differ from this call's"
+        changed += [f"{k} was {before[k]!r}, now not set" for k in before
+                    if k not in now and k != "fingerprint" and ": " in k]
+        changed += [f"{k} was not set, now {v!r}" for k, v in now.items() if k not in before and ": " in k]
+        what = "; ".join(changed) if changed else (
+            "they differ in nothing this version records, e.g. a run by another patchworks version")
         return (f"write_to={str(self.target)!r} has an unfinished run with other arguments ({what}); "
                 f"re-run it with the same arguments to resume it, or pass overwrite=True (or resume=False) "
                 f"to discard it and start this one")
@@ -189,7 +270,20 @@ class RunDir:
         output.attrs["patchworks"] = {"complete": True, "fingerprint": self.fingerprint, **info}
 
     def finish(self) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        if not self.keep_stage:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            return
+        try:
+            (self.scratch / "lock").unlink()
+        except OSError:
+            pass
+        info = self.scratch / "run.json"
+        try:
+            record = json.loads(info.read_text())
+        except (OSError, ValueError):
+            record = {"fingerprint": self.fingerprint}
+        info.write_text(json.dumps({**record, "complete": True}, default=str))
+        logger.info("patchworks: stage kept in %s (keep_stage=True)", self.scratch)
 
     def fail(self) -> None:
         """After an error: a temporary run leaves nothing; a named one keeps its scratch to resume."""
@@ -202,5 +296,7 @@ class RunDir:
                 pass
 
     def discard_temporary(self) -> None:
-        if self.temporary:
+        if self.temporary and self.keep_stage:  # the labels go, the stage stays where it was logged
+            shutil.rmtree(self.path, ignore_errors=True)
+        elif self.temporary:
             shutil.rmtree(self.root, ignore_errors=True)
