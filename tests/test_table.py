@@ -258,7 +258,8 @@ def test_voxel_size_from_the_source(tmp_path):
                               voxel_size=(9, 1, 2)) == ((1.0, 2.0), None)
 
 
-N_SYNTH = int(os.environ.get("PATCHWORKS_SYNTH_OBJECTS", 10**7))
+# 10**7 (the size) takes ~90 s on a shared 2-core machine: PATCHWORKS_SYNTH_OBJECTS=10000000
+N_SYNTH = int(os.environ.get("PATCHWORKS_SYNTH_OBJECTS", 10**6))
 
 
 def test_synthetic_merge_memory_grows_with_boundary_objects_only(tmp_path):
