@@ -291,3 +291,25 @@ def test_synthetic_merge_memory_grows_with_boundary_objects_only(tmp_path):
     assert peak < max(all_rows / 20, 40 * 2**20), (peak, all_rows)
     area = zarr.open_array(tmp_path / "table" / "area", mode="r")
     assert area[per_tile - 1] == 2 and area[0] == 1 and int(area[...].sum()) == N_SYNTH
+
+
+def test_cli_label_info_measure(tmp_path, capsys):
+    import pandas as pd
+    from patchworks.cli import main
+    image = blobs((12, 14), 9)
+    src = tmp_path / "img.zarr"
+    zarr.create_array(src, data=image, chunks=(6, 7))
+    out = tmp_path / "cells.zarr"
+    assert main(["label", str(src), str(out), "--tile", "6,7", "--method", "threshold", "--threshold", "0"]) == 0
+    assert "read_table" in capsys.readouterr().out
+    assert main(["info", str(out), "--no-count"]) == 0
+    printed = capsys.readouterr().out
+    assert "columns: label, area, centroid-0" in printed and "intensity_mean" in printed
+    assert main(["measure", str(out), "--image", str(src), "--out", str(tmp_path / "t.csv")]) == 0
+    table = pd.read_csv(tmp_path / "t.csv", index_col="label")
+    assert_table_matches(table, zarr.open_array(out, mode="r")[...], image)
+    assert main(["label", str(src), str(tmp_path / "bare.zarr"), "--tile", "6,7", "--method", "threshold",
+                 "--threshold", "0", "--no-table"]) == 0
+    assert not (tmp_path / "bare.zarr" / "table").exists()
+    assert main(["measure", str(out), "--out", str(tmp_path / "t.xls")]) == 2
+    assert "unknown table format" in capsys.readouterr().err
