@@ -177,8 +177,7 @@ def measure(labels, image=None, *, tile_shape=None, voxel_size=None, component=N
     merged = reduce_partials(Partials.concat(parts)) if parts else Partials.empty(len(lab.shape), n_channels)
     source_meta = lab if getattr(lab, "voxel_size", None) is not None or img is None else img
     vs, units = spatial_voxel_size(source_meta, grid, voxel_size)
-    names = None
-    cols = table_columns(merged, lab.shape, voxel_size=vs, channel_names=names)
+    cols = table_columns(merged, lab.shape, voxel_size=vs)
     df = pd.DataFrame({k: v for k, v in cols.items() if k != "label"},
                       index=pd.Index(cols["label"], name="label"))
     df.attrs.update({k: v for k, v in (("voxel_size", vs), ("units", units)) if v is not None})
