@@ -313,3 +313,22 @@ def test_cli_label_info_measure(tmp_path, capsys):
     assert not (tmp_path / "bare.zarr" / "table").exists()
     assert main(["measure", str(out), "--out", str(tmp_path / "t.xls")]) == 2
     assert "unknown table format" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hist_bins", [1 << 22, 0])  # (coordinate, label) histograms, or bincounts + find_objects
+def test_partials_in_slabs_and_both_kernels(monkeypatch, hist_bins):
+    import cc3d
+    import patchworks.labels._table as table_mod
+    from patchworks.labels._table import reduce_partials, table_columns, tile_partials
+    monkeypatch.setattr(table_mod, "_SLAB_VOXELS", 100)
+    monkeypatch.setattr(table_mod, "_HIST_BINS", hist_bins)
+    rng = np.random.default_rng(0)
+    image = rng.random((20, 30, 40))
+    labels = cc3d.connected_components(image > 0.6).astype(np.uint32)
+    n = int(labels.max())
+    parts = [tile_partials(labels[a:b, :, c:e], n, (a, 0, c), image[None, a:b, :, c:e])
+             for a, b in ((0, 7), (7, 20)) for c, e in ((0, 13), (13, 40))]
+    cols = table_columns(reduce_partials(Partials.concat(parts)), labels.shape)
+    import pandas as pd
+    table = pd.DataFrame({k: v for k, v in cols.items() if k != "label"}, index=cols["label"])
+    assert_table_matches(table, labels, image)

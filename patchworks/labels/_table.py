@@ -24,7 +24,7 @@ import scipy.ndimage as ndi
 # A (coordinate, label) histogram along one axis gives that axis' count, coordinate sum and box at
 # once, exactly and in one bincount; above this many bins it would outweigh the tile, so fall back
 # to weighted bincounts and find_objects.
-_HIST_BINS = 1 << 23
+_HIST_BINS = 1 << 22
 # float64 bincounts of local coordinates stay exact below 2**53; slabs of this many voxels keep
 # the weight arrays small and the sums far below that.
 _SLAB_VOXELS = 1 << 21
@@ -170,20 +170,29 @@ def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None 
     bmax = np.zeros((nb, d), np.int64)
     hist_axes = [a for a in range(d) if ids.shape[a] * nb <= _HIST_BINS]
     flat = ids.reshape(-1)
-    for a in hist_axes:  # one bincount of (coordinate, label) per axis: count, sum and box along it
-        key = (_coordinate(a, ids.shape).astype(np.int64) * nb + ids).reshape(-1)
-        hist = np.bincount(key, minlength=ids.shape[a] * nb).reshape(ids.shape[a], nb)
-        del key
+    slabs = _slabs(ids.shape, ids.shape[0])
+    for a in hist_axes:  # a (coordinate, label) histogram per axis: count, sum and box along it, exact
+        hist = np.zeros((ids.shape[a], nb), np.int64)
+        for s0, s1 in slabs:  # slab by slab: the int64 keys never outweigh a slab
+            block = ids[s0:s1]
+            key = (_coordinate(a, block.shape) * nb + block).reshape(-1)
+            rows = block.shape[a]
+            part = np.bincount(key, minlength=rows * nb).reshape(rows, nb)
+            if a == 0:
+                hist[s0:s1] = part
+            else:
+                hist += part
         present = hist > 0
         count = hist.sum(axis=0)
         csum[:, a] = np.arange(ids.shape[a], dtype=np.int64) @ hist
         bmin[:, a] = present.argmax(axis=0)
         bmax[:, a] = ids.shape[a] - present[::-1].argmax(axis=0)
+        del hist, present
     other = [a for a in range(d) if a not in hist_axes]
     if other:
         if not hist_axes:
             count = np.bincount(flat, minlength=nb).astype(np.int64)
-        for s0, s1 in _slabs(ids.shape, ids.shape[0]):
+        for s0, s1 in slabs:
             block = ids[s0:s1]
             lab = block.reshape(-1)
             for a in other:
