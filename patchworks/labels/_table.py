@@ -160,65 +160,74 @@ def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None 
     if n == 0 or ids.size == 0:
         return Partials.empty(d, c)
     ids = np.asarray(ids)
-    if ids.dtype.kind != "u" or ids.dtype.itemsize > 4:
-        ids = ids.astype(np.uint32 if n <= np.iinfo(np.uint32).max else np.uint64)
-    origin = np.asarray(origin, dtype=np.int64)
+    if ids.dtype.kind != "u":
+        ids = ids.astype(np.uint64)
+    shape = ids.shape
     nb = n + 1
     count = np.zeros(nb, np.int64)
     csum = np.zeros((nb, d), np.int64)
     bmin = np.zeros((nb, d), np.int64)
     bmax = np.zeros((nb, d), np.int64)
-    hist_axes = [a for a in range(d) if ids.shape[a] * nb <= _HIST_BINS]
-    flat = ids.reshape(-1)
-    slabs = _slabs(ids.shape, ids.shape[0])
-    for a in hist_axes:  # a (coordinate, label) histogram per axis: count, sum and box along it, exact
-        hist = np.zeros((ids.shape[a], nb), np.int64)
-        for s0, s1 in slabs:  # slab by slab: the int64 keys never outweigh a slab
-            block = ids[s0:s1]
-            key = (_coordinate(a, block.shape) * nb + block).reshape(-1)
-            rows = block.shape[a]
-            part = np.bincount(key, minlength=rows * nb).reshape(rows, nb)
-            if a == 0:
-                hist[s0:s1] = part
-            else:
-                hist += part
-        present = hist > 0
-        count = hist.sum(axis=0)
-        csum[:, a] = np.arange(ids.shape[a], dtype=np.int64) @ hist
-        bmin[:, a] = present.argmax(axis=0)
-        bmax[:, a] = ids.shape[a] - present[::-1].argmax(axis=0)
-        del hist, present
-    other = [a for a in range(d) if a not in hist_axes]
-    if other:
-        if not hist_axes:
-            count = np.bincount(flat, minlength=nb).astype(np.int64)
-        for s0, s1 in slabs:
-            block = ids[s0:s1]
-            lab = block.reshape(-1)
-            for a in other:
-                w = np.broadcast_to(_coordinate(a, block.shape, s0 if a == 0 else 0), block.shape)
-                csum[:, a] += np.rint(np.bincount(lab, weights=w.reshape(-1).astype(np.float64),
+    hist_axes = [a for a in range(d) if shape[a] * nb <= _HIST_BINS]
+    hists = {a: np.zeros((shape[a], nb), np.int64) for a in hist_axes}
+    isum = np.zeros((c, nb))
+    imin, imax = np.full((c, nb), np.inf), np.full((c, nb), -np.inf)
+    slab_moments = []  # per slab (count, sum, M2 around the slab's mean): combined exactly below
+    strides = [int(np.prod(shape[a + 1:])) for a in range(d)]
+    for s0, s1 in _slabs(shape, shape[0]):
+        block = ids[s0:s1].reshape(-1)
+        idx = np.flatnonzero(block)  # foreground only: background is most of most images
+        if idx.size == 0:
+            continue
+        lab = block[idx].astype(np.intp)
+        n_here = np.bincount(lab, minlength=nb)
+        count += n_here
+        for a in range(d):
+            coord = idx // strides[a] if a == 0 else (idx // strides[a]) % shape[a]
+            if a in hists:  # (coordinate, label) histogram: count, sum and box along a, exact
+                rows = s1 - s0 if a == 0 else shape[a]
+                part = np.bincount(coord * nb + lab, minlength=rows * nb).reshape(rows, nb)
+                if a == 0:
+                    hists[a][s0:s1] = part
+                else:
+                    hists[a] += part
+            else:  # float64 sums of local coordinates: exact far below 2**53
+                csum[:, a] += np.rint(np.bincount(lab, weights=coord + (s0 if a == 0 else 0),
                                                   minlength=nb)).astype(np.int64)
+        if c:
+            values = intensity[:, s0:s1].reshape(c, -1)
+            sums, m2s = np.zeros((c, nb)), np.zeros((c, nb))
+            for ch in range(c):
+                v = values[ch][idx].astype(np.float64)
+                sums[ch] = np.bincount(lab, weights=v, minlength=nb)
+                mean = sums[ch] / np.maximum(n_here, 1)
+                m2s[ch] = np.bincount(lab, weights=np.square(v - mean[lab]), minlength=nb)
+                np.minimum.at(imin[ch], lab, v)
+                np.maximum.at(imax[ch], lab, v)
+            isum += sums
+            slab_moments.append((n_here, sums, m2s))
+    for a, hist in hists.items():
+        present = hist > 0
+        csum[:, a] = np.arange(shape[a], dtype=np.int64) @ hist
+        bmin[:, a] = present.argmax(axis=0)
+        bmax[:, a] = shape[a] - present[::-1].argmax(axis=0)
+    other = [a for a in range(d) if a not in hists]
+    if other:
         for k, box in enumerate(ndi.find_objects(ids, max_label=n), start=1):
             if box is not None:
                 for a in other:
                     bmin[k, a], bmax[k, a] = box[a].start, box[a].stop
     keep = np.flatnonzero(count[1:] > 0) + 1
+    origin = np.asarray(origin, dtype=np.int64)
     csum = csum[keep] + origin * count[keep, None]
     bmin, bmax = bmin[keep] + origin, bmax[keep] + origin
-
-    isum = np.zeros((keep.size, c))
-    im2, imin, imax = isum.copy(), isum.copy(), isum.copy()
-    for ch in range(c):
-        v = np.asarray(intensity[ch], dtype=np.float64).reshape(-1)
-        s = np.bincount(flat, weights=v, minlength=nb)
-        mean = s / np.maximum(count, 1)
-        m2 = np.bincount(flat, weights=np.square(v - mean[flat]), minlength=nb)
-        lo, hi = np.full(nb, np.inf), np.full(nb, -np.inf)
-        np.minimum.at(lo, flat, v)
-        np.maximum.at(hi, flat, v)
-        isum[:, ch], im2[:, ch], imin[:, ch], imax[:, ch] = s[keep], m2[keep], lo[keep], hi[keep]
-    return Partials(keep.astype(np.uint64), count[keep], csum, bmin, bmax, isum, im2, imin, imax)
+    im2 = np.zeros((c, nb))
+    if c:  # parallel variance over the slabs
+        mean = isum / np.maximum(count, 1)
+        for n_here, sums, m2s in slab_moments:
+            im2 += m2s + n_here * np.square(sums / np.maximum(n_here, 1) - mean)
+    return Partials(keep.astype(np.uint64), count[keep], csum, bmin, bmax, isum[:, keep].T.copy(),
+                    im2[:, keep].T.copy(), imin[:, keep].T.copy(), imax[:, keep].T.copy())
 
 
 def reduce_partials(parts: Partials) -> Partials:
