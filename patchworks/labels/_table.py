@@ -78,44 +78,40 @@ class Partials:
         out.label = np.asarray(labels, dtype=np.uint64)
         return out
 
-    # -- storage: two .npy files per tile, ints (label first) and floats, written atomically --
     def save(self, stem) -> None:
+        """One ``.npy`` per tile, written atomically: int64 columns, then the floats' bits."""
         stem = Path(stem)
-        ints = np.column_stack([self.label.view(np.int64), self.count, self.csum, self.bmin, self.bmax])
-        floats = np.column_stack([self.isum, self.im2, self.imin, self.imax])
-        for suffix, data in ((".flt.npy", floats), (".int.npy", ints)):  # ints last: their presence = complete
-            tmp = stem.with_name(stem.name + suffix + ".part")
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(data))
-            os.replace(tmp, stem.with_name(stem.name + suffix))
+        data = np.column_stack([self.label.view(np.int64), self.count, self.csum, self.bmin, self.bmax,
+                                np.column_stack([self.isum, self.im2, self.imin, self.imax]).view(np.int64)])
+        tmp = stem.with_name(stem.name + ".npy.part")
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(data, dtype=np.int64))
+        os.replace(tmp, stem.with_name(stem.name + ".npy"))
 
     @staticmethod
-    def load(stem, ndim: int, n_channels: int, rows=None) -> "Partials":
-        """Read partials saved by :meth:`save`; ``rows``: a slice of rows only (memory-mapped read)."""
+    def load(stem, ndim: int, n_channels: int) -> "Partials":
+        """Read partials saved by :meth:`save`."""
         stem = Path(stem)
-        ints = np.load(stem.with_name(stem.name + ".int.npy"), mmap_mode="r" if rows is not None else None)
-        floats = np.load(stem.with_name(stem.name + ".flt.npy"), mmap_mode="r" if rows is not None else None)
-        if rows is not None:
-            ints, floats = np.array(ints[rows]), np.array(floats[rows])
+        data = np.load(stem.with_name(stem.name + ".npy"))
         d, c = ndim, n_channels
-        return Partials(ints[:, 0].view(np.uint64).copy(), ints[:, 1].copy(), ints[:, 2:2 + d].copy(),
-                        ints[:, 2 + d:2 + 2 * d].copy(), ints[:, 2 + 2 * d:2 + 3 * d].copy(),
+        floats = np.ascontiguousarray(data[:, 2 + 3 * d:]).view(np.float64)
+        return Partials(data[:, 0].view(np.uint64).copy(), data[:, 1].copy(), data[:, 2:2 + d].copy(),
+                        data[:, 2 + d:2 + 2 * d].copy(), data[:, 2 + 2 * d:2 + 3 * d].copy(),
                         floats[:, :c].copy(), floats[:, c:2 * c].copy(), floats[:, 2 * c:3 * c].copy(),
                         floats[:, 3 * c:].copy())
 
     @staticmethod
     def exists(stem) -> bool:
         stem = Path(stem)
-        return stem.with_name(stem.name + ".int.npy").exists()
+        return stem.with_name(stem.name + ".npy").exists()
 
     @staticmethod
     def remove(stem) -> None:
         stem = Path(stem)
-        for suffix in (".int.npy", ".flt.npy"):
-            try:
-                stem.with_name(stem.name + suffix).unlink()
-            except OSError:
-                pass
+        try:
+            stem.with_name(stem.name + ".npy").unlink()
+        except OSError:
+            pass
 
 
 _FIELDS = ("label", "count", "csum", "bmin", "bmax", "isum", "im2", "imin", "imax")
@@ -173,7 +169,6 @@ def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None 
     isum = np.zeros((c, nb))
     imin, imax = np.full((c, nb), np.inf), np.full((c, nb), -np.inf)
     slab_moments = []  # per slab (count, sum, M2 around the slab's mean): combined exactly below
-    strides = [int(np.prod(shape[a + 1:])) for a in range(d)]
     for s0, s1 in _slabs(shape, shape[0]):
         block = ids[s0:s1].reshape(-1)
         idx = np.flatnonzero(block)  # foreground only: background is most of most images
@@ -182,8 +177,12 @@ def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None 
         lab = block[idx].astype(np.intp)
         n_here = np.bincount(lab, minlength=nb)
         count += n_here
+        coords, rest = [None] * d, idx
+        for a in range(d - 1, 0, -1):  # the flat index, unravelled axis by axis from the last
+            rest, coords[a] = np.divmod(rest, shape[a])
+        coords[0] = rest
         for a in range(d):
-            coord = idx // strides[a] if a == 0 else (idx // strides[a]) % shape[a]
+            coord = coords[a]
             if a in hists:  # (coordinate, label) histogram: count, sum and box along a, exact
                 rows = s1 - s0 if a == 0 else shape[a]
                 part = np.bincount(coord * nb + lab, minlength=rows * nb).reshape(rows, nb)
