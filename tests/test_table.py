@@ -288,6 +288,7 @@ def test_synthetic_merge_memory_grows_with_boundary_objects_only(tmp_path):
     tracemalloc.stop()
     assert n_rows == N_SYNTH - (n_tiles - 1)
     all_rows = n_rows * 10 * 8  # ten 8-byte columns
+    print(f"driver peak {peak / 2**20:.1f} MiB for {n_rows} rows ({all_rows / 2**20:.0f} MiB of columns)")
     assert peak < max(all_rows / 20, 40 * 2**20), (peak, all_rows)
     area = zarr.open_array(tmp_path / "table" / "area", mode="r")
     assert area[per_tile - 1] == 2 and area[0] == 1 and int(area[...].sum()) == N_SYNTH
