@@ -1,5 +1,7 @@
 """The napari reader: what it claims and the layer data it returns (no display needed)."""
 
+import os
+
 import numpy as np
 import pytest
 import zarr
@@ -85,8 +87,10 @@ def test_npe2_manifest_registers_the_reader():
     assert command.python_name == "patchworks._napari:get_reader"
 
 
-def test_viewer_layers_without_display(label_image):
+def test_viewer_layers_without_display(label_image, monkeypatch):
     napari = pytest.importorskip("napari", reason="napari is the patchworks[napari] extra")
+    if not os.environ.get("DISPLAY"):  # Qt aborts the process when it finds no platform at all
+        monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
     from patchworks._napari import view
     try:
         viewer = view(None, [label_image], show=False)
