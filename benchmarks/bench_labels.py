@@ -208,13 +208,22 @@ def run_floor(input_path, out_path, tile_shape, fn_kind="threshold") -> None:
     dask.compute(*[task(job, i, dask_key_name=f"floor-{i}") for i in range(grid.n_tiles)], scheduler="threads")
 
 
-def run_e2e(input_path, out_path, tile_shape, fn_kind="threshold"):
+def run_e2e(input_path, out_path, tile_shape, fn_kind="threshold", table=False):
     import patchworks
 
     # no return_count: like the floor, the timed run does not count objects (an extra pass
-    # over every tile); the untimed check against whole-image labelling covers the count
+    # over every tile); the untimed check against whole-image labelling covers the count.
+    # Labels alone unless asked (--table measures the table's cost on its own)
     patchworks.tile_process(input_path, make_fn(fn_kind), tile_shape=tile_shape,
-                            write_to=out_path, overwrite=True, progress=False)
+                            write_to=out_path, overwrite=True, progress=False, table=table)
+
+
+def run_labels_then_measure(input_path, out_path, tile_shape, fn_kind="threshold"):
+    """The two-pass way: labels first, then the table from the written labels (and the image) again."""
+    import patchworks
+
+    run_e2e(input_path, out_path, tile_shape, fn_kind)
+    patchworks.measure(out_path, input_path, tile_shape=tile_shape, progress=False)
 
 
 def _install_phase_timers(events: list) -> None:
@@ -355,6 +364,10 @@ def _one_job(spec: dict) -> None:
             ops.clear()
             t0 = time.perf_counter()
         run_e2e(spec["input"], spec["out"], spec["tile"], spec.get("fn", "threshold"))
+    elif job == "table":
+        run_e2e(spec["input"], spec["out"], spec["tile"], spec.get("fn", "threshold"), table=True)
+    elif job == "then-measure":
+        run_labels_then_measure(spec["input"], spec["out"], spec["tile"], spec.get("fn", "threshold"))
     elif job == "whole":
         import cc3d
 
@@ -529,11 +542,15 @@ def main(argv=None) -> int:
     ap.add_argument("--fn", choices=("threshold", "smooth"), default="threshold",
                     help="tile function: threshold + cc3d (default, compared with whole-image cc3d) or "
                          "smooth (Gaussian sigma 2 first: the merge's cost against a function doing real work)")
+    ap.add_argument("--table", action="store_true", help="the object table's cost over labels alone, and "
+                    "against labelling first and measuring afterwards")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         worker_main(json.loads(args.worker))
         return 0
+    if args.table:
+        return table_cost(args)
 
     cases = SMOKE_CASES if args.smoke else FULL_CASES
     if args.cases:
@@ -604,6 +621,45 @@ def main(argv=None) -> int:
     if not correct:
         return 1
     return 1 if (args.strict and missed) else 0
+
+
+def table_cost(args) -> int:
+    """``--table``: labels alone vs labels + table in one pass vs labels then ``measure`` (two passes)."""
+    cases = SMOKE_CASES if args.smoke else FULL_CASES
+    if args.cases:
+        keep = set(args.cases.split(","))
+        cases = [c for c in cases if c[0] in keep]
+    repeats = args.repeats or (1 if args.smoke else 2)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-table-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"object table cost: {os.cpu_count()} cores, best of {repeats}, fn {args.fn}", flush=True)
+    jobs = ("e2e", "table", "then-measure")
+    rows = []
+    try:
+        for name, shape, tile, params in cases:
+            inp, out = workdir / f"{name}-input.zarr", workdir / f"{name}-labels.zarr"
+            write_input(inp, shape, tile, params)
+            spec = {"input": str(inp), "out": str(out), "tile": list(tile), "fn": args.fn}
+            specs = [{**spec, "job": j} for _ in range(repeats) for j in jobs]  # interleaved against drift
+            results = run_jobs(specs) if args.smoke else [run_job(s) for s in specs]
+            best = {j: min(r["seconds"] for s, r in zip(specs, results) if s["job"] == j) for j in jobs}
+            peak = {j: max(r["peak_mb"] for s, r in zip(specs, results) if s["job"] == j) for j in jobs}
+            rows.append((name, _fmt_shape(shape), best, peak))
+            print(f"[{name}] " + ", ".join(f"{j} {best[j]:.2f} s" for j in jobs), flush=True)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(f"{'case':<10} {'image':<14} {'labels s':>9} {'+table s':>9} {'table cost':>11} {'then measure s':>15} "
+          f"{'2-pass cost':>12} {'peak MB labels/+table':>22}")
+    for name, shape, best, peak in rows:
+        base = best["e2e"]
+        print(f"{name:<10} {shape:<14} {base:>9.2f} {best['table']:>9.2f} {best['table'] / base - 1:>+10.0%} "
+              f"{best['then-measure']:>15.2f} {best['then-measure'] / base - 1:>+11.0%} "
+              f"{peak['e2e']:>10.0f}/{peak['table']:<10.0f}")
+    print("table cost = (labels + table) / labels alone - 1; 2-pass cost: labels, then patchworks.measure "
+          "reading labels and image again (the upstream way). Target: table + pyramid <= +15 %.")
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from .grid import Tile, TileGrid, normalize_per_axis
 from .io._sources import LazySource, create_output, open_image
 from .labels._empty import estimate_empty_tiles
 from .labels._process import merge_tile_labels, tile_process
+from .labels._measure import measure
+from .io._table_store import read_table, write_table_file
 from .segment._threshold import label_components, otsu, otsu_threshold, threshold
 from .segment._instances import LogBlobs, Watershed, log_blobs, watershed
 from .labels._seam_report import SeamReport, seam_report
@@ -67,7 +69,10 @@ __all__ = [
     "LogBlobs",
     "watershed",
     "Watershed",
+    "measure",
     "merge_tile_labels",
+    "read_table",
+    "write_table_file",
     "normalize_per_axis",
     "open_image",
     "otsu",

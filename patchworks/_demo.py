@@ -66,4 +66,17 @@ def run_demo(out="patchworks-demo", *, shape=(96, 256, 256), tile=(32, 64, 64), 
         echo(f"check failed: {problem}")
         return 1
     echo(f"next:                 patchworks info {labels_path}")
+    _echo_table(labels_path, sample, echo)
     return 0
+
+
+def _echo_table(labels_path, sample, echo, rows: int = 3) -> None:
+    """A few rows of the object table the run stored, and how to look at it all."""
+    table = patchworks.read_table(labels_path)
+    columns = ["area", *[c for c in table.columns if c.startswith("centroid-")], "touches_border",
+               "intensity_mean"]
+    echo(f"table:                {len(table)} objects x {len(table.columns)} columns "
+         f"(patchworks.read_table({str(labels_path)!r}))")
+    for line in table[columns].head(rows).round(2).to_string().splitlines():
+        echo(f"  {line}")
+    echo(f"view:                 patchworks view {sample} {labels_path}   (pip install 'patchworks[napari]')")

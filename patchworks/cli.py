@@ -8,6 +8,10 @@ Subcommands
     Shape, dtype, chunks, axes, number of labels and run attributes of an image.
 ``patchworks seams PATH``
     Seam quality of a label image without ground truth (exit 1 when flagged).
+``patchworks measure LABELS``
+    The exact table of objects of any label array (``--image``, ``--out``).
+``patchworks view IMAGE [LABELS ...]``
+    Open napari with the image and label images over it (``patchworks[napari]``).
 ``patchworks demo``
     Label a generated volume tiled and whole and check both agree.
 
@@ -235,7 +239,7 @@ def cmd_label(args) -> int:
             overwrite=args.overwrite, component=args.component, level=args.level, channel=args.channel,
             channel_axis=args.channel_axis, zarr_format=args.zarr_format, return_count=True,
             max_workers=args.max_workers, stage_dir=args.stage_dir, keep_stage=args.keep_stage,
-            dry_run=args.dry_run, skip_empty=args.skip_empty)
+            dry_run=args.dry_run, skip_empty=args.skip_empty, **_table_kwargs(args))
         elapsed = time.perf_counter() - start
     finally:
         if client is not None:
@@ -248,7 +252,111 @@ def cmd_label(args) -> int:
     print(f"dtype:   {labels.dtype}")
     print(f"objects: {n}")
     print(f"time:    {elapsed:.2f} s")
+    _print_table_location(args)
     return 0
+
+
+def _table_kwargs(args) -> dict:
+    return {"table": not args.no_table}
+
+
+def _print_table_location(args) -> None:
+    if not args.no_table:
+        print(f"table:   patchworks.read_table({args.output!r})")
+
+
+def _print_table_info(path) -> None:
+    """The object table's size and columns, for ``patchworks info`` (nothing when there is none)."""
+    from pathlib import Path
+
+    if not Path(path).is_dir():
+        return
+    import zarr
+
+    from patchworks.io._table_store import _find_table, table_columns_of
+    try:
+        where = _find_table(Path(path))
+    except FileNotFoundError:
+        return
+    record = dict(zarr.open_group(str(where), mode="r").attrs).get("patchworks") or {}
+    print(f"{'table:':<9}{where} ({record.get('n_objects', '?')} objects"
+          f"{'' if record.get('complete', True) else ', incomplete'})")
+    print(f"{'columns:':<9}{', '.join(table_columns_of(where))}")
+
+
+def cmd_measure(args) -> int:
+    import patchworks
+
+    client = None
+    if args.scheduler:
+        from distributed import Client
+
+        client = Client(args.scheduler)
+    try:
+        table = patchworks.measure(args.labels, args.image, tile_shape=args.tile, voxel_size=args.voxel_size,
+                                   component=args.component, level=args.level,
+                                   image_component=args.image_component, channel_axis=args.channel_axis,
+                                   client=client, progress=args.progress, out=args.out)
+    finally:
+        if client is not None:
+            client.close()
+    print(f"objects: {len(table)}")
+    print(f"columns: {', '.join(['label', *table.columns])}")
+    if args.out:
+        print(f"written: {args.out}")
+    else:
+        print(table.head(args.rows).to_string())
+    return 0
+
+
+def cmd_view(args) -> int:
+    from patchworks._napari import view
+
+    viewer = view(args.image, args.labels)
+    if args.screenshot:
+        viewer.screenshot(args.screenshot, canvas_only=False)
+        viewer.close()
+        return 0
+    import napari
+
+    napari.run()
+    return 0
+
+
+def _voxel_size(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give sizes per spatial axis, e.g. 2,0.5,0.5") from None
+
+
+def _add_table_commands(sub) -> None:
+    p = sub.add_parser("measure", help="the exact table of objects of a label image",
+                       description="One row per object: voxel count, centroid, bounding box, border contact, "
+                                   "and with --image the intensity mean / std / min / max per channel; equal "
+                                   "to scikit-image's regionprops_table on the whole image, computed tile by tile.")
+    p.add_argument("labels", metavar="LABELS", help="label image: zarr / OME-Zarr, TIFF, HDF5 or .npy")
+    p.add_argument("--image", metavar="IMAGE", help="intensity image of the same spatial shape")
+    p.add_argument("--image-component", metavar="NAME", help="array inside IMAGE's zarr group / HDF5 file")
+    p.add_argument("--out", metavar="FILE", help="write the table: .csv, .tsv, .parquet or .zarr")
+    p.add_argument("--tile", type=per_axis, metavar="T", help="block read per task (default: the labels' chunks)")
+    p.add_argument("--voxel-size", type=_voxel_size, metavar="S", help="voxel size per spatial axis, e.g. 2,0.5,0.5 "
+                   "(default: from the metadata)")
+    p.add_argument("--channel-axis", type=int, metavar="N", help="channel axis of IMAGE")
+    p.add_argument("--rows", type=int, default=5, metavar="N", help="rows to print without --out (default 5)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="dask.distributed scheduler address")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    _add_source_options(p)
+    p.set_defaults(run=cmd_measure)
+
+    p = sub.add_parser("view", help="open napari with an image and its label images",
+                       description="Open napari with IMAGE (every level, channels split) and the label images "
+                                   "over it (default: those registered in IMAGE/labels), their tables as "
+                                   "features. Needs patchworks[napari].")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("labels", metavar="LABELS", nargs="*", help="label images written by patchworks")
+    p.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window and exit")
+    p.set_defaults(run=cmd_view)
 
 
 def _patchworks_attrs(path, component):
@@ -282,6 +390,7 @@ def cmd_info(args) -> int:
         from patchworks.labels._count import count_labels
 
         print(f"{'objects:':<9}{count_labels(source)}")
+    _print_table_info(args.path)
     attrs = _patchworks_attrs(args.path, args.component)
     if attrs:
         print("patchworks attributes:")
@@ -387,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", type=int, metavar="N", help="use this channel of the c axis only")
     p.add_argument("--channel-axis", type=int, metavar="N", help="axis carried whole into every tile (not tiled)")
     p.add_argument("--zarr-format", type=int, choices=(3, 2), default=3, help="output zarr format (default 3)")
+    p.add_argument("--no-table", action="store_true", help="do not measure the objects (no table in OUTPUT)")
     p.set_defaults(run=cmd_label)
 
     p = sub.add_parser("info", help="describe an image or label store",
@@ -412,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "object-end ratio exceeds F (default 2)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (SeamReport.to_dict())")
     p.set_defaults(run=cmd_seams)
+
+    _add_table_commands(sub)
 
     p = sub.add_parser("demo", help="label a generated volume tiled and whole, and compare",
                        description="Generate a blob volume, label it tile by tile and whole, and check that "

@@ -344,9 +344,13 @@ def test_the_count_is_paid_for_only_when_asked(tmp_path):
 
     img = random_blobs((64, 64), seed=2)
     out = tmp_path / "labels.zarr"
-    labels = tile_process(img, threshold(0.5), tile_shape=24, overlap=6, write_to=out)
+    labels = tile_process(img, threshold(0.5), tile_shape=24, overlap=6, write_to=out, table=False)
     attrs = zarr.open_array(str(out)).attrs["patchworks"]
     assert attrs["n_objects"] is None and attrs["max_label"] >= labels.max().compute()
     # the same call again is a no-op; asked for the count, it counts the finished output
-    _, n = tile_process(img, threshold(0.5), tile_shape=24, overlap=6, write_to=out, return_count=True)
+    _, n = tile_process(img, threshold(0.5), tile_shape=24, overlap=6, write_to=out, return_count=True,
+                        table=False)
     assert n == whole_image_labels(img > 0.5, 1).max()
+    # with the object table (the default with write_to) the count comes free: one row per object
+    tile_process(img, threshold(0.5), tile_shape=24, overlap=6, write_to=out, overwrite=True)
+    assert zarr.open_array(str(out)).attrs["patchworks"]["n_objects"] == n

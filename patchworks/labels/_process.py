@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import shutil
 from dataclasses import dataclass
 
 import dask
@@ -32,6 +33,8 @@ from ..run._execute import (active_client, graph_tasks, input_chunks, new_token,
                              shared, tile_windows)
 from ..run._rundir import RunDir, describe_fn, describe_source, fn_token, source_token
 from ._tile_task import StageJob, stage_tile
+from ._table_merge import spatial_voxel_size, write_object_table
+from ..io._table_store import table_location
 from ._stage_store import STAGING_FORMAT, TileStaging
 
 logger = logging.getLogger("patchworks")
@@ -149,7 +152,7 @@ def _relabel_task(job: _RelabelJob, linear_index, plan):
 
 def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, connectivity: int,
                     sequential: bool, label_counts, client, progress, compute: bool, return_count: bool,
-                    empty_threshold=None, stitch="touch", iou_threshold=0.5):
+                    empty_threshold=None, stitch="touch", iou_threshold=0.5, table=False, intensity=False):
     if run.finished:  # same run already complete: a no-op
         output = run.open_existing()
         n_objects = output.attrs["patchworks"].get("n_objects")
@@ -173,7 +176,8 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
                         grid.n_tiles)
         job = StageJob(grid=grid, staging=staging, fn=job_fn, source=source,
                        label_counts=None if iou else label_counts, compact=sequential,
-                       empty_threshold=empty_threshold)
+                       empty_threshold=empty_threshold, table_root=staging.root if table else None,
+                       intensity=bool(table and intensity))
         prefix = f"patchworks-stage-{token}"
         if windows is None:
             tasks = graph_tasks(prefix, stage_tile, job, [(i,) for i in todo])
@@ -217,6 +221,13 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
                                       prefix=prefix)))
         if gaps and not return_count:
             n_objects = None  # unknown without that pass; ids are unique, max_label bounds them
+        # 5. the object table from the staged partials, through the same plan (no read of the labels)
+        table_path, labels_rel = table_location(run.path, run.component)
+        if table:
+            n_objects = _write_table(staging, grid, plan, run, table_path, labels_rel, source, intensity,
+                                     client, progress, token)
+        elif table_path.exists():  # a replaced run's table would describe labels that are gone
+            shutil.rmtree(table_path, ignore_errors=True)
         run.mark_complete(output, {"n_objects": n_objects, "max_label": plan.max_label,
                                    "sequential_labels": bool(sequential),
                                    "connectivity": connectivity, "stitch": stitch,
@@ -228,6 +239,22 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         raise
     run.finish()
     return _result(output, run, compute, return_count, n_objects)
+
+
+def _write_table(staging, grid, plan, run, table_path, labels_rel, source, intensity, client, progress, token):
+    voxel_size, units = spatial_voxel_size(source, grid)
+    n_channels = 0
+    if intensity:
+        n_channels = int(np.prod([s for a, s in enumerate(grid.shape) if a not in grid.spatial_axes]))
+    return write_object_table(root=staging.root, grid=grid, plan=plan, table_path=table_path,
+                              labels_path=run.target, labels_rel=labels_rel, n_channels=n_channels,
+                              voxel_size=voxel_size, units=units, zarr_format=run.zarr_format, client=client,
+                              progress=progress, token=token)
+
+
+def _measures_intensity(source) -> bool:
+    dtype = getattr(source, "dtype", None)
+    return dtype is not None and np.dtype(dtype).kind in "biuf"
 
 
 def _result(output, run: RunDir, compute: bool, return_count: bool, n_objects):
@@ -244,7 +271,8 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
                  resume=True, skip_empty=False, empty_threshold=None, use_gpu=False,
                  component=None, level=0, channel=None, channel_axis=None, axes=None,
                  output_component=None, zarr_format=3, scratch_dir=None, return_count=False, max_workers=None,
-                 stage_dir=None, keep_stage=False, dry_run=False, gpus=None, **unknown):
+                 stage_dir=None, keep_stage=False, dry_run=False, gpus=None, table=None,
+                 **unknown):
     """Run ``fn`` on every tile of ``image`` and merge the labels into one consistent array.
 
     ``fn`` receives each tile with its halo (``overlap`` voxels per side, as
@@ -369,6 +397,13 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
         :func:`patchworks.make_local_cluster` and closed after it. Tiles of
         ``tile_shape="auto"`` are sized by the smallest free memory of those
         GPUs (needs ``patchworks[gpu]``). Not with ``client=``.
+    table : bool, optional
+        Measure every object while its tile is in memory (voxel count,
+        centroid, bounding box, border contact, intensity mean / std / min /
+        max of the input per channel; physical size and centroid when the
+        voxel size is known) and store the table inside the output, exact
+        and at no extra read; see :func:`patchworks.read_table`. Default:
+        on when ``write_to`` is given.
 
     Returns
     -------
@@ -419,6 +454,7 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
             f"fn={fn.method} labels a single-channel image but this one has non-spatial axes "
             f"{[i for i in range(len(grid.shape)) if i not in grid.spatial_axes]}; choose one with channel=N "
             f"(OME-Zarr / OME-TIFF) or pass a function that handles channels")
+    table = write_to is not None if table is None else bool(table)
     if skip_empty and empty_threshold is None:
         empty_threshold = otsu_threshold(sample_values(source))
         logger.info("patchworks: skip_empty threshold (Otsu of a sample) = %g", empty_threshold)
@@ -438,7 +474,7 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
     fingerprint = "" if write_to is None else tokenize(
         "tile_process", STAGING_FORMAT, image_token, grid.shape, grid.spatial_axes, grid.tile_shape, grid.overlap,
         fn_token(fn), connectivity, bool(sequential_labels), empty_threshold, zarr_format,
-        *(("iou", float(iou_threshold)) if stitch == "iou" else ()))
+        *(("iou", float(iou_threshold)) if stitch == "iou" else ()), *(("table", 1) if table else ()))
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
                  resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(image,),
                  keep_stage=keep_stage)
@@ -455,11 +491,13 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
                 client = gpu_client
         if n_workers is not None:
             stack.enter_context(dask.config.set(num_workers=n_workers))
+        intensity = _measures_intensity(source)  # before a dask input is cut into windows
         source, windows = tile_windows(source, grid, client)
         return _label_pipeline(grid=grid, job_fn=fn, source=source, windows=windows, run=run,
                                connectivity=connectivity, sequential=sequential_labels, label_counts=None,
                                client=client, progress=progress, compute=compute, return_count=return_count,
-                               empty_threshold=empty_threshold, stitch=stitch, iou_threshold=iou_threshold)
+                               empty_threshold=empty_threshold, stitch=stitch, iou_threshold=iou_threshold,
+                               table=table, intensity=intensity)
 
 
 def _dry_run(grid, source, client, cluster, n_workers, devices, empty_threshold, write_to, *, channel_axis=None,
@@ -483,7 +521,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
                       label_counts=None, return_count=False,
                       progress=False, client=None, overwrite=False, resume=True, compute=False,
                       zarr_format=3, scratch_dir=None, max_workers=None, stage_dir=None, keep_stage=False,
-                      dry_run=False, **unknown):
+                      dry_run=False, table=None, **unknown):
     """Merge per-tile labels that someone else computed into globally consistent labels.
 
     Each block of ``labeled`` (dask chunks, or the chunks of a zarr array)
@@ -522,6 +560,9 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         As for :func:`tile_process`.
     max_workers, stage_dir, keep_stage, dry_run :
         As for :func:`tile_process` (the plan's window is a block's).
+    table : bool, optional
+        Store the table of objects (no intensities) in the output, as for
+        :func:`tile_process`; default on when ``write_to`` is given.
 
     Examples
     --------
@@ -571,6 +612,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         return _dry_run(grid, source if source is not None else blocks, client, cluster, n_workers, None, None,
                         write_to)
     labeled_token = "" if write_to is None else source_token(source if source is not None else blocks)
+    table = write_to is not None if table is None else bool(table)
     describe = {"labeled": describe_source(labeled, source if source is not None else blocks),
                 "labeled content": labeled_token[:12],
                 "tiles": grid.grid_shape, "overlap": grid.overlap, "connectivity": connectivity,
@@ -582,7 +624,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         "merge_tile_labels", STAGING_FORMAT, labeled_token,
         [b.tolist() for b in grid.boundaries], grid.overlap, connectivity, bool(sequential_labels),
         None if label_counts is None else label_counts.tolist(), zarr_format,
-        *(("iou", float(iou_threshold)) if stitch == "iou" else ()))
+        *(("iou", float(iou_threshold)) if stitch == "iou" else ()), *(("table", 1) if table else ()))
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
                  resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(labeled,),
                  keep_stage=keep_stage)
@@ -590,7 +632,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         return _label_pipeline(grid=grid, job_fn=None, source=source, windows=windows, run=run,
                                connectivity=connectivity, sequential=sequential_labels, label_counts=label_counts,
                                client=client, progress=progress, compute=compute, return_count=return_count,
-                               stitch=stitch, iou_threshold=iou_threshold)
+                               stitch=stitch, iou_threshold=iou_threshold, table=table)
 
 
 def _core_halo(overlap, ndim):

@@ -15,6 +15,8 @@ import fastremap
 import numpy as np
 
 from ..grid import Tile, TileGrid
+from ._table import tile_partials
+from ._table_merge import partials_stem
 
 _UINT32_MAX = np.iinfo(np.uint32).max
 
@@ -39,6 +41,8 @@ class StageJob:
     label_counts: Any = None     # per-tile counts the caller vouches for (labels already 1..n)
     compact: bool = True         # number 1..n without gaps (sequential output needs it)
     empty_threshold: float | None = None  # skip fn when the whole window is <= this
+    table_root: Any = None       # where to stage the core's table partials; None: no table
+    intensity: bool = False      # measure the window's intensities too (the window is the image)
 
 
 def _window_text(tile: Tile) -> str:
@@ -142,6 +146,24 @@ def band_ids(labels: np.ndarray, tile: Tile, boxes) -> tuple[np.ndarray, np.ndar
     return ids, core_lut, n, (full[v] for v in views)
 
 
+def _stage_partials(job: StageJob, tile: Tile, ids, lut, n: int, window) -> None:
+    """Measure the core while it is in memory (before the tile is staged: staged means measured)."""
+    if job.table_root is None or n == 0:
+        return
+    intensity = None
+    if job.intensity:
+        spatial = job.grid.spatial_axes
+        core = np.asarray(window[tile.crop])
+        others = [a for a in range(core.ndim) if a not in spatial]
+        intensity = np.moveaxis(core, others, list(range(len(others)))).reshape((-1,) + tile.core_shape)
+    origin = [s.start for s in tile.spatial_core]
+    # raw ids with their look-up table: measure by raw id (no relabelled copy), then name rows locally
+    parts = tile_partials(ids, n if lut is None else lut.size - 1, origin, intensity)
+    if lut is not None:
+        parts = parts.relabel(lut[parts.label.astype(np.int64)])
+    parts.save(partials_stem(job.table_root, tile.linear_index))
+
+
 def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
     """Run one tile: the body of a staging task."""
     grid = job.grid
@@ -157,6 +179,7 @@ def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
         labels = validate_labels(job.fn(window), tile, tile.window_shape)
     if job.staging.bands:  # stitch="iou": the band views come from the whole window
         ids, lut, n, bands = band_ids(labels, tile, job.staging.band_boxes(tile).values())
+        _stage_partials(job, tile, ids, lut, n, window)
         job.staging.put(tile, ids, lut, n, bands)
         return TileResult(linear_index=tile.linear_index, n_labels=n)
     core = labels[tile.spatial_crop]
@@ -172,5 +195,6 @@ def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
         ids, lut = core.astype(np.uint32, copy=False), None
     else:
         ids, lut, n = local_ids(core, job.compact)
+    _stage_partials(job, tile, ids, lut, n, window)
     job.staging.put(tile, ids, lut, n)
     return TileResult(linear_index=tile.linear_index, n_labels=n)

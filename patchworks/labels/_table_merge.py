@@ -1,0 +1,138 @@
+"""The object table of a labelling run: staged partials -> final ids -> rows on disk.
+
+The tile tasks staged per-label partials of their cores (``table-<i>`` next
+to the staged tile). After the relabel plan, one task per tile maps its
+partials through the same :class:`~patchworks.labels._merge.TilePlan` the
+relabel task uses. An object's final id is its root's, the smallest global
+id of the object, so every object belongs to exactly one tile, the one
+holding its root; and since final ids grow with the root, the tiles' own
+rows, taken in tile order, are the whole table sorted by label. A tile keeps
+the rows of the objects it owns (reduced, in a side file) and sends back to
+the driver only the rows of its labels absorbed into an earlier tile's
+object: those are boundary labels, so the driver's memory grows with the
+number of objects on seams, never with all objects. The driver then streams
+the tiles' rows in order, folding each boundary row into its owner's, into
+the table's column arrays one chunk at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..grid import TileGrid
+from ..io._table_store import TableWriter, labels_stamp
+from ..run._execute import graph_tasks, run_tasks
+from ._table import Partials, column_dtypes, reduce_partials, table_columns
+
+
+def partials_stem(root, linear_index: int) -> Path:
+    """Where a tile task stages its partials (next to the staged tile, same scratch)."""
+    return Path(root) / f"table-{linear_index}"
+
+
+def _own_stem(root, linear_index: int) -> Path:
+    return Path(root) / f"rows-{linear_index}"
+
+
+@dataclass
+class _TableJob:
+    root: Path
+    ndim: int
+    n_channels: int
+
+
+def _own_lower(plan) -> int:
+    """Final ids above this belong to objects whose root lies in the tile (``plan``'s tile)."""
+    return int(plan.offset) - int(plan.base)
+
+
+def table_task(job: _TableJob, linear_index: int, plan):
+    """Map one tile's partials to final ids; keep its own objects' rows, return the others'."""
+    stem = partials_stem(job.root, linear_index)
+    if not Partials.exists(stem):  # a tile with no labels in its core (or skipped as empty)
+        return linear_index, 0, Partials.empty(job.ndim, job.n_channels)
+    parts = Partials.load(stem, job.ndim, job.n_channels)
+    final = plan.final_ids(parts.label)
+    own = final > np.uint64(_own_lower(plan))
+    mine = reduce_partials(parts.take(own).relabel(final[own]))  # two labels of the tile may be one object
+    mine.save(_own_stem(job.root, linear_index))
+    return linear_index, len(mine), parts.take(~own).relabel(final[~own])
+
+
+def write_object_table(*, root, grid: TileGrid, plan, table_path, labels_path, labels_rel: str, n_channels: int,
+                       voxel_size=None, units=None, zarr_format: int = 3, client=None, progress=None,
+                       token: str = "") -> int:
+    """Build the run's table from the staged partials and write it at ``table_path``; returns its rows.
+
+    ``labels_path`` is the finished level-0 array (stamped so that a later
+    change of it makes the table stale), ``labels_rel`` the same seen from
+    the table.
+    """
+    ndim = len(grid.spatial_axes)
+    job = _TableJob(Path(root), ndim, n_channels)
+    prefix = f"patchworks-table-{token}"
+    tasks = graph_tasks(prefix, table_task, job,
+                        [(i, plan.tiles[i]) for i in range(grid.n_tiles) if plan.tiles[i].n_labels])
+    results = run_tasks(tasks, client=client, progress=progress, desc="measuring objects", prefix=prefix)
+    n_own = np.zeros(grid.n_tiles, np.int64)
+    foreign = []
+    for i, n, rows in results:
+        n_own[i] = n
+        if len(rows):
+            foreign.append(rows)
+    foreign = Partials.concat(foreign) if foreign else Partials.empty(ndim, n_channels)
+    lower = np.array([_own_lower(p) for p in plan.tiles], dtype=np.uint64)
+    owner = np.searchsorted(lower, foreign.label, side="left") - 1
+    order = np.argsort(owner, kind="stable")
+    foreign, owner = foreign.take(order), owner[order]
+    bounds = np.searchsorted(owner, np.arange(grid.n_tiles + 1))
+
+    record = {"labels": labels_rel, "stamp": labels_stamp(labels_path), "n_objects": int(n_own.sum()),
+              "voxel_size": None if voxel_size is None else [float(v) for v in voxel_size],
+              "units": None if units is None else list(units), "n_channels": int(n_channels)}
+    writer = TableWriter(table_path, int(n_own.sum()), column_dtypes(ndim, n_channels, voxel_size=voxel_size),
+                         record=record, zarr_format=zarr_format)
+    for i in np.flatnonzero(n_own):
+        rows = Partials.load(_own_stem(root, i), ndim, n_channels)
+        lo, hi = bounds[i], bounds[i + 1]
+        if hi > lo:
+            rows = reduce_partials(Partials.concat([rows, foreign.take(slice(lo, hi))]))
+            if len(rows) != n_own[i]:
+                raise RuntimeError(f"tile {i}: boundary rows name objects the tile does not own")
+        writer.append(table_columns(rows, grid.spatial_shape, voxel_size=voxel_size))
+    writer.close()
+    return int(n_own.sum())
+
+
+def spatial_voxel_size(source, grid: TileGrid, voxel_size=None):
+    """``(voxel_size, units)`` per spatial axis from ``voxel_size=`` or the source's metadata, else ``(None, None)``.
+
+    ``voxel_size`` may be a number, one per spatial axis, or one per axis of
+    the image (non-spatial ones dropped); the source's ``voxel_size`` /
+    ``units`` attributes (OME-Zarr, OME-TIFF, ImageJ) are used when it is None.
+    """
+    units = getattr(source, "units", None)
+    if voxel_size is None:
+        voxel_size = getattr(source, "voxel_size", None)
+    if voxel_size is None:
+        return None, None
+    n, spatial = len(grid.spatial_axes), grid.spatial_axes
+    if np.ndim(voxel_size) == 0:
+        voxel_size = (float(voxel_size),) * n
+    voxel_size = tuple(float(v) for v in voxel_size)
+    if len(voxel_size) == len(grid.shape) and len(grid.shape) != n:
+        voxel_size = tuple(voxel_size[a] for a in spatial)
+    if len(voxel_size) != n:
+        raise ValueError(f"voxel_size={voxel_size!r}: give one size per spatial axis ({n}), e.g. "
+                         f"{(1.0,) * n}")
+    if isinstance(units, str) or units is None:
+        units = None if units is None else (units,) * n
+    else:
+        units = tuple(units)
+        if len(units) == len(grid.shape) and len(grid.shape) != n:
+            units = tuple(units[a] for a in spatial)
+        units = units if len(units) == n else None
+    return voxel_size, units
