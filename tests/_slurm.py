@@ -45,7 +45,7 @@ from pathlib import Path
 
 PACKAGES = ("slurm-wlm", "munge")
 DAEMONS = ("munged", "slurmctld", "slurmd")
-ENV_SWITCH = "PATCHWORKS_TEST_SLURM"  # "0": skip; "1": a failure to start SLURM is an error, not a skip
+ENV_SWITCH = "PATCHWORKS_TEST_SLURM"  # "0": skip; "1": a failed apt install is an error, not a skip
 HOW_TO_RUN = (f"run the suite as root on Debian/Ubuntu (it installs {' and '.join(PACKAGES)} with apt), e.g. "
               f"`sudo .venv/bin/python -m pytest -m slurm`, or as CI does, `.ci/run`")
 _MARK = "PATCHWORKS_SLURM_FIXTURE"  # in the daemons' environment only: finds their leftovers by it

@@ -159,8 +159,9 @@ def test_scancel_a_worker_job_while_staging(slurm, tmp_path):
             slurm.scancel(victim)
             run.join(timeout=180)
             assert not run.is_alive(), "the run did not finish after a job was cancelled"
-            replaced = wait_for(lambda: (set(slurm.running()) - first) or None, "a replacement job")
-            assert victim not in slurm.running() and replaced
+            # the cluster asked SLURM for a job in place of the cancelled one (running or still queued)
+            replaced = wait_for(lambda: (set(slurm.jobs()) - first) or None, "a replacement job")
+            assert victim not in slurm.jobs() and replaced
         finally:
             client.close()
             cluster.close()
@@ -253,7 +254,7 @@ def test_resume_after_the_whole_allocation_is_cancelled(slurm, tmp_path):
     zarr.create_array(tmp_path / "image.zarr", data=image, chunks=(24, 24))
     prologue = f"export PYTHONPATH={TESTS}${{PYTHONPATH:+:$PYTHONPATH}}"
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER.format(delay=0.2))
+    driver.write_text(DRIVER.format(delay=0.15))
     memory = slurm.job_memory()
 
     def submit():
@@ -281,3 +282,13 @@ def test_resume_after_the_whole_allocation_is_cancelled(slurm, tmp_path):
     assert_labels_equivalent(labels[...], ndimage.label(image > 0.5)[0])
     assert not scratch_dirs(tmp_path), "nothing left behind after completion"
     assert first != second
+
+
+def test_skip_reason_says_how_to_run(monkeypatch):
+    import _slurm
+    monkeypatch.delenv(_slurm.ENV_SWITCH, raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert _slurm.why_not() == "not running as root"
+    monkeypatch.setenv(_slurm.ENV_SWITCH, "0")
+    assert _slurm.why_not() == f"{_slurm.ENV_SWITCH}=0"
+    assert "pytest -m slurm" in _slurm.HOW_TO_RUN and ".ci/run" in _slurm.HOW_TO_RUN
