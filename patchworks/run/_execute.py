@@ -213,13 +213,22 @@ def run_tasks(tasks, *, client=None, progress=None, desc: str = "tiles", prefix:
             from distributed import as_completed
             if bar is not None and getattr(client, "dashboard_link", None):
                 bar.note(f"patchworks: {desc} on {client.scheduler.address}, dashboard {client.dashboard_link}")
-            futures = client.get(dsk, keys, sync=False)
-            if bar is not None:
-                for _, result in as_completed(futures, with_results=True):
-                    bar.done(result)
-            results = client.gather(futures)
-            del futures
-            return list(results)
+            # fetch results as they land and let go of each future: the cluster then forgets a finished
+            # tile's result, so a worker lost later (a job cancelled, its walltime reached) costs only the
+            # tiles it was running, not every tile whose result it still held (those would all rerun fn)
+            position = {}
+            for i, key in enumerate(keys):
+                position.setdefault(key, []).append(i)
+            results = [None] * len(keys)
+            pending = as_completed(client.get(dsk, keys, sync=False))
+            for batch in pending.batches():
+                for future, result in zip(batch, client.gather(batch)):
+                    for i in position[future.key]:
+                        results[i] = result
+                    if bar is not None:
+                        bar.done(result)
+                batch = future = None  # noqa: F841 (drop the references)
+            return results
         # a local scheduler the user chose (e.g. synchronous, to debug) is kept;
         # anything else (an inactive cluster's setting) falls back to threads
         scheduler = dask.config.get("scheduler", None)

@@ -1,0 +1,50 @@
+"""Session fixtures shared by several test modules."""
+
+import os
+import time
+
+import pytest
+
+from _slurm import ENV_SWITCH, HOW_TO_RUN, LocalSlurm, install, why_not
+
+_REPORT: dict = {}
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A one-node SLURM (munged + slurmctld + slurmd, as root) for this session, with ``SLURM_CONF`` set.
+
+    Skips, saying how to run the tests, where it cannot run (not root, not
+    Debian-like, no apt). ``PATCHWORKS_TEST_SLURM=0`` skips it;
+    ``PATCHWORKS_TEST_SLURM=1`` (set by ``.ci/run``) makes a failed install
+    an error instead of a skip.
+    """
+    required = os.environ.get(ENV_SWITCH) == "1"
+    reason = why_not()
+    if reason:
+        pytest.skip(f"SLURM tests skipped ({reason}): {HOW_TO_RUN}")
+    root = tmp_path_factory.mktemp("slurm")
+    try:
+        _REPORT["install_s"] = install(root / "apt.log")
+    except RuntimeError as exc:
+        (pytest.fail if required else pytest.skip)(f"could not install SLURM: {exc}; {HOW_TO_RUN}")
+    cluster = LocalSlurm(root)
+    t0 = time.monotonic()
+    with pytest.MonkeyPatch.context() as mp:
+        try:
+            _REPORT["startup_s"] = cluster.start()
+            mp.setenv("SLURM_CONF", str(cluster.conf))
+            yield cluster
+        finally:
+            t1 = time.monotonic()
+            cluster.stop()
+            _REPORT.update(stop_s=time.monotonic() - t1, held_s=t1 - t0, leftovers=cluster.leftovers())
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REPORT:
+        r = _REPORT
+        terminalreporter.write_line(
+            f"SLURM fixture: apt install {r.get('install_s', 0):.1f} s, daemons up {r.get('startup_s', 0):.1f} s, "
+            f"held {r.get('held_s', 0):.1f} s, stopped {r.get('stop_s', 0):.1f} s, "
+            f"processes left behind: {r.get('leftovers', [])}")
