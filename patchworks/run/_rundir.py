@@ -51,6 +51,9 @@ def source_token(source) -> str:
         return tokenize(source.description, source.shape, str(source.dtype))
     if isinstance(source, da.Array):
         return source.name
+    strides = getattr(source, "strides", ())
+    if 0 in strides:  # a broadcast view: hash the values it repeats, not a full-size copy of them
+        return tokenize(source[tuple(0 if s == 0 else slice(None) for s in strides)], source.shape)
     return tokenize(source)  # numpy: hashes the data
 
 
@@ -85,17 +88,19 @@ class RunDir:
         Token of everything that decides the result.
     describe : dict
         The same, human-readable, for the message that refuses to mix runs.
+    temporary_name : str
+        Name of the output store inside the temporary directory.
     """
 
     def __init__(self, write_to, component, *, fingerprint: str, describe: dict, overwrite: bool, resume: bool,
-                 zarr_format: int, scratch_dir=None, inputs=()):
+                 zarr_format: int, scratch_dir=None, inputs=(), temporary_name: str = "labels.zarr"):
         self.fingerprint, self.describe = fingerprint, describe
         self.component, self.overwrite, self.zarr_format = component, overwrite, zarr_format
         self.temporary = write_to is None
         self.created = self.finished = False
         if self.temporary:
             self.root = Path(tempfile.mkdtemp(prefix="patchworks-", dir=scratch_dir))
-            self.path = self.target = self.root / "labels.zarr"
+            self.path = self.target = self.root / temporary_name
             self.scratch = self.root / f"{_SCRATCH_PREFIX}scratch"
             self.scratch.mkdir()
             return
@@ -191,10 +196,18 @@ class RunDir:
     def finish(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def fail(self) -> None:
-        """After an error: a temporary run leaves nothing; a named one keeps its scratch to resume."""
+    def fail(self, *, discard_output: bool = False) -> None:
+        """After an error: a temporary run leaves nothing; a named one keeps its scratch to resume.
+
+        ``discard_output``: a run with nothing to resume (a dense map) removes
+        the output it created and its scratch instead.
+        """
         if self.temporary:
             shutil.rmtree(self.root, ignore_errors=True)
+        elif discard_output:
+            if self.created:
+                shutil.rmtree(self.target, ignore_errors=True)
+            self.finish()
         else:
             try:
                 (self.scratch / "lock").unlink()
