@@ -258,7 +258,7 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
                          crop=crop, channel_axis=channel_axis, axes=axes)
     grid = layout.grid
     weights = None if crop else make_window(window, layout.full)  # validates names and user arrays
-    if weights is not None and not any(grid.overlap) and edge != "pad":
+    if weights is not None and not any(grid.overlap) and edge == "clip":
         weights = None  # one window per voxel: w * p / w is p, so crop is the same and exact
         layout = make_layout(source.shape, tile_shape=tile_shape, overlap=overlap, patch_size=patch_size,
                              edge=edge, crop=True, channel_axis=channel_axis, axes=axes)
