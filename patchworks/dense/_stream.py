@@ -45,8 +45,8 @@ def stream_local(job: MapJob, first, windows_of, accs, *, threads: int, bar=None
     """Run every unit of ``job``; ``first`` holds fn's results for unit 0 (already computed)."""
     lay = job.layout
     grid, blocks = lay.grid, lay.blocks
-    ahead = 2 * threads + 2                      # units in flight
-    max_alive = max(ahead * job.batch_size, 8)   # pieces waiting for folds
+    ahead = threads + 2                                # units in flight: one queued per thread
+    max_alive = max((threads + 1) * job.batch_size, 4)  # pieces waiting for folds
     pool = ThreadPoolExecutor(threads)
     cond = threading.Condition()
     queues: dict[int, deque] = {}
