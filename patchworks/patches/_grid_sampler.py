@@ -326,6 +326,7 @@ class Aggregator:
         self._acc = None  # float32 sum(w * pred) (blended)
         self.weight_sum = None  # float32 sum(w), spatial only (blended)
         self._has_channels = None
+        self._buf = None  # scratch for w * pred (blended)
         self._seen = np.zeros(sampler.n_patches, dtype=bool)
 
     # -- layout helpers --------------------------------------------------
@@ -415,7 +416,14 @@ class Aggregator:
                 self._out[self._idx(spec.core)] = p[self._idx(spec.crop)]
             else:
                 w = self.weights_window[spec.valid]
-                self._acc[self._idx(spec.window)] += p[self._idx(spec.valid)] * self._expand(w)
+                src = p[self._idx(spec.valid)]
+                # product into a reused buffer, then one in-place add: no temporary per patch
+                if self._buf is None or self._buf.size < src.size:
+                    self._buf = np.empty(src.size, np.float32)
+                tmp = self._buf[:src.size].reshape(src.shape)
+                np.multiply(src, self._expand(w), out=tmp, casting="unsafe")
+                dst = self._acc[self._idx(spec.window)]
+                np.add(dst, tmp, out=dst)
                 self.weight_sum[spec.window] += w
             self._seen[spec.sample_idx] = True
 
