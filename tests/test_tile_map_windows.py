@@ -180,3 +180,23 @@ def test_against_monai_sliding_window_inference():
         ours = tile_map(image, lambda w: np.stack([w, w * w]), patch_size=16, overlap=0.5, window=window,
                         compute=True, client=False)
         np.testing.assert_allclose(ours, ref, rtol=2e-5, atol=2e-6)
+
+
+def test_overlapping_windows_decode_each_input_chunk_once(tmp_path):
+    from patchworks import open_image
+    from patchworks.dense._input import ChunkCache
+
+    image = np.random.default_rng(7).random((40, 36), dtype=np.float32)
+    zarr.create_array(store=tmp_path / "in.zarr", data=image, chunks=(8, 8))
+    source = open_image(str(tmp_path / "in.zarr"))
+    cache = ChunkCache(source, source.chunks, budget=1 << 20)
+    grid = TileGrid.for_patches(image.shape, 16, overlap=8)
+    for tile in grid:
+        np.testing.assert_array_equal(cache.read(tile.window), image[tile.window])
+    assert cache.reads == 5 * 5, "every chunk decoded once although each window overlaps its neighbours by half"
+    small = ChunkCache(source, source.chunks, budget=1)  # a front that does not fit: re-read, never hoarded
+    for tile in grid:
+        np.testing.assert_array_equal(small.read(tile.window), image[tile.window])
+    assert small.reads > 25 and len(small._lru) == 1
+    out = tile_map(str(tmp_path / "in.zarr"), affine, patch_size=16, overlap=8, compute=True, client=False)
+    np.testing.assert_array_equal(out, tile_map(image, affine, patch_size=16, overlap=8, compute=True, client=False))

@@ -126,6 +126,7 @@ class MapJob:
     direct: bool = False              # crop: each window writes its core straight to the output
     in_place: bool = False            # accumulators are views of the (numpy float32) output itself
     channels_inferred: bool = False   # out_channels came from the first window's result
+    cache: Any = None                 # ChunkCache over ``source``: each chunk decoded once, not once per window
     _wsums: dict = field(default_factory=dict, repr=False)
 
     # -- units ------------------------------------------------------------
@@ -143,7 +144,7 @@ class MapJob:
     # -- reading and predicting -------------------------------------------
     def read(self, tile: Tile, window=None) -> np.ndarray:
         if window is None:
-            data = self.source[tile.window]
+            data = self.source[tile.window] if self.cache is None else self.cache.read(tile.window)
         elif hasattr(window, "compute"):  # a dask input's window, read inside this task
             data = window.compute(scheduler="sync")
         else:

@@ -33,6 +33,7 @@ from ..run._resources import available_memory
 from ..run._rundir import RunDir, describe_source, fn_token, source_token
 from ..run._windows import make_window
 from ._job import _INFER, MapJob, block_task, fold_task, predict_task, unit_task, validate_map
+from ._input import ChunkCache
 from ._layout import EDGES, make_layout
 from ._spill import SpillingAccumulators
 from ._stream import InPlace, stream_local
@@ -296,6 +297,7 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
                  out_dtype=out_dtype, batch_size=int(batch_size or 1), batched=batch_size is not None,
                  pad_mode=pad_mode)
     in_memory = compute and write_to is None and cluster is None
+    job.cache = _chunk_cache(source, layout, memory_budget)
     try:
         first = None
         if job.out_channels == _INFER:  # run the first unit now: its result gives the channels
@@ -343,6 +345,21 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
 
 #: The issue's name for :func:`tile_map`; kept as an alias.
 tile_blend = tile_map
+
+
+def _chunk_cache(source, layout, memory_budget):
+    """A cache of decoded chunks when windows overlap on a chunked store and chunks are not much larger."""
+    chunks = getattr(source, "chunks", None)
+    if not isinstance(source, LazySource) or not chunks or len(chunks) != len(source.shape):
+        return None
+    if not layout.fixed and not any(layout.grid.overlap):
+        return None  # disjoint windows: nothing is read twice
+    window = np.prod([layout.full[layout.grid.spatial_axes.index(a)] if a in layout.grid.spatial_axes else n
+                      for a, n in enumerate(source.shape)], dtype=float)
+    if np.prod(chunks, dtype=float) > 8 * window:
+        return None  # whole-plane or whole-image chunks: caching them would read more than the windows
+    budget = min(available_memory() // 8 if memory_budget is None else int(memory_budget), 1 << 30)
+    return ChunkCache(source, chunks, budget)
 
 
 def _local_threads() -> int:
