@@ -327,6 +327,7 @@ class Aggregator:
         self.weight_sum = None  # float32 sum(w), spatial only (blended)
         self._has_channels = None
         self._buf = None  # scratch for w * pred (blended)
+        self._result = None  # the divided accumulator, once result() was called (numpy output)
         self._seen = np.zeros(sampler.n_patches, dtype=bool)
 
     # -- layout helpers --------------------------------------------------
@@ -390,6 +391,9 @@ class Aggregator:
         without channels), or one patch without the batch axis when
         ``specs`` is a single :class:`PatchSpec`.
         """
+        if self._result is not None:
+            raise RuntimeError("add() after result(): the blended accumulator was divided in place; "
+                               "add every batch before calling result(), or start a new Aggregator")
         spec_list, single = as_specs(specs)
         pred = _to_numpy(batch)
         if single:
@@ -446,7 +450,11 @@ class Aggregator:
         if self.crop:
             return self._out
         if self._out is None:
-            return self._finish(self._acc, self.weight_sum).astype(self._odtype, copy=False)
+            if self._result is None:  # divide in place: no full-size temporaries (result() may be called again)
+                w = self._expand(self.weight_sum)
+                np.divide(self._acc, w, out=self._acc, where=w > 0)
+                self._result = self._acc.astype(self._odtype, copy=False)
+            return self._result
         # blockwise along the output's chunk grid: each chunk written once
         out = self._out
         sp_chunks = [out.chunks[a] for a in range(out.ndim)]
