@@ -358,7 +358,14 @@ def _chunk_cache(source, layout, memory_budget):
                       for a, n in enumerate(source.shape)], dtype=float)
     if np.prod(chunks, dtype=float) > 8 * window:
         return None  # whole-plane or whole-image chunks: caching them would read more than the windows
-    budget = min(available_memory() // 8 if memory_budget is None else int(memory_budget), 1 << 30)
+    # windows go in raster order: the chunks still needed are the rows under one window plus a step along
+    # the first spatial axis, the whole cross-section; older rows are never read again, so LRU drops them
+    first = layout.grid.spatial_axes[0]
+    c0, p0 = chunks[first], layout.full[0]
+    step0 = p0 - layout.grid.overlap[0] if layout.fixed else layout.grid.tile_shape[0]
+    rows = -(-(p0 + step0) // c0) + 1
+    front = rows * c0 * int(np.prod([n for a, n in enumerate(source.shape) if a != first])) * source.dtype.itemsize
+    budget = min(available_memory() // 8 if memory_budget is None else int(memory_budget), 1 << 30, front)
     return ChunkCache(source, chunks, budget)
 
 
