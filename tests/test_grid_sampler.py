@@ -234,3 +234,17 @@ def test_torch_batches_and_dataloader():
     for x, specs in DataLoader(PatchDataset(sampler), batch_size=5):
         agg.add(x.permute(0, 2, 3, 1), specs)
     np.testing.assert_array_equal(agg.result(), np.moveaxis(img, 0, -1))
+
+
+def test_blended_result_twice_is_the_same_and_add_after_it_is_refused():
+    img = np.random.default_rng(11).random((2, 20, 17), dtype=np.float32)
+    sampler = GridSampler(img, (8, 8), overlap=4, channel_axis=0)
+    agg = Aggregator(sampler, window="gaussian")
+    for patch, spec in sampler:
+        agg.add(patch, spec)
+    first = agg.result().copy()
+    np.testing.assert_allclose(first, img, rtol=1e-6)
+    np.testing.assert_array_equal(agg.result(), first)
+    patch, spec = sampler[0]
+    with pytest.raises(RuntimeError, match=r"add\(\) after result\(\)"):
+        agg.add(patch, spec)

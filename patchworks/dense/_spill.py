@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ class SpillingAccumulators:
         self.bytes = 0
         self.peak_bytes = 0
         self.n_spilled = 0
+        self._lock = threading.Lock()  # blocks are folded on several threads
 
     def _path(self, block: int) -> Path:
         if self._dir is None:
@@ -38,6 +40,10 @@ class SpillingAccumulators:
 
     def take(self, block: int) -> np.ndarray | None:
         """Remove and return the accumulator of ``block`` (None before its first contribution)."""
+        with self._lock:
+            return self._take(block)
+
+    def _take(self, block: int) -> np.ndarray | None:
         if block in self._memory:
             acc = self._memory.pop(block)
             self._next_use.pop(block, None)
@@ -53,6 +59,10 @@ class SpillingAccumulators:
 
     def put(self, block: int, acc: np.ndarray, next_use: int) -> None:
         """Keep ``acc`` until tile ``next_use`` contributes to ``block`` again."""
+        with self._lock:
+            self._put(block, acc, next_use)
+
+    def _put(self, block: int, acc: np.ndarray, next_use: int) -> None:
         self._memory[block] = acc
         self._next_use[block] = next_use
         self.bytes += acc.nbytes

@@ -1,223 +1,48 @@
-"""Dense tile processing: run ``fn`` once per tile and blend the maps into a zarr array.
+"""Dense tile processing: run ``fn`` once per window and blend the maps into one output.
 
-Graph (one run)::
+Pipeline (one run)::
 
-    tile t  : read window -> fn -> validate -> float32 * weights  (crop: write core, done)
-    fold b,k: acc_b = acc_b + piece of tile t_k inside core b      (t_k in raster order)
-    block b : acc_b / sum of weights -> finalize -> cast -> write chunk b once
+    unit u  : read window(s) -> fn (one window, or a batch) -> validate -> float32 * weights (crop: core)
+    fold b,i: acc_b += piece of window i inside block b          (per block, windows in raster order)
+    block b : acc_b / sum of weights -> finalize -> cast -> write block b once
 
-Output chunks are the tile cores, so every block task writes exactly one
-chunk, once. A block's partial sum is folded tile by tile, so what stays in
-memory is one core-sized accumulator per block on the processing front plus
-the few windows in flight, never a window per pending tile nor the whole
-output. The weight sums are recomputed from geometry in the block task
-instead of being shipped with every tile. Folds run in a fixed (raster)
-order, so the result does not depend on which tile finishes first and equals
-a plain numpy accumulation over the tiles in raster order bit for bit.
+Output chunks are the blocks, so every block is written exactly once. Folds
+of one block run in a fixed (raster) order, so the result does not depend on
+which window finishes first and equals a plain numpy accumulation over the
+windows in raster order bit for bit. Where the output goes and what a re-run
+does is the run directory's business (:class:`patchworks.run._rundir.RunDir`),
+the same mechanism as for labels.
 """
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import logging
-import shutil
-import tempfile
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+import sys
+from typing import Callable
 
 import dask
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
 
-from ..grid import Tile, TileGrid
-from ..io._sources import LazySource, create_output, open_image, same_location
+from ..grid import TileGrid
+from ..io._sources import LazySource, open_image
+from ..run._execute import (_want_progress, active_client, local_threads, new_token, resolve_tile_shape, run_tasks,
+                            shared, tile_windows)
 from ..run._resources import available_memory
-from ..run._execute import active_client, local_threads, new_token, resolve_tile_shape, run_tasks, shared, tile_windows
-from ._spill import SpillingAccumulators
+from ..run._rundir import RunDir, describe_source, fn_token, source_token
 from ..run._windows import make_window
+from ._job import _INFER, MapJob, block_task, fold_task, predict_task, unit_task, validate_map
+from ._input import ChunkCache
+from ._layout import EDGES, make_layout
+from ._spill import SpillingAccumulators
+from ._stream import InPlace, stream_local
 
-__all__ = ["tile_blend", "tile_map"]
+__all__ = ["tile_blend", "tile_map", "validate_map"]
 
 logger = logging.getLogger("patchworks")
 
-
-class _Target:
-    """Where the map goes: the user's ``write_to`` or a fresh temporary store (no scratch needed)."""
-
-    def __init__(self, write_to, component, *, overwrite, zarr_format, scratch_dir, inputs=()):
-        self.temporary = write_to is None
-        self.component, self.overwrite, self.zarr_format = component, overwrite, zarr_format
-        self.created = False
-        if self.temporary:
-            self.root = Path(tempfile.mkdtemp(prefix="patchworks-", dir=scratch_dir))
-            self.path = self.root / "map.zarr"
-            return
-        for item in inputs:
-            if same_location(write_to, item):
-                raise ValueError(f"write_to={str(write_to)!r} is the input; patchworks never writes to its "
-                                 f"input: choose another output path")
-        self.path = Path(write_to)
-        self.target = self.path / component if component else self.path
-        if self.target.exists() and not overwrite:
-            raise FileExistsError(f"write_to={str(self.target)!r} already exists; pass overwrite=True to "
-                                  f"replace it, or choose another path")
-
-    def create(self, **kwargs):
-        array = create_output(self.path, component=self.component, zarr_format=self.zarr_format,
-                              overwrite=self.overwrite, **kwargs)
-        self.created = True
-        return array
-
-    def discard(self):
-        """After a failure, or once a computed result is in memory: leave no half-written output."""
-        if self.temporary:
-            shutil.rmtree(self.root, ignore_errors=True)
-        elif self.created:
-            shutil.rmtree(self.target, ignore_errors=True)
-
-
-def _where(tile: Tile) -> str:
-    return f"tile {tile.index} (window [" + ", ".join(f"{s.start}:{s.stop}" for s in tile.spatial_window) + "])"
-
-
-def validate_map(pred, tile: Tile, n_channels: int | None, what: str = "fn") -> np.ndarray:
-    """Check a tile function's dense output; errors name the tile index and window."""
-    win = tile.window_shape
-    expected = win if n_channels is None else (n_channels, *win)
-    if not isinstance(pred, np.ndarray):
-        if hasattr(pred, "__array__") and not isinstance(pred, (list, tuple, int, float)):
-            pred = np.asarray(pred)
-        else:
-            raise TypeError(f"{what} returned {type(pred).__name__} for {_where(tile)}; it must return a numpy "
-                            f"array of shape {expected}")
-    if not (np.issubdtype(pred.dtype, np.number) or pred.dtype == np.bool_) or np.iscomplexobj(pred):
-        raise TypeError(f"{what} returned dtype {pred.dtype} for {_where(tile)}; return a real-valued map")
-    if pred.shape != expected:
-        if n_channels is None and pred.ndim == len(win) + 1 and pred.shape[1:] == win:
-            fix = f"it has {pred.shape[0]} channels first: pass out_channels={pred.shape[0]}"
-        elif n_channels is not None and pred.ndim == len(win) + 1 and pred.shape[1:] == win:
-            fix = f"it has {pred.shape[0]} channels but out_channels={n_channels}: pass out_channels={pred.shape[0]}"
-        elif n_channels is not None and pred.shape == win:
-            fix = "it has no channel axis: pass out_channels=None or return (C, *window)"
-        else:
-            fix = "return one value per voxel of the window it was given (channels first)"
-        raise ValueError(f"{what} returned shape {pred.shape} for {_where(tile)}; expected {expected}; {fix}")
-    return pred
-
-
-def _cast(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if np.issubdtype(dtype, np.integer) and np.issubdtype(block.dtype, np.floating):
-        # quantise, never wrap: round, then saturate at the dtype's range
-        info = np.iinfo(dtype)
-        block = np.clip(np.rint(block), info.min, info.max)
-    return block.astype(dtype, copy=False)
-
-
-@dataclass
-class BlendJob:
-    """Everything tile, fold and block tasks need; enters the graph once."""
-
-    grid: TileGrid
-    fn: Callable
-    source: Any                       # numpy / LazySource, or None when windows arrive as task inputs
-    weights: np.ndarray | None        # full (unclipped) window weights; None = crop
-    out_channels: int | None          # channels fn returns (None: no channel axis)
-    final_channels: int | None        # channels after finalize (output's leading axis)
-    finalize: Callable | None
-    out_dtype: np.dtype
-    output: Any = None                # zarr.Array
-    # per axis, per core index: the tile indices whose windows reach into that core (sorted)
-    reach: tuple = field(init=False)
-
-    def __post_init__(self):
-        reach = []
-        for b, h, size in zip(self.grid.boundaries, self.grid.overlap, self.grid.spatial_shape):
-            lo = np.maximum(b[:-1] - h, 0)
-            hi = np.minimum(b[1:] + h, size)
-            reach.append(tuple(tuple(int(j) for j in np.nonzero((lo < b[i + 1]) & (hi > b[i]))[0])
-                               for i in range(len(b) - 1)))
-        self.reach = tuple(reach)
-
-    def contributors(self, index) -> list[tuple[int, ...]]:
-        """Tiles whose windows overlap core ``index``, in raster order."""
-        return list(itertools.product(*(r[i] for r, i in zip(self.reach, index))))
-
-    def weight_region(self, tile: Tile, region) -> np.ndarray:
-        """Weights of ``tile`` over the global spatial ``region`` (inside its window)."""
-        # the full window starts ``overlap`` before the core: clipped windows keep their weights' position
-        return self.weights[tuple(slice(r.start - c.start + h, r.stop - c.start + h)
-                                  for r, c, h in zip(region, tile.spatial_core, self.grid.overlap))]
-
-    def write(self, tile: Tile, block: np.ndarray):
-        block = _check_final(block, tile, self.final_channels, self.finalize)
-        key = tile.spatial_core if self.final_channels is None else (slice(None), *tile.spatial_core)
-        self.output[key] = _cast(block, self.out_dtype)
-
-
-def _check_final(block, tile, channels, finalize):
-    if finalize is None:
-        return block
-    block = np.asarray(block)
-    expected = tile.core_shape if channels is None else (channels, *tile.core_shape)
-    if block.shape != expected:
-        raise ValueError(f"finalize returned shape {block.shape} for the block of {_where(tile)}; expected "
-                         f"{expected}, the shape it returned for the first block (channels first)")
-    return block
-
-
-def _window_of(job: BlendJob, tile: Tile, window):
-    if window is None:
-        window = job.source[tile.window]
-    elif hasattr(window, "compute"):  # a dask input's window, read inside this task
-        window = window.compute(scheduler="sync")
-    data = np.asarray(window)
-    return validate_map(job.fn(data), tile, job.out_channels)
-
-
-def _tile_task(job: BlendJob, linear_index: int, window=None, gate=None):
-    tile = job.grid.tile(linear_index)
-    pred = _window_of(job, tile, window)
-    if job.weights is None:  # crop: this tile owns its core, nothing to accumulate
-        core = pred[(Ellipsis, *tile.spatial_crop)]
-        job.write(tile, core if job.finalize is None else job.finalize(core))
-        return None
-    pred = pred.astype(np.float32, copy=False)
-    return pred * job.weight_region(tile, tile.spatial_window)
-
-
-def _overlap(tile: Tile, core) -> tuple[slice, ...]:
-    return tuple(slice(max(w.start, c.start), min(w.stop, c.stop)) for w, c in zip(tile.spatial_window, core))
-
-
-def _sub(region, frame) -> tuple[slice, ...]:
-    """``region`` (global slices) relative to the start of ``frame``."""
-    return tuple(slice(r.start - f.start, r.stop - f.start) for r, f in zip(region, frame))
-
-
-def _fold_task(job: BlendJob, acc, weighted, block_index, tile_index):
-    tile, block = job.grid.tile(tile_index), job.grid.tile(block_index)
-    region = _overlap(tile, block.spatial_core)
-    if acc is None:
-        lead = () if job.out_channels is None else (job.out_channels,)
-        acc = np.zeros(lead + block.core_shape, np.float32)
-    # in place: the accumulator's only reader is this task (the next fold or the block consumes our result)
-    acc[(Ellipsis, *_sub(region, block.spatial_core))] += weighted[(Ellipsis, *_sub(region, tile.spatial_window))]
-    return acc
-
-
-def _block_task(job: BlendJob, block_index, acc):
-    block = job.grid.tile(block_index)
-    total = np.zeros(block.core_shape, np.float32)
-    for t in job.contributors(block_index):  # same order as the folds
-        tile = job.grid.tile(t)
-        region = _overlap(tile, block.spatial_core)
-        total[_sub(region, block.spatial_core)] += job.weight_region(tile, region)
-    acc /= total  # in place, as the folds: this task is the accumulator's only reader
-    job.write(block, acc if job.finalize is None else job.finalize(acc))
+_PAD_MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
 
 
 def _final_channels(finalize, out_channels, n_spatial) -> int | None:
@@ -236,58 +61,107 @@ def _final_channels(finalize, out_channels, n_spatial) -> int | None:
                      f"spatial shape, optionally with a leading channel axis")
 
 
+def _torch_module(fn):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(fn, torch.nn.Module)
+
+
+class TorchNet:
+    """A ``torch.nn.Module`` as a batch function: numpy ``(B, [C,] *window)`` in, ``(B, C, *window)`` out.
+
+    Called as MONAI calls a predictor: a float32 tensor ``(B, C, *window)``
+    on the module's device (a channel axis of 1 is added when the image has
+    none), under ``torch.inference_mode()``.
+    """
+
+    def __init__(self, module, add_channel: bool):
+        self.module, self.add_channel = module, add_channel
+
+    def __call__(self, batch):
+        import torch
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.add_channel:
+            x = x.unsqueeze(1)
+        device = next((p.device for p in self.module.parameters()), torch.device("cpu"))
+        with torch.inference_mode():
+            return self.module(x.to(device))
+
+
+def _as_input(image):
+    if type(image).__module__.startswith("torch"):  # a tensor: read through numpy, never written
+        return image.detach().cpu().numpy()
+    return image
+
+
+def _check_int(value, name, fix):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+        raise ValueError(f"{name}={value!r}: {fix}")
+
+
 def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_channels=None,
              out_dtype="float32", finalize=None, write_to=None, compute=False, overwrite=False,
              progress=None, client=None, component=None, level=0, channel=None, channel_axis=None,
-             axes=None, output_component=None, zarr_format=3, scratch_dir=None, memory_budget=None):
-    """Run ``fn`` on every tile of ``image`` and blend its dense outputs into one map.
+             axes=None, output_component=None, zarr_format=3, scratch_dir=None, memory_budget=None,
+             patch_size=None, edge=None, pad_mode="constant", batch_size=None):
+    """Run ``fn`` on every window of ``image`` and blend its dense outputs into one map.
 
-    ``fn`` receives each tile's window (core plus ``overlap`` voxels per side,
-    clipped at the image edge) and returns a map of the window's spatial
-    shape (probabilities, a denoised image, features). It is called exactly
-    once per tile. Overlapping windows are combined voxel by voxel as
-    ``sum(w_t * p_t) / sum(w_t)`` in float32 with spatial weights ``w`` (or
-    cropped to their cores with ``window="crop"``), and the result is
-    written to zarr block by block, one block per tile core, each finalised
-    and written once; memory stays bounded by ``memory_budget`` plus a few
-    windows, not by the image.
+    ``fn`` receives each window (a tile's core plus ``overlap`` voxels per
+    side, or a fixed ``patch_size``) and returns a map of the window's
+    spatial shape (probabilities, a denoised image, features). It is called
+    exactly once per window. Overlapping windows are combined voxel by voxel
+    as ``sum(w_t * p_t) / sum(w_t)`` in float32 with spatial weights ``w``
+    (or cropped to their cores with ``window="crop"``), and the result is
+    written block by block, each block finalised and written once; memory
+    stays bounded by ``memory_budget`` plus a few windows, not by the image.
 
     Parameters
     ----------
-    image : array-like or path
-        Anything :func:`patchworks.open_image` accepts. Never written to.
-    fn : callable
-        ``fn(window) -> map``: shape ``window_spatial`` or, with
-        ``out_channels=C``, channels first ``(C, *window_spatial)``. Any real
-        dtype; blending accumulates in float32.
+    image : array-like, torch tensor or path
+        Anything :func:`patchworks.open_image` accepts, or a torch tensor
+        (read through numpy). Never written to.
+    fn : callable or torch.nn.Module
+        ``fn(window) -> map``: the window's spatial shape, or channels first
+        ``(C, *window)``. Any real dtype (numpy or torch); blending
+        accumulates in float32. With ``batch_size``, ``fn(batch)`` gets
+        ``(B, *window)`` and returns ``(B, [C,] *window)``. A
+        ``torch.nn.Module`` is called as MONAI calls a network: a float32
+        tensor ``(B, C, *window)`` on its device (``C = 1`` added when the
+        image has no channel axis), under ``torch.inference_mode()``.
     tile_shape : "auto", int, tuple or dict, optional
         Core size per spatial axis; default (``None`` or ``"auto"``) the
         largest tile one worker can hold, as for :func:`tile_process`.
-    overlap : int, tuple or dict, default 0
-        Halo per side per spatial axis; must be smaller than the tile.
-        Windows of neighbouring tiles overlap by ``2 * overlap``.
+    overlap : int, float, tuple or dict, default 0
+        With ``tile_shape``: halo per side per spatial axis, smaller than the
+        tile (windows of neighbours overlap by ``2 * overlap``). With
+        ``patch_size``: voxels shared by neighbouring windows, or a fraction
+        of the window as in MONAI (``overlap=0.5``: step ``int(P * 0.5)``).
     window : {"gaussian", "hann", "mean", "crop"} or array, default "gaussian"
         Blending weights (see :func:`patchworks.make_window`): ``"crop"``
-        takes each voxel from its own tile's core (no accumulator, exact);
-        an array gives the weights of a full window, shape
-        ``tile_shape + 2 * overlap`` per spatial axis, all > 0. A window
-        clipped at the image edge uses the part of the full window's weights
-        that lies inside the image. With ``overlap=0`` every window is crop.
+        takes each voxel from the window whose core owns it (no accumulator,
+        exact); an array gives the weights of a full window (all > 0). A
+        window clipped at the image edge uses the part of the full window's
+        weights inside the image. With no overlap every window is crop.
     out_channels : int, optional
-        Number of channels ``fn`` returns first; None for no channel axis.
+        Number of channels ``fn`` returns first; default taken from the first
+        window's result (none when it has the window's spatial shape).
     out_dtype : dtype, default "float32"
         Output dtype; floats cast to an integer dtype are rounded and
         saturated, never wrapped.
     finalize : callable, optional
         ``finalize(block) -> block`` applied to each blended block (float32,
-        ``(C, *core)`` or ``core``; crop mode: fn's dtype) before the cast,
+        ``(C, *block)`` or ``block``; crop mode: fn's dtype) before the cast,
         e.g. ``lambda p: p.argmax(0)`` for labels. It may drop or change the
         channel axis; it is called once on a tiny zero block to learn its
         output's channels.
     write_to : path, optional
-        zarr store to write (chunks = tile cores, channel axis whole). Default:
-        a store in a new temporary directory, which backs the returned lazy
-        array (removed with ``compute=True``).
+        zarr store to write (chunks = the output blocks, channel axis
+        whole). It is never the input; an existing store is replaced only
+        with ``overwrite=True``, except that re-running a finished run with
+        the same arguments is a no-op that returns it. Two runs writing one
+        output at once are refused; a failed run leaves no output. Default:
+        a temporary store backing the returned lazy array; with
+        ``compute=True`` (and no cluster) the map is accumulated in memory
+        and no store is written at all.
     compute : bool, default False
         Return a numpy array instead of a lazy dask array.
     overwrite : bool, default False
@@ -299,11 +173,31 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
     component, level, channel, channel_axis, axes, output_component, zarr_format, scratch_dir :
         As for :func:`patchworks.tile_process`.
     memory_budget : int, optional
-        Bytes the float32 accumulators of blocks still waiting for tiles may
-        hold (on threads). Beyond it, those needed last are spilled to
-        scratch files and read back when their next tile comes, so memory is
-        bounded by this budget plus a few windows, whatever the image.
-        Default: a quarter of the memory available to this process.
+        Bytes the float32 accumulators of blocks still waiting for windows
+        may hold (on threads). Beyond it, those needed last are spilled to
+        scratch files and read back when their next window comes. Default: a
+        quarter of the memory available to this process.
+    patch_size : int, tuple or dict, optional
+        Fixed window size per spatial axis (MONAI's ``roi_size``), instead of
+        ``tile_shape``: windows of exactly this size, stepped by
+        ``patch_size - overlap``; e.g. ``patch_size=64, overlap=0.5`` gives
+        MONAI's 5 windows per axis on 192 voxels.
+    edge : {"clip", "shift", "pad", "squeeze"}, optional
+        Windows at the image edge. ``"clip"``: core + halo clipped to the
+        image (edge windows are smaller). ``"shift"``: every window has the
+        full size (``tile_shape + 2 * overlap``, or ``patch_size``); the
+        last one is moved inward to end at the image end, as MONAI lays
+        them. ``"pad"``: full-size windows on the regular step, the outside
+        filled with ``np.pad(mode=pad_mode)``. ``"squeeze"``: as many as
+        shift, spread evenly. Default ``"shift"`` for ``patch_size`` or a
+        ``torch.nn.Module``, else ``"clip"``.
+    pad_mode : str, default "constant"
+        ``np.pad`` mode for ``edge="pad"`` (zeros, as MONAI's default).
+    batch_size : int, optional
+        Windows per call of ``fn`` (MONAI's ``sw_batch_size``), stacked on a
+        leading axis; needs full-size windows (``edge`` other than
+        ``"clip"``). Default: one window per call without a batch axis (a
+        ``torch.nn.Module``: batches of 1).
 
     Returns
     -------
@@ -318,88 +212,161 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
     >>> out = tile_map(img, lambda w: w * 2, tile_shape=3, overlap=1, window="hann", compute=True)
     >>> bool(np.allclose(out, img * 2))
     True
-    >>> probs = lambda w: np.stack([w, 35 - w])  # two channels, first
-    >>> tile_map(img, probs, tile_shape=3, overlap=1, out_channels=2, finalize=lambda p: p.argmax(0),
+    >>> probs = lambda w: np.stack([w, 35 - w])  # two channels, first: found from the first window
+    >>> tile_map(img, probs, tile_shape=3, overlap=1, finalize=lambda p: p.argmax(0),
     ...          out_dtype="uint8", compute=True)[0]
     array([1, 1, 1, 1, 1, 1], dtype=uint8)
+    >>> vol = np.ones((20, 20), np.float32)  # fixed 8x8 windows, 4 at a time
+    >>> out = tile_map(vol, lambda b: b * 3, patch_size=8, overlap=0.5, batch_size=4, compute=True)
+    >>> out.shape, bool(np.allclose(out, 3))
+    ((20, 20), True)
     """
+    network = _torch_module(fn)
     if not callable(fn):
         raise TypeError(f"fn={fn!r} is not callable; pass a function window -> map")
-    if out_channels is not None and (isinstance(out_channels, bool) or not isinstance(out_channels, (int, np.integer))
-                                     or out_channels < 1):
-        raise ValueError(f"out_channels={out_channels!r}: use None (fn returns the window's spatial shape) "
-                         f"or an int >= 1 (fn returns (C, *window), channels first)")
+    _check_int(out_channels, "out_channels", "use None (taken from fn's first result) or an int >= 1 "
+               "(fn returns (C, *window), channels first)")
+    _check_int(batch_size, "batch_size", "use None (one window per call) or an int >= 1 (windows per call)")
     try:
         out_dtype = np.dtype(out_dtype)
     except TypeError:
         raise TypeError(f"out_dtype={out_dtype!r} is not a numpy dtype; use e.g. 'float32' or 'uint8'") from None
     if not (np.issubdtype(out_dtype, np.number) or out_dtype == np.bool_):
         raise TypeError(f"out_dtype={out_dtype}: use a numeric dtype such as 'float32' or 'uint8'")
-    source = open_image(image, component=component, level=level, channel=channel)
+    if edge is None:
+        edge = "shift" if (patch_size is not None or network) else "clip"
+    if edge not in EDGES:
+        raise ValueError(f"edge={edge!r} is unknown; use one of {', '.join(map(repr, EDGES))}")
+    if pad_mode not in _PAD_MODES:
+        raise ValueError(f"pad_mode={pad_mode!r} is not supported; use one of {', '.join(map(repr, _PAD_MODES))}")
+    if batch_size is not None and edge == "clip":
+        raise ValueError(f"batch_size={batch_size} needs windows of one size, but edge='clip' makes the edge "
+                         f"windows smaller; use edge='shift' (or 'pad'), or patch_size=")
+    if patch_size is not None and tile_shape is not None:
+        raise ValueError(f"tile_shape={tile_shape!r} and patch_size={patch_size!r} were both given; give the "
+                         f"core size (tile_shape, with overlap per side) or the window size (patch_size)")
+
+    source = open_image(_as_input(image), component=component, level=level, channel=channel)
     if axes is None and isinstance(source, LazySource):
         axes = source.axes
-    in_channels = int(np.prod([n for i, n in enumerate(source.shape)
-                               if i not in TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes).spatial_axes]))
-    # a tile holds its input channels and its float32 output channels
-    tile_shape = resolve_tile_shape(tile_shape, source, overlap, client, channel_axis=channel_axis, axes=axes,
-                                    n_channels=in_channels + int(out_channels or 1))
-    grid = TileGrid(source.shape, tile_shape, overlap, channel_axis=channel_axis, axes=axes)
+    spatial = TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes).spatial_axes
+    in_channels = int(np.prod([n for i, n in enumerate(source.shape) if i not in spatial]))
+    if patch_size is None:
+        # a tile holds its input channels and its float32 output channels
+        tile_shape = resolve_tile_shape(tile_shape, source, overlap, client, channel_axis=channel_axis, axes=axes,
+                                        n_channels=in_channels + int(out_channels or 1))
+    crop = isinstance(window, str) and window == "crop"
+    layout = make_layout(source.shape, tile_shape=tile_shape, overlap=overlap, patch_size=patch_size, edge=edge,
+                         crop=crop, channel_axis=channel_axis, axes=axes)
+    grid = layout.grid
+    weights = None if crop else make_window(window, layout.full)  # validates names and user arrays
+    if weights is not None and not any(grid.overlap) and edge == "clip":
+        weights = None  # one window per voxel: w * p / w is p, so crop is the same and exact
+        layout = make_layout(source.shape, tile_shape=tile_shape, overlap=overlap, patch_size=patch_size,
+                             edge=edge, crop=True, channel_axis=channel_axis, axes=axes)
+        grid = layout.grid
+    if network:
+        fn = TorchNet(fn, add_channel=len(spatial) == len(source.shape))
+        batch_size = batch_size or 1
+    if finalize is not None and not callable(finalize):
+        _final_channels(finalize, None, len(spatial))  # raises the TypeError
+    window_name = "crop" if weights is None else (window if isinstance(window, str) else "user")
 
-    full = tuple(t + 2 * h for t, h in zip(grid.tile_shape, grid.overlap))
-    if isinstance(window, str) and window == "crop":
-        weights = None
-    else:
-        weights = make_window(window, full)  # validates names and user arrays
-        if not any(grid.overlap):
-            weights = None  # one tile per voxel: w * p / w is p, so crop is the same and exact
-    final_channels = _final_channels(finalize, None if out_channels is None else int(out_channels),
-                                     len(grid.spatial_axes))
-    out = _Target(write_to, output_component, overwrite=overwrite, zarr_format=zarr_format,
-                  scratch_dir=scratch_dir, inputs=(image,))
+    describe = {"image": describe_source(image, source), "tile_shape": grid.tile_shape, "overlap": grid.overlap,
+                "patch_size": patch_size, "edge": edge, "window": window_name,
+                "fn": getattr(fn, "__qualname__", type(fn).__qualname__), "out_channels": out_channels,
+                "out_dtype": str(out_dtype), "batch_size": batch_size}
+    # only a named output can be found again; skip hashing (a pass over a numpy input) otherwise
+    fingerprint = "" if write_to is None else tokenize(
+        "tile_map", source_token(source), grid.shape, grid.spatial_axes, [list(s) for s in layout.starts],
+        layout.full, tuple(map(tuple, grid.boundaries)), edge, pad_mode,
+        window_name if isinstance(window, str) or weights is None else tokenize(weights),
+        fn_token(fn.module if network else fn), out_channels, None if finalize is None else fn_token(finalize),
+        str(out_dtype), zarr_format, batch_size)
+    run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
+                 resume=True, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(image,),
+                 temporary_name="map.zarr")
+    if run.finished:  # this very run is complete already: a no-op
+        output = run.open_existing()
+        return np.asarray(output[...]) if compute else da.from_zarr(output)
 
+    cluster = active_client(client)
     source, windows = tile_windows(source, grid, client)
-
-    lead = () if final_channels is None else (final_channels,)
-    token = new_token()
+    job = MapJob(layout=layout, fn=fn, source=source, weights=weights,
+                 out_channels=_INFER if out_channels is None else int(out_channels), finalize=finalize,
+                 out_dtype=out_dtype, batch_size=int(batch_size or 1), batched=batch_size is not None,
+                 pad_mode=pad_mode)
+    in_memory = compute and write_to is None and cluster is None
+    job.cache = _chunk_cache(source, layout, memory_budget)
     try:
-        output = out.create(shape=lead + grid.spatial_shape, dtype=out_dtype, chunks=lead + grid.tile_shape,
-                            attributes={"patchworks": {"complete": False}})
-        job = BlendJob(grid=grid, fn=fn, source=source, weights=weights,
-                       out_channels=None if out_channels is None else int(out_channels),
-                       final_channels=final_channels, finalize=finalize, out_dtype=out_dtype, output=output)
-        logger.info("patchworks: blending %d tiles (%s window) into %s", grid.n_tiles,
-                    "crop" if weights is None else (window if isinstance(window, str) else "user"), out.path)
-        if active_client(client) is None and weights is not None:
-            if memory_budget is None:
-                memory_budget = available_memory() // 4
-            accs = SpillingAccumulators(memory_budget, scratch_dir or (None if out.temporary else
-                                                                      out.path.absolute().parent))
-            try:
-                _stream_locally(job, windows, progress, accs)
-            finally:
-                accs.close()
-            if accs.n_spilled:
-                logger.info("patchworks: %d block accumulators spilled to disk (memory_budget=%d bytes)",
-                            accs.n_spilled, memory_budget)
+        first = None
+        if job.out_channels == _INFER:  # run the first unit now: its result gives the channels
+            inputs0 = None if windows is None else [windows(grid.tile(i)) for i in job.unit(0)]
+            if cluster is None:
+                first = job.predict(0, inputs0)
+            else:
+                first = run_tasks([dask.delayed(predict_task, pure=False)(job, 0, inputs0)], client=client,
+                                  progress=False)[0]
+            job.learn_channels(first)
+        job.final_channels = _final_channels(finalize, job.out_channels, len(spatial))
+        lead = () if job.final_channels is None else (job.final_channels,)
+        shape = lead + grid.spatial_shape
+        if in_memory:
+            job.in_place = weights is not None and finalize is None and out_dtype == np.float32
+            job.output = (np.zeros if job.in_place else np.empty)(shape, out_dtype)
+            job.direct = weights is None
         else:
-            tasks, prefix = _graph(job, windows, token)
+            job.output = run.create(shape=shape, dtype=out_dtype, chunks=lead + layout.blocks.tile_shape)
+            # crop on a clipped grid: cores are the output chunks, so each window writes its own chunk
+            job.direct = weights is None and edge == "clip"
+        logger.info("patchworks: blending %d windows (%s window, edge=%s) into %s", grid.n_tiles, window_name,
+                    edge, "memory" if in_memory else run.path)
+        if cluster is None:
+            _run_locally(job, first, windows, progress, memory_budget, run.scratch)
+        else:
+            tasks, prefix = _graph(job, windows, first, new_token())
             run_tasks(tasks, client=client, progress=progress, desc="blending tiles", prefix=prefix)
-        output.attrs["patchworks"] = {  # completion is recorded last
-            "complete": True, "window": "crop" if weights is None else
-            (window if isinstance(window, str) else "user"),
-            "tile_shape": list(grid.tile_shape), "overlap": list(grid.overlap)}
+        if not in_memory:  # completion is recorded last
+            run.mark_complete(job.output, {"window": window_name, "edge": edge, "tile_shape": list(grid.tile_shape),
+                                           "overlap": list(grid.overlap), "patch_size": list(layout.full)})
     except BaseException:
-        out.discard()
+        run.fail(discard_output=True)
         raise
+    run.finish()
+    if in_memory:
+        run.discard_temporary()
+        return job.output
     if compute:
-        result = np.asarray(output[...])
-        out.discard()
+        result = np.asarray(job.output[...])
+        run.discard_temporary()
         return result
-    return da.from_zarr(output)
+    return da.from_zarr(job.output)
 
 
 #: The issue's name for :func:`tile_map`; kept as an alias.
 tile_blend = tile_map
+
+
+def _chunk_cache(source, layout, memory_budget):
+    """A cache of decoded chunks when windows overlap on a chunked store and chunks are not much larger."""
+    chunks = getattr(source, "chunks", None)
+    if not isinstance(source, LazySource) or not chunks or len(chunks) != len(source.shape):
+        return None
+    if not layout.fixed and not any(layout.grid.overlap):
+        return None  # disjoint windows: nothing is read twice
+    window = np.prod([layout.full[layout.grid.spatial_axes.index(a)] if a in layout.grid.spatial_axes else n
+                      for a, n in enumerate(source.shape)], dtype=float)
+    if np.prod(chunks, dtype=float) > 8 * window:
+        return None  # whole-plane or whole-image chunks: caching them would read more than the windows
+    # windows go in raster order: the chunks still needed are the rows under one window plus a step along
+    # the first spatial axis, the whole cross-section; older rows are never read again, so LRU drops them
+    first = layout.grid.spatial_axes[0]
+    c0, p0 = chunks[first], layout.full[0]
+    step0 = p0 - layout.grid.overlap[0] if layout.fixed else layout.grid.tile_shape[0]
+    rows = -(-(p0 + step0) // c0) + 1
+    front = rows * c0 * int(np.prod([n for a, n in enumerate(source.shape) if a != first])) * source.dtype.itemsize
+    budget = min(available_memory() // 8 if memory_budget is None else int(memory_budget), 1 << 30, front)
+    return ChunkCache(source, chunks, budget)
 
 
 def _local_threads() -> int:
@@ -408,104 +375,70 @@ def _local_threads() -> int:
     return local_threads()
 
 
-def _stream_locally(job: BlendJob, windows, progress, accs: SpillingAccumulators):
-    """Blend on local threads in raster order: a bounded number of tiles in flight.
-
-    Tiles run on a pool; their results are folded into the block
-    accumulators on this thread strictly in raster order (so the sums do not
-    depend on which tile finishes first), and each block whose last
-    contributor is folded is normalised and written on the pool. Alive at
-    once: ``2 * threads + 2`` windows and the accumulators of the blocks on
-    the front, which ``accs`` spills to disk beyond its budget -- never a
-    graph of the whole image for a static ordering to get wrong.
-    """
-    from ..run._execute import _want_progress
-    grid = job.grid
-    threads = _local_threads()
-    ahead = 2 * threads + 2
-    blocks_of = [job.contributors(grid.tile(i).index) for i in range(grid.n_tiles)]  # symmetric relation
-    left = [len(c) for c in blocks_of]
-    # tiles contributing to each block, in the order they are folded (raster order)
-    order_of = [sorted(grid.linear_index(t) for t in c) for c in blocks_of]
+def _run_locally(job: MapJob, first, windows, progress, memory_budget, scratch) -> None:
     bar = None
     if _want_progress(progress):
         from tqdm.auto import tqdm
-        bar = tqdm(total=grid.n_tiles, desc="blending tiles", unit="tile", leave=False)
-    pool = ThreadPoolExecutor(threads)
-    tiles, writes = deque(), deque()
-
-    def fold_next():
-        i = len(folded)
-        weighted = tiles.popleft().result()
-        index = grid.tile(i).index
-        for b_index in blocks_of[i]:
-            b = grid.linear_index(b_index)
-            acc = _fold_task(job, accs.take(b), weighted, b_index, index)
-            left[b] -= 1
-            if not left[b]:
-                writes.append(pool.submit(_block_task, job, b_index, acc))
-            else:
-                accs.put(b, acc, next_use=order_of[b][bisect.bisect_right(order_of[b], i)])
-        folded.append(i)
-        while writes and (writes[0].done() or len(writes) > ahead):
-            writes.popleft().result()  # raises a failed write here, and bounds queued blocks
-        if bar is not None:
-            bar.update(1)
-
-    folded: list[int] = []
+        bar = tqdm(total=job.layout.n_windows, desc="blending tiles", unit="tile", leave=False)
+    if job.in_place:
+        accs = InPlace(job.output, job.layout.blocks, job.out_channels is not None)
+    else:
+        accs = SpillingAccumulators(available_memory() // 4 if memory_budget is None else memory_budget, scratch)
     try:
-        for i in range(grid.n_tiles):
-            tiles.append(pool.submit(_tile_task, job, i, None if windows is None else windows(grid.tile(i))))
-            while len(tiles) > ahead:
-                fold_next()
-        while tiles:
-            fold_next()
-        while writes:
-            writes.popleft().result()
+        stream_local(job, first, windows, accs, threads=_local_threads(), bar=bar)
     finally:
-        # on failure, stop queued work and wait for running tasks: nothing writes behind the caller's back
-        pool.shutdown(wait=True, cancel_futures=True)
+        accs.close()
         if bar is not None:
             bar.close()
+    if accs.n_spilled:
+        logger.info("patchworks: %d block accumulators spilled to disk (memory_budget=%d bytes)",
+                    accs.n_spilled, memory_budget)
 
 
-def _graph(job: BlendJob, windows, token: str):
-    """Tile tasks, each folded at once into the accumulators of the blocks it reaches; blocks write.
+def _graph(job: MapJob, windows, first, token: str):
+    """Unit tasks, each folded at once into the accumulators of the blocks it reaches; blocks write.
 
-    Left to itself a scheduler may run every tile before folding any (dask's
-    static ordering did, holding every window at once). So tile ``i`` also
-    waits until tile ``i - _LAG`` is folded everywhere: at most ``_LAG``
-    windows are alive whatever the scheduler, and memory is the slab of
-    core-sized accumulators on the processing front, not the image. No
-    deadlock: a fold needs only its tile and earlier tiles' folds.
+    Left to itself a scheduler may run every unit before folding any (dask's
+    static ordering did, holding every window at once). So unit ``u`` also
+    waits until unit ``u - _LAG`` is folded everywhere: at most ``_LAG``
+    units are alive whatever the scheduler. No deadlock: a fold needs only
+    its unit and earlier units' folds.
     """
-    grid = job.grid
+    lay = job.layout
+    grid, blocks = lay.grid, lay.blocks
     jobd = shared(job, f"patchworks-blend-job-{token}")
-    tile = dask.delayed(_tile_task, pure=False)
-    tprefix = f"patchworks-blend-tile-{token}"
-    window_of = (lambda i: None) if windows is None else (lambda i: windows(grid.tile(i)))  # noqa: E731
-    if job.weights is None:  # crop: independent tiles, each writes its own chunk
-        return [tile(jobd, i, window_of(i), dask_key_name=f"{tprefix}-{i}") for i in range(grid.n_tiles)], tprefix
-    fold = dask.delayed(_fold_task, pure=False)
-    block = dask.delayed(_block_task, pure=False)
+    unit = dask.delayed(unit_task, pure=False)
+    uprefix = f"patchworks-blend-tile-{token}"
+
+    def inputs(u):
+        return None if windows is None else [windows(grid.tile(i)) for i in job.unit(u)]
+
+    preds0 = None if first is None else shared(first, f"patchworks-blend-first-{token}")
+    if job.direct:  # crop: independent windows, each writes its own chunk
+        return [unit(jobd, u, inputs(u), preds0 if u == 0 else None, dask_key_name=f"{uprefix}-{u}")
+                for u in range(job.n_units)], uprefix
+    fold = dask.delayed(fold_task, pure=False)
+    block = dask.delayed(block_task, pure=False)
     bprefix = f"patchworks-blend-block-{token}"
-    last = [grid.linear_index(job.contributors(grid.tile(b).index)[-1]) for b in range(grid.n_tiles)]
-    acc, blocks, folds_of = [None] * grid.n_tiles, [None] * grid.n_tiles, []
-    for i in range(grid.n_tiles):
-        t = grid.tile(i)
-        gate = folds_of[i - _LAG] if i >= _LAG else None
-        result = tile(jobd, i, window_of(i), gate, dask_key_name=f"{tprefix}-{i}")
+    last = [grid.linear_index(lay.contributors(blocks.tile(b).index)[-1]) for b in range(blocks.n_tiles)]
+    acc, tasks, folds_of = [None] * blocks.n_tiles, [], []
+    for u in range(job.n_units):
+        gate = folds_of[u - _LAG] if u >= _LAG else None
+        pieces = unit(jobd, u, inputs(u), preds0 if u == 0 else None, gate, dask_key_name=f"{uprefix}-{u}")
         folds = []
-        for index in job.contributors(t.index):  # the blocks tile i reaches (the relation is symmetric)
-            b = grid.linear_index(index)
-            acc[b] = fold(jobd, acc[b], result, index, t.index, dask_key_name=f"patchworks-blend-fold-{token}-{b}-{i}")
-            folds.append(acc[b])
-            if last[b] == i:  # every contributor folded, in raster order: normalise and write
-                blocks[b] = block(jobd, index, acc[b], dask_key_name=f"{bprefix}-{b}")
-                acc[b] = None
+        for k, i in enumerate(job.unit(u)):
+            t = grid.tile(i)
+            for index in lay.blocks_of(t.index):
+                b = blocks.linear_index(index)
+                acc[b] = fold(jobd, acc[b], pieces, k, index, t.index,
+                              dask_key_name=f"patchworks-blend-fold-{token}-{b}-{i}")
+                folds.append(acc[b])
+                if last[b] == i:  # every contributor folded, in raster order: normalise and write
+                    tasks.append(block(jobd, index, acc[b], dask_key_name=f"{bprefix}-{b}"))
+                    acc[b] = None
         folds_of.append(folds)
-    return blocks, bprefix
+    return tasks, bprefix
 
 
-#: windows allowed in flight: enough to keep the workers busy, few enough to bound memory
+#: units allowed in flight: enough to keep the workers busy, few enough to bound memory
 _LAG = 8

@@ -330,6 +330,8 @@ class Aggregator:
         self._acc = None  # float32 sum(w * pred) (blended)
         self.weight_sum = None  # float32 sum(w), spatial only (blended)
         self._has_channels = None
+        self._buf = None  # scratch for w * pred (blended)
+        self._result = None  # the divided accumulator, once result() was called (numpy output)
         self._seen = np.zeros(sampler.n_patches, dtype=bool)
 
     # -- layout helpers --------------------------------------------------
@@ -393,6 +395,9 @@ class Aggregator:
         without channels), or one patch without the batch axis when
         ``specs`` is a single :class:`PatchSpec`.
         """
+        if self._result is not None:
+            raise RuntimeError("add() after result(): the blended accumulator was divided in place; "
+                               "add every batch before calling result(), or start a new Aggregator")
         spec_list, single = as_specs(specs)
         pred = _to_numpy(batch)
         if single:
@@ -419,7 +424,14 @@ class Aggregator:
                 self._out[self._idx(spec.core)] = p[self._idx(spec.crop)]
             else:
                 w = self._window_for(spec)[spec.valid]
-                self._acc[self._idx(spec.window)] += p[self._idx(spec.valid)] * self._expand(w)
+                src = p[self._idx(spec.valid)]
+                # product into a reused buffer, then one in-place add: no temporary per patch
+                if self._buf is None or self._buf.size < src.size:
+                    self._buf = np.empty(src.size, np.float32)
+                tmp = self._buf[:src.size].reshape(src.shape)
+                np.multiply(src, self._expand(w), out=tmp, casting="unsafe")
+                dst = self._acc[self._idx(spec.window)]
+                np.add(dst, tmp, out=dst)
                 self.weight_sum[spec.window] += w
             self._seen[spec.sample_idx] = True
 
@@ -459,7 +471,11 @@ class Aggregator:
         if self.crop:
             return self._out
         if self._out is None:
-            return self._finish(self._acc, self.weight_sum).astype(self._odtype, copy=False)
+            if self._result is None:  # divide in place: no full-size temporaries (result() may be called again)
+                w = self._expand(self.weight_sum)
+                np.divide(self._acc, w, out=self._acc, where=w > 0)
+                self._result = self._acc.astype(self._odtype, copy=False)
+            return self._result
         # blockwise along the output's chunk grid: each chunk written once
         out = self._out
         sp_chunks = [out.chunks[a] for a in range(out.ndim)]

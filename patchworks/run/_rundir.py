@@ -118,6 +118,9 @@ def source_token(source) -> str:
         return tokenize(source.description, source.shape, str(source.dtype))
     if isinstance(source, da.Array):
         return source.name
+    strides = getattr(source, "strides", ())
+    if 0 in strides:  # a broadcast view: hash the values it repeats, not a full-size copy of them
+        return tokenize(source[tuple(0 if s == 0 else slice(None) for s in strides)], source.shape)
     return tokenize(source)  # numpy: hashes the data
 
 
@@ -159,10 +162,13 @@ class RunDir:
         Token of everything that decides the result.
     describe : dict
         The same, human-readable, for the message that refuses to mix runs.
+    temporary_name : str
+        Name of the output store inside the temporary directory.
     """
 
     def __init__(self, write_to, component, *, fingerprint: str, describe: dict, overwrite: bool, resume: bool,
-                 zarr_format: int, scratch_dir=None, inputs=(), keep_stage: bool = False):
+                 zarr_format: int, scratch_dir=None, inputs=(), keep_stage: bool = False,
+                 temporary_name: str = "labels.zarr"):
         self.fingerprint, self.describe = fingerprint, describe
         self.keep_stage = bool(keep_stage)
         self.component, self.overwrite, self.zarr_format = component, overwrite, zarr_format
@@ -170,7 +176,7 @@ class RunDir:
         self.created = self.finished = False
         if self.temporary:
             self.root = Path(tempfile.mkdtemp(prefix="patchworks-", dir=scratch_dir))
-            self.path = self.target = self.root / "labels.zarr"
+            self.path = self.target = self.root / temporary_name
             self.scratch = self.root / f"{_SCRATCH_PREFIX}scratch"
             self.scratch.mkdir()
             return
@@ -285,10 +291,18 @@ class RunDir:
         info.write_text(json.dumps({**record, "complete": True}, default=str))
         logger.info("patchworks: stage kept in %s (keep_stage=True)", self.scratch)
 
-    def fail(self) -> None:
-        """After an error: a temporary run leaves nothing; a named one keeps its scratch to resume."""
+    def fail(self, *, discard_output: bool = False) -> None:
+        """After an error: a temporary run leaves nothing; a named one keeps its scratch to resume.
+
+        ``discard_output``: a run with nothing to resume (a dense map) removes
+        the output it created and its scratch instead.
+        """
         if self.temporary:
             shutil.rmtree(self.root, ignore_errors=True)
+        elif discard_output:
+            if self.created:
+                shutil.rmtree(self.target, ignore_errors=True)
+            self.finish()
         else:
             try:
                 (self.scratch / "lock").unlink()
