@@ -31,7 +31,7 @@ def scipy_labels(image, value):
 
 
 def read(path):
-    return np.asarray(zarr.open_array(str(path), mode="r")[...])
+    return np.asarray(zarr.open_array(str(path) + "/0", mode="r")[...])  # level 0 of the label image
 
 
 @pytest.fixture

@@ -13,14 +13,16 @@ from dataclasses import dataclass
 import dask
 import dask.array as da
 import numpy as np
+import zarr
 from dask.base import tokenize
 
 from ..run._cluster import check_client
 from ._count import count_labels
 from ..grid import TileGrid
 from ..io._sources import LazySource, open_image
-from ._merge import (iou_pairs_for_tile, plan_relabel, plane_axes, plane_pairs_for_seam, relabel_tile,
+from ._merge import (ArrayOutput, iou_pairs_for_tile, plan_relabel, plane_axes, plane_pairs_for_seam, relabel_tile,
                      touch_pairs_for_seam)
+from ..io._ngff_write import build_label_image, check_ngff_labels, image_multiscales, register_label
 from ..segment._threshold import Threshold, otsu_threshold, sample_values
 from ..segment._instances import LogBlobs, Watershed
 from ..run._execute import active_client, graph_tasks, new_token, resolve_tile_shape, run_tasks, shared, tile_windows
@@ -141,14 +143,87 @@ def _relabel_task(job: _RelabelJob, linear_index, plan):
     return relabel_tile(job.staging, job.output, job.grid, linear_index, plan, job.count)
 
 
+@dataclass
+class _PyramidJob:
+    writer: object
+    grid: TileGrid
+
+
+def _shared_chunk_task(job: _PyramidJob, level, chunk_index):
+    job.writer.write_shared_chunk(job.grid, level, chunk_index)
+
+
+_FORMATS = ("ngff", "array")
+
+
+def _prepare_output(*, write_to, labels_into, name, output_format, output_component, zarr_format, grid, source,
+                    voxel_size, pyramid_levels):
+    """Where and how the labels are written: ``(write_to, component, zarr_format, writer, into)``.
+
+    ``writer`` describes the label image (None for a plain array); it is
+    built here, before any work, so that a bad option fails fast. Its
+    location and dtype are set once the run directory and the plan exist.
+    """
+    if output_format not in _FORMATS:
+        raise ValueError(f"output_format={output_format!r}: use 'ngff' (an OME-NGFF label image with a pyramid, "
+                         f"the default) or 'array' (a plain zarr array, level 0 only)")
+    into = None
+    if labels_into is not None:
+        if write_to is not None or output_component is not None:
+            raise ValueError(f"labels_into={str(labels_into)!r} writes labels_into/labels/<name>; drop write_to= "
+                             f"and output_component=, or drop labels_into=")
+        if output_format != "ngff":
+            raise ValueError(f"labels_into= writes an NGFF label image; drop output_format={output_format!r}")
+        if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or name != name.strip():
+            raise ValueError(f"name={name!r}: labels_into= needs the label image's name, a plain non-empty string "
+                             f"such as name='cells'")
+        image_format = image_multiscales(labels_into)[0]
+        if zarr_format not in (None, image_format):
+            raise ValueError(f"zarr_format={zarr_format!r}: {str(labels_into)!r} is zarr v{image_format} and its "
+                             f"labels must be too (NGFF never mixes formats); drop zarr_format=")
+        zarr_format, into = image_format, labels_into
+        write_to, output_component = labels_into, f"labels/{name}"
+    elif name is not None and output_format == "ngff":
+        pass  # the name of a standalone label image (its multiscales name)
+    zarr_format = 3 if zarr_format is None else zarr_format
+    if zarr_format not in (2, 3):
+        raise ValueError(f"zarr_format={zarr_format!r} is not supported; valid: 2 or 3")
+    writer = None
+    if output_format == "ngff":
+        if into is None and write_to is None and check_ngff_labels(getattr(source, "axes", None) or grid.axes,
+                                                                   grid.spatial_axes):
+            logger.info("patchworks: %d spatial axes: a temporary plain array, not an NGFF label image",
+                        len(grid.spatial_axes))
+        else:
+            writer = build_label_image(None, None, grid=grid, source=source, dtype=np.uint32,
+                                       zarr_format=zarr_format, scratch=".", voxel_size=voxel_size,
+                                       pyramid_levels=pyramid_levels, into=into, name=name or "labels")
+    elif voxel_size is not None or pyramid_levels is not None:
+        raise ValueError("voxel_size= and pyramid_levels= describe an NGFF label image; a plain array "
+                         "(output_format='array') has neither: drop them")
+    return write_to, output_component, zarr_format, writer, into
+
+
+def _level0(node):
+    """Level 0 of a finished output (group or array), without the axes the labels lack."""
+    if isinstance(node, zarr.Group):
+        record = node.attrs.get("patchworks", {})
+        array = node["0"]
+        axes = record.get("label_axes")
+        return array, (tuple(slice(None) if i in axes else 0 for i in range(array.ndim)) if axes else None)
+    return node, None
+
+
 def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, connectivity: int,
                     sequential: bool, label_counts, client, progress, compute: bool, return_count: bool,
-                    empty_threshold=None, stitch="touch", iou_threshold=0.5):
+                    empty_threshold=None, stitch="touch", iou_threshold=0.5, writer=None, into=None):
     if run.finished:  # same run already complete: a no-op
         output = run.open_existing()
         n_objects = output.attrs["patchworks"].get("n_objects")
         if n_objects is None and return_count:  # that run was not asked to count
-            n_objects = count_labels(output)
+            n_objects = count_labels(_level0(output)[0])
+        if into is not None:  # a run stopped between completion and registration: register now
+            register_label(into, run.target.name)
         return _result(output, run, compute, return_count, n_objects)
     token = new_token()
     spatial_shape, chunks = grid.spatial_shape, grid.chunks
@@ -198,9 +273,16 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
                     "-> %d objects", grid.n_tiles, n_skipped, int(counts.sum()), len(pairs),
                     plan.n_boundary_labels, plan.n_objects)
 
-        # 4. relabel: each task builds its own small look-up table; idempotent, so a
-        #    resumed or retried run simply writes the same chunks again
-        output = run.create(shape=spatial_shape, dtype=plan.dtype, chunks=chunks)
+        # 4. relabel: each task builds its own small look-up table and writes every level of its
+        #    tile; idempotent, so a resumed or retried run simply writes the same chunks again
+        if writer is None:
+            output = ArrayOutput(run.create(shape=spatial_shape, dtype=plan.dtype, chunks=chunks))
+        else:
+            if into is not None:  # an unfinished or replaced label image is never listed in the image
+                register_label(into, run.target.name, remove=True)
+            writer.locate(run.path, run.component, run.scratch / "pyramid", plan.dtype)
+            run.create_label_image(writer)
+            output = writer
         prefix = f"patchworks-relabel-{token}"
         # ids kept raw (not sequential, touch) may leave gaps (labels seen only in a halo): then
         # the count costs a pass over every tile, paid only when the caller asks for it
@@ -211,12 +293,26 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
                                       prefix=prefix)))
         if gaps and not return_count:
             n_objects = None  # unknown without that pass; ids are unique, max_label bounds them
-        run.mark_complete(output, {"n_objects": n_objects, "max_label": plan.max_label,
+        record = {}
+        if writer is not None:
+            # pyramid chunks shared by two tiles (cores not multiples of the factor): one task each
+            seams = writer.shared_chunks(grid)
+            if seams:
+                run_tasks(graph_tasks(f"patchworks-pyramid-{token}", _shared_chunk_task, _PyramidJob(writer, grid),
+                                      seams), client=client, progress=progress, desc="pyramid seams",
+                          prefix=f"patchworks-pyramid-{token}")
+            record = writer.record()
+            output = writer.group("r+")
+        else:
+            output = output.array
+        run.mark_complete(output, {**record, "n_objects": n_objects, "max_label": plan.max_label,
                                    "sequential_labels": bool(sequential),
                                    "connectivity": connectivity, "stitch": stitch,
                                    "iou_threshold": float(iou_threshold) if iou else None,
                                    "tile_shape": list(grid.tile_shape), "overlap": list(grid.overlap),
                                    "n_skipped": int(n_skipped)})
+        if into is not None:  # listed in the image last, once complete
+            register_label(into, run.target.name)
     except BaseException:
         run.fail()
         raise
@@ -225,11 +321,14 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
 
 
 def _result(output, run: RunDir, compute: bool, return_count: bool, n_objects):
+    array, squeeze = _level0(output)
     if compute:
-        result = np.asarray(output[...])
+        result = np.asarray(array[...])
+        result = result[squeeze] if squeeze else result
         run.discard_temporary()
     else:
-        result = da.from_zarr(output)
+        result = da.from_zarr(array)
+        result = result[squeeze] if squeeze else result
     return (result, n_objects) if return_count else result
 
 
@@ -237,7 +336,8 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, sti
                  write_to=None, sequential_labels=False, compute=False, progress=None, client=None, overwrite=False,
                  resume=True, skip_empty=False, empty_threshold=None, use_gpu=False,
                  component=None, level=0, channel=None, channel_axis=None, axes=None,
-                 output_component=None, zarr_format=3, scratch_dir=None, return_count=False):
+                 output_component=None, zarr_format=None, scratch_dir=None, return_count=False,
+                 output_format="ngff", pyramid_levels=None, voxel_size=None, labels_into=None, name=None):
     """Run ``fn`` on every tile of ``image`` and merge the labels into one consistent array.
 
     ``fn`` receives each tile with its halo (``overlap`` voxels per side, as
@@ -288,9 +388,12 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, sti
         (``stitch="iou"``). Above 0.5 a match is unique by construction;
         lower values tolerate segmenters whose views of a cell differ more.
     write_to : path, optional
-        zarr store to write (v3 unless ``zarr_format=2``), chunks aligned
-        with the tile cores. Default: a store in a new temporary directory,
-        which backs the returned lazy array (removed with ``compute=True``).
+        Where the OME-NGFF label image goes (a zarr group; v3 unless
+        ``zarr_format=2``): levels ``"0"``, ``"1"``, ... with chunks aligned
+        with the tile cores, ``multiscales`` with the voxel size and
+        ``image-label``, our run record under ``"patchworks"``. Default: a
+        store in a new temporary directory, which backs the returned lazy
+        array (removed with ``compute=True``).
     sequential_labels : bool, default False
         Number objects ``1..n``; otherwise ids are unique but may have gaps.
         Costs no extra pass.
@@ -324,9 +427,28 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, sti
     channel_axis, axes :
         Non-spatial axes of the image, carried whole into every tile.
     output_component : str, optional
-        Write the labels as this array inside a group at ``write_to``.
-    zarr_format : {3, 2}
-        Output zarr format.
+        Write the labels (label image or array) at this path inside ``write_to``.
+    zarr_format : {3, 2}, optional
+        Output zarr format: NGFF 0.5 on v3 (default), 0.4 on v2; with
+        ``labels_into``, the image's.
+    output_format : {"ngff", "array"}, default "ngff"
+        ``"array"``: a plain zarr array at ``write_to`` (level 0 only, no
+        metadata but our run record).
+    pyramid_levels : int, optional
+        Number of levels, level ``k`` being exactly ``level0[..., ::2**k,
+        ::2**k]`` (y and x); default down to about 256 pixels in y and x.
+        Written from each final tile, no second pass.
+    voxel_size : float or sequence, optional
+        Physical voxel size per spatial axis, each a number or a ``(number,
+        unit)`` pair; default the image's (OME-Zarr, OME-TIFF, ImageJ TIFF),
+        else 1 without unit. It sets each level's ``scale``.
+    labels_into : path, optional
+        An OME-Zarr image: write the labels as ``labels_into/labels/<name>``
+        with the image's levels, shapes and scales, and add ``name`` to its
+        ``labels`` list once complete. Nothing else in the image is touched;
+        without this option nothing is ever written inside the input.
+    name : str, optional
+        The label image's name (required with ``labels_into``).
     scratch_dir : path, optional
         Where the run's scratch (staged tiles, one lz4 file per tile) lives;
         default next to ``write_to`` (a hidden ``.patchworks-*`` directory),
@@ -338,8 +460,9 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, sti
     Returns
     -------
     dask.array.Array or numpy.ndarray
-        uint32 labels (uint64 when the count needs it), lazily backed by the
-        written store, or numpy with ``compute=True``.
+        uint32 labels (uint64 when the count needs it) of the image's spatial
+        shape: level 0, lazily backed by the written store, or numpy with
+        ``compute=True``.
 
     Examples
     --------
@@ -373,6 +496,10 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, sti
         logger.info("patchworks: skip_empty threshold (Otsu of a sample) = %g", empty_threshold)
     elif not skip_empty:
         empty_threshold = None
+    write_to, output_component, zarr_format, writer, into = _prepare_output(
+        write_to=write_to, labels_into=labels_into, name=name, output_format=output_format,
+        output_component=output_component, zarr_format=zarr_format, grid=grid, source=source,
+        voxel_size=voxel_size, pyramid_levels=pyramid_levels)
     describe = {"image": describe_source(image, source), "tile_shape": grid.tile_shape, "overlap": grid.overlap,
                 "fn": getattr(fn, "__qualname__", type(fn).__qualname__), "connectivity": connectivity,
                 "stitch": stitch, "iou_threshold": iou_threshold if stitch == "iou" else None,
@@ -381,22 +508,25 @@ def tile_process(image, fn, *, tile_shape="auto", overlap=0, connectivity=1, sti
     fingerprint = "" if write_to is None else tokenize(
         "tile_process", STAGING_FORMAT, source_token(source), grid.shape, grid.spatial_axes, grid.tile_shape, grid.overlap,
         fn_token(fn), connectivity, bool(sequential_labels), empty_threshold, zarr_format,
-        *(("iou", float(iou_threshold)) if stitch == "iou" else ()))
+        *(("iou", float(iou_threshold)) if stitch == "iou" else ()), *_layout_token(writer))
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
-                 resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(image,))
+                 resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir,
+                 inputs=(source,) if into is not None else (image,), into_image=into is not None)
 
     source, windows = tile_windows(source, grid, client)
     return _label_pipeline(grid=grid, job_fn=fn, source=source, windows=windows, run=run,
                            connectivity=connectivity, sequential=sequential_labels, label_counts=None,
                            client=client, progress=progress, compute=compute, return_count=return_count,
-                           empty_threshold=empty_threshold, stitch=stitch, iou_threshold=iou_threshold)
+                           empty_threshold=empty_threshold, stitch=stitch, iou_threshold=iou_threshold,
+                           writer=writer, into=into)
 
 
 def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_component=None, overlap=0,
                       connectivity=1, stitch="touch", iou_threshold=0.5, sequential_labels=False,
                       label_counts=None, return_count=False,
                       progress=False, client=None, overwrite=False, resume=True, compute=False,
-                      zarr_format=3, scratch_dir=None):
+                      zarr_format=None, scratch_dir=None, output_format="ngff", pyramid_levels=None,
+                      voxel_size=None, labels_into=None, name=None):
     """Merge per-tile labels that someone else computed into globally consistent labels.
 
     Each block of ``labeled`` (dask chunks, or the chunks of a zarr array)
@@ -409,7 +539,8 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
     labeled : dask.array.Array, zarr array or path
         Per-tile integer labels (0 = background).
     write_to : path, optional
-        Output zarr store; default a temporary one.
+        Output OME-NGFF label image (as for :func:`tile_process`); default
+        a temporary one.
     input_component : str, optional
         Array inside a zarr group / HDF5 file at ``labeled``.
     output_component : str, optional
@@ -433,6 +564,9 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         Also return the number of objects.
     progress, client, overwrite, resume, compute, zarr_format, scratch_dir :
         As for :func:`tile_process`.
+    output_format, pyramid_levels, voxel_size, labels_into, name :
+        As for :func:`tile_process`; the voxel size defaults to that of a
+        zarr / OME-Zarr / TIFF ``labeled``.
 
     Examples
     --------
@@ -472,6 +606,10 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         if label_counts is None:
             raise ValueError(f"label_counts must hold one count per tile ({grid.n_tiles} for the grid "
                              f"{grid.grid_shape})")
+    write_to, output_component, zarr_format, writer, into = _prepare_output(
+        write_to=write_to, labels_into=labels_into, name=name, output_format=output_format,
+        output_component=output_component, zarr_format=zarr_format, grid=grid, source=source,
+        voxel_size=voxel_size, pyramid_levels=pyramid_levels)
     describe = {"labeled": describe_source(labeled, source if source is not None else blocks),
                 "tiles": grid.grid_shape, "overlap": grid.overlap, "connectivity": connectivity,
                 "stitch": stitch, "sequential_labels": bool(sequential_labels)}
@@ -479,13 +617,23 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         "merge_tile_labels", STAGING_FORMAT, source_token(source if source is not None else blocks),
         [b.tolist() for b in grid.boundaries], grid.overlap, connectivity, bool(sequential_labels),
         None if label_counts is None else label_counts.tolist(), zarr_format,
-        *(("iou", float(iou_threshold)) if stitch == "iou" else ()))
+        *(("iou", float(iou_threshold)) if stitch == "iou" else ()), *_layout_token(writer))
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
-                 resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(labeled,))
+                 resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir,
+                 inputs=(source if source is not None else labeled,) if into is not None else (labeled,),
+                 into_image=into is not None)
     return _label_pipeline(grid=grid, job_fn=None, source=source, windows=windows, run=run,
                            connectivity=connectivity, sequential=sequential_labels, label_counts=label_counts,
                            client=client, progress=progress, compute=compute, return_count=return_count,
-                           stitch=stitch, iou_threshold=iou_threshold)
+                           stitch=stitch, iou_threshold=iou_threshold, writer=writer, into=into)
+
+
+def _layout_token(writer) -> tuple:
+    """What of the output's layout enters the fingerprint (a plain array adds nothing, as before)."""
+    if writer is None:
+        return ()
+    return ("ngff", [(lv.shape, lv.factors, lv.chunks, lv.inner) for lv in writer.levels], writer.axes,
+            writer.transforms, writer.embed, writer.name)
 
 
 def _core_halo(overlap, ndim):
