@@ -381,6 +381,8 @@ def register_label(image, name: str, *, remove: bool = False) -> None:
             group = zarr.open_group(store=str(image), path="labels", mode="w-", zarr_format=fmt)
         attrs = group.attrs.asdict()
         holder = attrs.get("ome", {}) if fmt == 3 else attrs
+        if (name in holder.get("labels", [])) != remove:
+            return  # already as asked: a finished run re-run rewrites nothing
         names = [n for n in holder.get("labels", []) if n != name]
         if not remove:
             names.append(name)
