@@ -168,7 +168,7 @@ def test_dask_and_zarr_inputs_and_lazy_output(tmp_path):
     before = sorted((p.name, p.stat().st_mtime_ns) for p in src.rglob("*"))
     out = tile_process(str(src), threshold(0.5), tile_shape=(10, 10), write_to=tmp_path / "labels.zarr")
     stored = zarr.open_array(tmp_path / "labels.zarr" / "0", mode="r")  # level 0 of the label image
-    assert stored.shards == (10, 10) and stored.dtype == np.uint32
+    assert stored.chunks == (10, 10) and stored.dtype == np.uint32
     assert stored.metadata.zarr_format == 3
     assert zarr.open_group(tmp_path / "labels.zarr", mode="r").attrs["patchworks"]["complete"] is True
     assert_labels_equivalent(out.compute(), truth)

@@ -33,6 +33,16 @@ __all__ = ["LabelImageWriter", "LevelPlan", "NGFF_VERSIONS", "default_level_coun
 
 NGFF_VERSIONS = {3: "0.5", 2: "0.4"}
 COARSEST = 256  # default pyramid: halve y and x until both are about this many pixels
+# smallest chunk of a coarse level along a subsampled axis: core / factor shrinks fast (a 512 core is
+# 16 pixels at level 5), and thousands of tiny chunks cost a zarr write each and a file each; below
+# this size a chunk spans several tiles and is assembled from their parts (measured: 8192^2 with 512^2
+# tiles and 6 levels went from ~3.8x to ~1.x the labels-only time)
+MIN_LEVEL_CHUNK = 128
+# zarr v3 sharding (shard = the tile's share of a level, inner chunks one plane of <= 256 x 256) lets a
+# viewer read one plane without decoding a whole 3-D chunk, but zarr-python encodes the inner chunks one
+# by one: measured (benchmarks/bench_labels.py --pyramid, shared 2-core machine) 256^3 in 128^3 tiles
+# took 2.2x the unsharded time, 8192^2 in 512^2 tiles 1.5x. Off by default; the writer supports it.
+SHARDING = False
 
 # UDUNITS-2 names NGFF allows for space axes, from the spellings files carry
 _UNIT_NAMES = {"µm": "micrometer", "um": "micrometer", "μm": "micrometer", "micron": "micrometer",
@@ -133,6 +143,9 @@ def plan_levels(spatial_shape, boundaries, *, factors, level_shapes=None, shard:
                 c = t // q  # tile ranges align with chunks of core / factor: every task owns its chunks
             else:  # a chunk small against a tile's range, so that few are shared between two tiles
                 c = 1 << max(0, int(np.log2(max(1, t // q // 2))))
+            if q > 1:  # never tiny: a chunk of a whole number of tiles' ranges, assembled from their parts
+                while c < min(MIN_LEVEL_CHUNK, n):
+                    c *= 2
             chunks.append(max(1, min(c, n)))
         inner = None
         if shard:
@@ -475,7 +488,7 @@ def build_label_image(store, path, *, grid, source, dtype, zarr_format, scratch,
     spatial_axes = grid.spatial_axes
     names = _spatial_names(getattr(source, "axes", None) or grid.axes, spatial_axes)
     if shard is None:
-        shard = zarr_format == 3
+        shard = SHARDING and zarr_format == 3
     level_shapes = multiscale_transforms = source_image = None
     if into is None:
         why = check_ngff_labels(getattr(source, "axes", None) or grid.axes, spatial_axes)
