@@ -289,17 +289,19 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         gaps = not (sequential or iou or label_counts is not None)
         tasks = graph_tasks(prefix, _relabel_task, _RelabelJob(staging, output, grid, count=gaps and return_count),
                             [(i, plan.tiles[i]) for i in range(grid.n_tiles) if plan.tiles[i].n_labels])
-        n_objects = int(sum(run_tasks(tasks, client=client, progress=progress, desc="relabelling tiles",
+        desc = "relabelling tiles" if writer is None else "relabel + pyramid"
+        n_objects = int(sum(run_tasks(tasks, client=client, progress=progress, desc=desc,
                                       prefix=prefix)))
         if gaps and not return_count:
             n_objects = None  # unknown without that pass; ids are unique, max_label bounds them
         record = {}
         if writer is not None:
-            # pyramid chunks shared by two tiles (cores not multiples of the factor): one task each
+            # pyramid chunks holding parts of several tiles (coarse levels, or cores not multiples of the
+            # factor): one task each assembles the parts the relabel tasks left in scratch
             seams = writer.shared_chunks(grid)
             if seams:
                 run_tasks(graph_tasks(f"patchworks-pyramid-{token}", _shared_chunk_task, _PyramidJob(writer, grid),
-                                      seams), client=client, progress=progress, desc="pyramid seams",
+                                      seams), client=client, progress=progress, desc="pyramid chunks shared by tiles",
                           prefix=f"patchworks-pyramid-{token}")
             record = writer.record()
             output = writer.group("r+")
