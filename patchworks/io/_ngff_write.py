@@ -302,6 +302,7 @@ class LabelImageWriter:
     def write_tile(self, linear_index: int, core, final: np.ndarray) -> None:
         """Write one tile's final labels to every level (``core``: its spatial slices in level 0)."""
         self._put(0, core, final)
+        pieces = {}  # parts of chunks shared with other tiles, all levels in one file per tile
         for k in range(1, len(self.levels)):
             level = self.levels[k]
             segs, picks = [], []
@@ -313,22 +314,22 @@ class LabelImageWriter:
                 continue
             sub = final[tuple(picks)]  # level k's voxels of this tile: exact strided subsampling
             starts = [seg[0][0] for seg in segs]
-            pieces = {}
             for box in itertools.product(*segs):
                 local = tuple(slice(b[0] - s, b[1] - s) for b, s in zip(box, starts))
                 where = tuple(slice(b[0], b[1]) for b in box)
                 if all(b[2] for b in box):
                     self._put(k, where, sub[local])
                 else:
-                    pieces["_".join(f"{b[0]}-{b[1]}" for b in box)] = np.ascontiguousarray(sub[local])
-            path = self._piece_path(k, linear_index)
-            if pieces:
-                tmp = path.with_name(path.name + ".part.npz")
-                np.savez(tmp, **pieces)
-                os.replace(tmp, path)
+                    name = f"L{k}_" + "_".join(f"{b[0]}-{b[1]}" for b in box)
+                    pieces[name] = np.ascontiguousarray(sub[local])
+        if pieces:
+            path = self._piece_path(linear_index)
+            tmp = path.with_name(path.name + ".part.npz")
+            np.savez(tmp, **pieces)
+            os.replace(tmp, path)
 
-    def _piece_path(self, level: int, linear_index: int) -> Path:
-        return self.scratch / f"level{level}-tile{linear_index}.npz"
+    def _piece_path(self, linear_index: int) -> Path:
+        return self.scratch / f"tile{linear_index}.npz"
 
     def shared_chunks(self, grid) -> list[tuple[int, tuple]]:
         """``(level, chunk index)`` of every chunk that holds voxels of more than one tile."""
@@ -360,12 +361,15 @@ class LabelImageWriter:
             rows.append([r for r in range(len(b) - 1)
                          if max(s, min(_ceil_div(int(b[r]), q), n)) < min(e, min(_ceil_div(int(b[r + 1]), q), n))])
         for index in itertools.product(*rows):
-            path = self._piece_path(level_index, grid.tile(index).linear_index)
+            path = self._piece_path(grid.tile(index).linear_index)
             if not path.exists():
                 continue  # a tile without labels: zeros
+            prefix = f"L{level_index}_"
             with np.load(path) as pieces:
                 for name in pieces.files:
-                    bounds = [tuple(int(v) for v in part.split("-")) for part in name.split("_")]
+                    if not name.startswith(prefix):
+                        continue
+                    bounds = [tuple(int(v) for v in part.split("-")) for part in name[len(prefix):].split("_")]
                     cut = [(max(p0, s), min(p1, e)) for (p0, p1), (s, e) in zip(bounds, box)]
                     if any(c0 >= c1 for c0, c1 in cut):
                         continue
