@@ -37,13 +37,13 @@ NGFF_VERSIONS = {3: "0.5", 2: "0.4"}
 COARSEST = 256  # default pyramid: halve y and x until both are about this many pixels
 # smallest chunk of a coarse level along a subsampled axis: core / factor shrinks fast (a 512 core is
 # 16 pixels at level 5), and thousands of tiny chunks cost a zarr write each and a file each; below
-# this size a chunk spans several tiles and is assembled from their parts (measured: 8192^2 with 512^2
-# tiles and 6 levels went from ~3.8x to ~1.x the labels-only time)
+# this size a chunk spans several tiles and is assembled from their parts (measured on 8192^2 in 512^2
+# tiles, 6 levels: the pyramid cost 3.8x the labels-only time with chunks of core / factor, 1.1-1.9x now)
 MIN_LEVEL_CHUNK = 128
 # zarr v3 sharding (shard = the tile's share of a level, inner chunks one plane of <= 256 x 256) lets a
 # viewer read one plane without decoding a whole 3-D chunk, but zarr-python encodes the inner chunks one
-# by one: measured (benchmarks/bench_labels.py --pyramid, shared 2-core machine) 256^3 in 128^3 tiles
-# took 2.2x the unsharded time, 8192^2 in 512^2 tiles 1.5x. Off by default; the writer supports it.
+# by one: measured (shared 2-core machine) 3-D in 128^3 tiles took 1.9-2.8x the unsharded time,
+# 8192^2 in 512^2 tiles 1.4-1.9x. Off by default; the writer supports it (tested).
 SHARDING = False
 
 # UDUNITS-2 names NGFF allows for space axes, from the spellings files carry
