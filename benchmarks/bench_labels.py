@@ -22,6 +22,13 @@ resident memory (process + children, every ~20 ms):
 * phases      -- one extra, untimed-for-the-table run with per-operation wrappers that
                  sums task-seconds (over both worker threads) per operation.
 
+``--pyramid`` adds the cost of the OME-NGFF pyramid (a second table): labels
+alone (``output_format="array"``), the label image with its pyramid written
+from each final tile (the default, zarr v3 sharded, and unsharded), and
+"labels first, pyramid afterwards": the bare array, then every level
+subsampled from level 0 read back (dask, the same codec), the way a
+separate pyramid step (upstream patchworks, ome-zarr-py) builds it.
+
 Times are the best of N repeats; peak memory is the largest over the repeats,
 minus the child's RSS at the moment its timed section starts.
 """
@@ -208,14 +215,14 @@ def run_floor(input_path, out_path, tile_shape, fn_kind="threshold") -> None:
     dask.compute(*[task(job, i, dask_key_name=f"floor-{i}") for i in range(grid.n_tiles)], scheduler="threads")
 
 
-def run_e2e(input_path, out_path, tile_shape, fn_kind="threshold", table=False):
+def run_e2e(input_path, out_path, tile_shape, fn_kind="threshold", table=False, **options):
     import patchworks
 
     # no return_count: like the floor, the timed run does not count objects (an extra pass
     # over every tile); the untimed check against whole-image labelling covers the count.
     # Labels alone unless asked (--table measures the table's cost on its own)
     patchworks.tile_process(input_path, make_fn(fn_kind), tile_shape=tile_shape,
-                            write_to=out_path, overwrite=True, progress=False, table=table)
+                            write_to=out_path, overwrite=True, progress=False, table=table, **options)
 
 
 def run_labels_then_measure(input_path, out_path, tile_shape, fn_kind="threshold"):
@@ -224,6 +231,27 @@ def run_labels_then_measure(input_path, out_path, tile_shape, fn_kind="threshold
 
     run_e2e(input_path, out_path, tile_shape, fn_kind)
     patchworks.measure(out_path, input_path, tile_shape=tile_shape, progress=False)
+
+
+def run_pyramid_after(input_path, out_path, tile_shape, fn_kind="threshold"):
+    """Labels first (a bare array), then the pyramid from level 0 read back: the two-pass way."""
+    import dask.array as da
+    import zarr
+
+    from patchworks.io._ngff_write import default_level_count
+    from patchworks.io._sources import output_compressors
+
+    run_e2e(input_path, out_path, tile_shape, fn_kind, output_format="array")
+    level0 = zarr.open_array(out_path, mode="r")
+    base = tuple(2 if k >= level0.ndim - 2 else 1 for k in range(level0.ndim))
+    group = zarr.open_group(out_path + ".levels", mode="w")
+    lazy = da.from_zarr(level0)
+    for k in range(1, default_level_count(level0.shape, base)):
+        sub = lazy[tuple(slice(None, None, f ** k) for f in base)]
+        chunks = tuple(max(1, c // f ** k) for c, f in zip(level0.chunks, base))
+        target = group.create_array(str(k), shape=sub.shape, chunks=chunks, dtype=level0.dtype,
+                                    compressors=output_compressors(3), fill_value=0)
+        da.to_zarr(sub.rechunk(chunks), target, compute=True)
 
 
 def _install_phase_timers(events: list) -> None:
@@ -357,6 +385,15 @@ def _one_job(spec: dict) -> None:
     t0 = time.perf_counter()
     if job == "floor":
         run_floor(spec["input"], spec["out"], spec["tile"], spec.get("fn", "threshold"))
+    elif job == "labels-only":
+        run_e2e(spec["input"], spec["out"], spec["tile"], spec.get("fn", "threshold"), output_format="array")
+    elif job == "pyramid-unsharded":
+        import patchworks.io._ngff_write as W
+
+        W.SHARDING = False
+        run_e2e(spec["input"], spec["out"], spec["tile"], spec.get("fn", "threshold"))
+    elif job == "pyramid-after":
+        run_pyramid_after(spec["input"], spec["out"], spec["tile"], spec.get("fn", "threshold"))
     elif job in ("e2e", "phases"):
         if job == "phases":  # floor first, same wrappers, for a like-for-like breakdown
             run_floor(spec["input"], spec["out"] + ".floor", spec["tile"], spec.get("fn", "threshold"))
@@ -392,7 +429,7 @@ def _one_job(spec: dict) -> None:
     if job == "whole" and spec.get("verify"):
         from patchworks.testing import assert_labels_equivalent
 
-        tiled = np.asarray(zarr.open_array(spec["verify"], mode="r")[...])
+        tiled = np.asarray(zarr.open_array(spec["verify"] + "/0", mode="r")[...])  # level 0 of the label image
         try:
             assert_labels_equivalent(labels, tiled)
             result["equal"] = True
@@ -513,6 +550,24 @@ def print_notes() -> None:
           "\n       not part of any target); peak MB = max RSS of the worker's process tree above its RSS at start.")
 
 
+def print_pyramid(rows: list[dict]) -> None:
+    print("\npyramid cost (best of the repeats; ratios to labels alone, i.e. output_format='array')")
+    cells = [("case", "labels s", "+pyramid s", "ratio", "unsharded s", "ratio", "labels, then pyramid s", "ratio",
+              "peak MB +pyr", "peak MB labels")]
+    for r in rows:
+        p = r.get("pyramid")
+        if not p:
+            continue
+        lab = p["labels-only"]
+        cells.append((r["name"], f"{lab:.2f}", f"{p['e2e']:.2f}", f"{p['e2e'] / lab:.3f}",
+                      f"{p['pyramid-unsharded']:.2f}", f"{p['pyramid-unsharded'] / lab:.3f}",
+                      f"{p['pyramid-after']:.2f}", f"{p['pyramid-after'] / lab:.3f}",
+                      f"{p['peak_e2e']:.0f}", f"{p['peak_labels']:.0f}"))
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    for c in cells:
+        print("  " + "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(c, widths))))
+
+
 def print_phases(rows: list[dict]) -> None:
     print("\nend-to-end breakdown (wall seconds per phase, best e2e run; threaded, 1 task per tile)")
     for r in rows:
@@ -544,6 +599,8 @@ def main(argv=None) -> int:
                          "smooth (Gaussian sigma 2 first: the merge's cost against a function doing real work)")
     ap.add_argument("--table", action="store_true", help="the object table's cost over labels alone, and "
                     "against labelling first and measuring afterwards")
+    ap.add_argument("--pyramid", action="store_true", help="also time labels alone, the label image's pyramid "
+                    "(sharded, unsharded) and labels-then-pyramid from level 0 (a second table)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -578,6 +635,9 @@ def main(argv=None) -> int:
             for _ in range(repeats):  # interleaved so that drift hits both alike
                 specs += [{**spec, "job": "floor", "out": str(out) + ".floor"}, {**spec, "job": "e2e"}]
             specs += [{**spec, "job": "whole", "verify": str(out) if k == 0 and args.fn == "threshold" else None} for k in range(repeats)]
+            pyramid_jobs = ("labels-only", "pyramid-unsharded", "pyramid-after") if args.pyramid else ()
+            for _ in range(repeats if args.pyramid else 0):
+                specs += [{**spec, "job": j, "out": f"{out}.{j}"} for j in pyramid_jobs]
             if args.smoke:  # one subprocess per case: start-up costs more than the jobs
                 results = run_jobs(specs)
             else:  # one fresh subprocess per job: no peak carries over
@@ -597,6 +657,13 @@ def main(argv=None) -> int:
                 whole_peak=max(r["peak_mb"] for r in whole),
                 equal=whole[0].get("equal"), phases=best_e2e["phases"],
             )
+            if args.pyramid:
+                row["pyramid"] = {j: min(r["seconds"] for s, r in zip(specs, results) if s["job"] == j)
+                                  for j in pyramid_jobs}
+                row["pyramid"]["e2e"] = row["e2e"]
+                row["pyramid"]["peak_e2e"] = row["peak"]
+                row["pyramid"]["peak_labels"] = max(r["peak_mb"] for s, r in zip(specs, results)
+                                                    if s["job"] == "labels-only")
             if row["equal"] is False:
                 print(f"[{name}] MISMATCH: {whole[0].get('equal_error', 'object counts differ')}", flush=True)
             row["overhead"] = (row["e2e"] - row["floor"]) / row["floor"]
@@ -615,6 +682,8 @@ def main(argv=None) -> int:
     print_table(rows)
     print_notes()
     print_targets(rows)
+    if args.pyramid:
+        print_pyramid(rows)
     print_phases(rows)
     correct = all(r["equal"] is not False for r in rows)
     missed = any(r["overhead"] > OVERHEAD_TARGET or r["ratio"] > TILED_WHOLE_TARGET for r in rows)

@@ -139,8 +139,8 @@ def main(argv=None) -> int:
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             rows.append(run_case("LocalCluster 2x1", path, work / "cluster.zarr", tile, client))
-        a = zarr.open_array(work / "threads.zarr", mode="r")
-        b = zarr.open_array(work / "cluster.zarr", mode="r")
+        a = zarr.open_array(work / "threads.zarr" / "0", mode="r")  # level 0 of each label image
+        b = zarr.open_array(work / "cluster.zarr" / "0", mode="r")
         same = all(np.array_equal(a[i:i + 4096], b[i:i + 4096]) for i in range(0, size, 4096))
     print()
     print(f"{'scheduler':18s} {'tiles/s':>8s} {'total s':>8s} {'stage s':>8s} {'seams s':>8s} {'relabel s':>9s} "

@@ -83,7 +83,7 @@ def run_case(image_path, truth, stitch, tile, overlap, repeats, workdir):
             best = min(best, time.perf_counter() - start)
         peak = max(peak, rss.mb)
         out = target
-    errors = stitching_errors(zarr.open_array(str(out), mode="r")[...], truth)
+    errors = stitching_errors(zarr.open_array(str(out / "0"), mode="r")[...], truth)  # level 0 of the label image
     return best, peak, errors
 
 

@@ -2,10 +2,11 @@
 
 Subcommands
 -----------
-``patchworks label INPUT OUTPUT``
-    Label or segment tile by tile into a zarr store (``--method``, ``--stitch``).
+``patchworks label INPUT OUTPUT`` (or ``--into IMAGE --name NAME``)
+    Label or segment tile by tile into an OME-NGFF label image with a pyramid
+    (``--method``, ``--stitch``, ``--pyramid-levels``, ``--voxel-size``).
 ``patchworks info PATH``
-    Shape, dtype, chunks, axes, number of labels and run attributes of an image.
+    Shape, dtype, chunks, axes, levels and scales, number of labels and run attributes.
 ``patchworks seams PATH``
     Seam quality of a label image without ground truth (exit 1 when flagged).
 ``patchworks measure LABELS``
@@ -224,6 +225,16 @@ def cmd_label(args) -> int:
         n = source.shape[axes.index("c")]
         raise CLIError(f"{args.input!r} has {n} channels (axes {axes}); --method "
                        f"{_method_name(args)} labels one channel: pick it with --channel 0..{n - 1}")
+    if (args.output is None) == (args.into is None):
+        raise CLIError("give OUTPUT (a new label image) or --into IMAGE --name NAME (IMAGE/labels/NAME), not both"
+                       if args.output is not None else "give OUTPUT, or --into IMAGE --name NAME")
+    if args.into is not None and not args.name:
+        raise CLIError("--into needs --name NAME: the label image is written as IMAGE/labels/NAME")
+    if args.unit is not None and args.voxel_size is None:
+        raise CLIError("--unit applies to --voxel-size: give both, e.g. --voxel-size 2,0.5,0.5 --unit micrometer")
+    voxel_size = None
+    if args.voxel_size is not None:
+        voxel_size = tuple((v, args.unit) if args.unit else v for v in args.voxel_size)
     fn = build_method(args)
     client = None
     if args.scheduler:
@@ -239,7 +250,9 @@ def cmd_label(args) -> int:
             overwrite=args.overwrite, component=args.component, level=args.level, channel=args.channel,
             channel_axis=args.channel_axis, zarr_format=args.zarr_format, return_count=True,
             max_workers=args.max_workers, stage_dir=args.stage_dir, keep_stage=args.keep_stage,
-            dry_run=args.dry_run, skip_empty=args.skip_empty, **_table_kwargs(args))
+            dry_run=args.dry_run, skip_empty=args.skip_empty, **_table_kwargs(args),
+            output_format=args.format, pyramid_levels=args.pyramid_levels, voxel_size=voxel_size,
+            labels_into=args.into, name=args.name)
         elapsed = time.perf_counter() - start
     finally:
         if client is not None:
@@ -247,10 +260,14 @@ def cmd_label(args) -> int:
     if args.dry_run:  # tile_process printed the plan; nothing was run or written
         return 0
     labels, n = result
-    print(f"output:  {args.output}")
+    where = args.output if args.into is None else os.path.join(args.into, "labels", args.name)
+    print(f"output:  {where}")
     print(f"shape:   {labels.shape}")
     print(f"dtype:   {labels.dtype}")
     print(f"objects: {n}")
+    if args.format == "ngff":
+        levels = _label_levels(where)
+        print(f"levels:  {len(levels)} ({', '.join('x'.join(map(str, shape)) for _, shape, _ in levels)})")
     print(f"time:    {elapsed:.2f} s")
     _print_table_location(args)
     return 0
@@ -262,7 +279,8 @@ def _table_kwargs(args) -> dict:
 
 def _print_table_location(args) -> None:
     if not args.no_table:
-        print(f"table:   patchworks.read_table({args.output!r})")
+        where = args.output if args.into is None else os.path.join(args.into, "labels", args.name)
+        print(f"table:   patchworks.read_table({where!r})")
 
 
 def _print_table_info(path) -> None:
@@ -359,6 +377,22 @@ def _add_table_commands(sub) -> None:
     p.set_defaults(run=cmd_view)
 
 
+def _label_levels(path):
+    """``[(path, shape, scale)]`` of each level of an OME-Zarr group, or [] when it is not one."""
+    import zarr
+
+    from patchworks.io._ngff import parse_multiscales
+
+    try:
+        group = zarr.open_group(store=str(path), mode="r")
+    except Exception:
+        return []
+    ms = parse_multiscales(group.attrs)
+    if ms is None:
+        return []
+    return [(p, tuple(group[p].shape), None if ms.scales is None else ms.scales[k]) for k, p in enumerate(ms.paths)]
+
+
 def _patchworks_attrs(path, component):
     """The ``patchworks`` attributes of a zarr array (written by ``tile_process``), or None."""
     from pathlib import Path
@@ -367,11 +401,11 @@ def _patchworks_attrs(path, component):
 
     if not Path(path).is_dir():
         return None
-    try:
-        arr = zarr.open_array(store=str(path), mode="r", path=component or "")
-    except Exception:  # a group, an OME-Zarr, or not zarr at all: nothing to show
+    try:  # a label image (group) or a plain array
+        node = zarr.open(store=str(path), mode="r", path=component or "")
+    except Exception:  # not zarr at all: nothing to show
         return None
-    attrs = arr.attrs.get("patchworks")
+    attrs = node.attrs.get("patchworks")
     return dict(attrs) if isinstance(attrs, dict) else None
 
 
@@ -384,17 +418,31 @@ def cmd_info(args) -> int:
     axes = getattr(source, "axes", None)
     if axes:
         rows.append(("axes", axes))
+    voxel = getattr(source, "voxel_size", None)
+    if voxel is not None:
+        units = getattr(source, "units", None) or (None,) * len(voxel)
+        rows.append(("voxel", " x ".join(f"{v:g}" + (f" {u}" if u else "") for v, u in zip(voxel, units))))
     for key, value in rows:
         print(f"{key + ':':<9}{value}")
-    if source.dtype.kind in "iu" and not args.no_count:
+    levels = _label_levels(os.path.join(args.path, args.component) if args.component else args.path)
+    if levels:
+        print(f"{'levels:':<9}{len(levels)}")
+        for path, shape, scale in levels:
+            print(f"  {path}: shape {shape}" + (f", scale {tuple(scale)}" if scale is not None else ""))
+    attrs = _patchworks_attrs(args.path, args.component)
+    recorded = attrs.get("n_objects") if attrs and attrs.get("complete") else None
+    if recorded is not None:
+        print(f"{'objects:':<9}{recorded}")
+    elif source.dtype.kind in "iu" and not args.no_count:
         from patchworks.labels._count import count_labels
 
         print(f"{'objects:':<9}{count_labels(source)}")
-    _print_table_info(args.path)
-    attrs = _patchworks_attrs(args.path, args.component)
+    _print_table_info(os.path.join(args.path, args.component) if args.component else args.path)
     if attrs:
         print("patchworks attributes:")
         for key, value in attrs.items():
+            if key == "levels":
+                continue  # shown above
             print(f"  {key}: {value}")
         if attrs.get("complete") is False:
             print("  (incomplete: the run that wrote it did not finish)")
@@ -443,11 +491,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
-        "label", help="label connected components tile by tile into a zarr store",
+        "label", help="label connected components tile by tile into an OME-NGFF label image",
         description="Threshold INPUT and label its connected components tile by tile; the result in OUTPUT "
-                    "(zarr) is the same partition as labelling the whole image at once.")
+                    "(an OME-NGFF label image with a pyramid) is the same partition as labelling the whole image "
+                    "at once. With --into IMAGE --name NAME the labels go into IMAGE/labels/NAME instead.")
     p.add_argument("input", metavar="INPUT", help="zarr / OME-Zarr store, TIFF, HDF5 or .npy")
-    p.add_argument("output", metavar="OUTPUT", help="zarr store to write, e.g. labels.zarr")
+    p.add_argument("output", metavar="OUTPUT", nargs="?", help="label image to write, e.g. cells.ome.zarr "
+                   "(omit with --into)")
+    p.add_argument("--into", metavar="IMAGE", help="write the labels into this OME-Zarr image, as IMAGE/labels/NAME "
+                   "with its levels and scales, listed in IMAGE/labels once complete (nothing else is touched)")
+    p.add_argument("--name", metavar="NAME", help="the label image's name (needed with --into)")
+    p.add_argument("--pyramid-levels", type=int, metavar="N", help="resolution levels, each halving y and x "
+                   "(default: down to about 256 pixels; with --into, the image's)")
+    p.add_argument("--voxel-size", type=lambda t: tuple(float(v) for v in t.split(",")), metavar="Z,Y,X",
+                   help="physical voxel size per spatial axis (default: read from the input, else 1)")
+    p.add_argument("--unit", metavar="U", help="unit of --voxel-size, e.g. micrometer, um, nanometer")
+    p.add_argument("--format", choices=("ngff", "array"), default="ngff",
+                   help="ngff: OME-NGFF label image with a pyramid (default); array: a bare zarr array")
     p.add_argument("--tile", type=_tile, metavar="T", help="tile core size: one int or one per spatial axis, "
                    "e.g. 64,512,512, or auto (sized to the memory); default: the input's zarr chunks, else auto")
     p.add_argument("--overlap", type=per_axis, default=0, metavar="H",
@@ -495,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(p)
     p.add_argument("--channel", type=int, metavar="N", help="use this channel of the c axis only")
     p.add_argument("--channel-axis", type=int, metavar="N", help="axis carried whole into every tile (not tiled)")
-    p.add_argument("--zarr-format", type=int, choices=(3, 2), default=3, help="output zarr format (default 3)")
+    p.add_argument("--zarr-format", type=int, choices=(3, 2), default=None,
+                   help="output zarr format: 3 (NGFF 0.5, default) or 2 (NGFF 0.4); with --into, the image's")
     p.add_argument("--no-table", action="store_true", help="do not measure the objects (no table in OUTPUT)")
     p.set_defaults(run=cmd_label)
 
@@ -529,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate a blob volume, label it tile by tile and whole, and check that "
                                    "both give the identical partition.")
     p.add_argument("--out", default="patchworks-demo", metavar="DIR",
-                   help="where sample.zarr and labels.zarr go (default ./patchworks-demo, overwritten)")
+                   help="where sample.ome.zarr (with its labels inside) goes (default ./patchworks-demo, "
+                        "overwritten)")
     p.add_argument("--shape", type=_shape, default=(96, 256, 256), metavar="S", help="volume shape (default 96,256,256)")
     p.add_argument("--tile", type=per_axis, default=(32, 64, 64), metavar="T", help="tile shape (default 32,64,64)")
     p.set_defaults(run=cmd_demo)

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["StitchingErrors", "TissueOracle", "assert_labels_equivalent", "dense_tissue", "label_mismatches",
-           "largest_cell_extent", "random_blobs", "stitching_errors"]
+           "largest_cell_extent", "random_blobs", "stitching_errors", "write_ome_zarr"]
 
 
 def label_mismatches(a, b) -> dict:
@@ -570,3 +570,48 @@ def _greedy_matching(t, r, w) -> np.ndarray:
         used_r[ri[win]] = True
         alive = alive[~used_t[ti[alive]] & ~used_r[ri[alive]]]
     return np.concatenate(picked)
+
+
+def write_ome_zarr(path, data, *, axes: str, scale=None, unit: str = "micrometer", levels: int = 2,
+                   zarr_format: int = 3, chunks=None):
+    """Write ``data`` as a small OME-Zarr image (NGFF 0.5 on zarr v3, 0.4 on v2) with a pyramid.
+
+    Level ``k`` is ``data`` subsampled by ``2**k`` on y and x, as viewers and
+    tools such as ome-zarr-py write it; a test image and the demo's sample.
+
+    Parameters
+    ----------
+    path : path
+    data : numpy array
+    axes : str
+        One letter per axis of ``data``, e.g. ``"czyx"``.
+    scale : sequence of float, optional
+        Level 0's scale per axis (1 by default); coarser levels multiply y and x.
+    unit : str
+        Unit of the space axes.
+    levels : int
+    zarr_format : {3, 2}
+    chunks : tuple, optional
+    """
+    import zarr
+
+    version = "0.5" if zarr_format == 3 else "0.4"
+    axes = axes.lower()
+    kinds = {"t": "time", "c": "channel"}
+    meta_axes = [{"name": a, "type": kinds.get(a, "space"), **({"unit": unit} if a in "zyx" else {})}
+                 for a in axes]
+    scale = [1.0] * data.ndim if scale is None else [float(v) for v in scale]
+    step = [2 if a in "yx" else 1 for a in axes]
+    datasets = [{"path": str(k), "coordinateTransformations": [
+        {"type": "scale", "scale": [v * q ** k for v, q in zip(scale, step)]}]} for k in range(levels)]
+    multiscale = {"name": os.path.basename(str(path)), "axes": meta_axes, "datasets": datasets}
+    attrs = ({"ome": {"version": version, "multiscales": [multiscale]}} if zarr_format == 3 else
+             {"multiscales": [{"version": version, **multiscale}]})
+    group = zarr.open_group(store=str(path), mode="w", zarr_format=zarr_format, attributes=attrs)
+    for k in range(levels):
+        level = data[tuple(slice(None, None, q ** k) for q in step)]
+        extra = {"dimension_names": list(axes)} if zarr_format == 3 else {}
+        array = group.create_array(str(k), shape=level.shape, dtype=level.dtype,
+                                   chunks=chunks or level.shape, **extra)
+        array[...] = level
+    return group

@@ -31,7 +31,7 @@ def scipy_labels(image, value):
 
 
 def read(path):
-    return np.asarray(zarr.open_array(str(path), mode="r")[...])
+    return np.asarray(zarr.open_array(str(path) + "/0", mode="r")[...])  # level 0 of the label image
 
 
 @pytest.fixture
@@ -204,8 +204,10 @@ def test_demo(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--shape", "16,40,40", "--tile", "8,16,16"]) == 0
     text = capsys.readouterr().out
     assert "identical partition:  yes" in text
-    assert str(out / "labels.zarr") in text
-    assert (out / "sample.zarr").is_dir() and (out / "labels.zarr").is_dir()
+    labels = out / "sample.ome.zarr" / "labels" / "blobs"  # the sample is an OME-Zarr image, labels inside it
+    assert str(labels) in text and "patchworks view" in text
+    assert zarr.open_group(str(labels), mode="r").attrs["patchworks"]["complete"] is True
+    assert zarr.open_group(str(out / "sample.ome.zarr" / "labels")).attrs["ome"]["labels"] == ["blobs"]
     # re-running overwrites
     assert main(["demo", "--out", str(out), "--shape", "16,40,40", "--tile", "8,16,16"]) == 0
 
@@ -337,3 +339,43 @@ def test_label_new_option_errors(argv, needle, zarr_input, tmp_path, capsys):
     rc = main(["label", zarr_input, str(tmp_path / "o.zarr"), "--threshold", "0.5", *argv])
     assert rc == 2
     assert needle in capsys.readouterr().err
+
+
+def test_label_into_an_ome_zarr_image_and_info_shows_levels(tmp_path, capsys):
+    from patchworks.testing import write_ome_zarr
+
+    image = tmp_path / "image.ome.zarr"
+    write_ome_zarr(image, IMG, axes="zyx", scale=(2.0, 0.5, 0.5), levels=2)
+    assert main(["label", str(image), "--into", str(image), "--name", "cells", "--threshold", "0.5",
+                 "--tile", "4,16,16", "--no-progress"]) == 0
+    assert "levels:  2 (12x40x36, 12x20x18)" in capsys.readouterr().out
+    assert main(["info", str(image / "labels" / "cells")]) == 0
+    text = capsys.readouterr().out
+    n = scipy_labels(IMG, 0.5).max()
+    assert "voxel:   2 micrometer x 0.5 micrometer x 0.5 micrometer" in text
+    assert "1: shape (12, 20, 18), scale (2.0, 1.0, 1.0)" in text and f"objects: {n}" in text
+    assert_labels_equivalent(read(image / "labels" / "cells"), scipy_labels(IMG, 0.5))
+
+
+def test_label_voxel_size_pyramid_levels_and_bare_array(tmp_path, zarr_input, capsys):
+    out = tmp_path / "cells.ome.zarr"
+    assert main(["label", zarr_input, str(out), "--threshold", "0.5", "--tile", "4,16,16", "--no-progress",
+                 "--voxel-size", "3,1,1", "--unit", "nm", "--pyramid-levels", "3"]) == 0
+    group = zarr.open_group(str(out), mode="r")
+    datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
+    assert [d["coordinateTransformations"][0]["scale"] for d in datasets] == [[3, 1, 1], [3, 2, 2], [3, 4, 4]]
+    assert group.attrs["ome"]["multiscales"][0]["axes"][0]["unit"] == "nanometer"
+    bare = tmp_path / "bare.zarr"
+    assert main(["label", zarr_input, str(bare), "--threshold", "0.5", "--format", "array", "--no-progress"]) == 0
+    assert_labels_equivalent(zarr.open_array(str(bare), mode="r")[...], scipy_labels(IMG, 0.5))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--into", "X"], "--into needs --name NAME"),
+    ([], "give OUTPUT, or --into IMAGE --name NAME"),
+    (["out.zarr", "--unit", "um"], "--unit applies to --voxel-size"),
+    (["out.zarr", "--into", "X", "--name", "c"], "give OUTPUT (a new label image) or --into IMAGE"),
+])
+def test_label_output_options_errors(zarr_input, capsys, argv, message):
+    assert main(["label", zarr_input, *argv, "--threshold", "0.5"]) == 2
+    assert message in capsys.readouterr().err

@@ -35,7 +35,8 @@ def test_reader_layer_data_and_metadata(label_image):
     [(data, meta, kind)] = read_label_layers(label_image)
     assert kind == "labels"
     assert meta["visible"] is True and meta["name"] == "cells"
-    np.testing.assert_array_equal(np.asarray(data), zarr.open_array(label_image, mode="r")[...])
+    levels = data if isinstance(data, list) else [data]
+    np.testing.assert_array_equal(np.asarray(levels[0]), zarr.open_array(label_image / "0", mode="r")[...])
     table = read_table(label_image)
     features = meta["features"]
     assert features["index"].tolist() == table.index.tolist()  # napari maps label values by "index"

@@ -72,7 +72,7 @@ def test_resume_after_an_exception_skips_staged_tiles(flaky_module, tmp_path):
         tile_process(image, mod.segment, **kwargs)
     first = _calls(tmp_path)
     staged = _staged(tmp_path)
-    assert 0 < staged < 16 and not (out.exists() and zarr.open_array(out).attrs["patchworks"]["complete"])
+    assert 0 < staged < 16 and not (out.exists() and zarr.open_group(out).attrs["patchworks"]["complete"])
     (tmp_path / "flag").unlink()
     resumed = tile_process(image, mod.segment, **kwargs)
     assert _calls(tmp_path) == 16 - staged, "fn runs only on the tiles that were not staged"

@@ -197,7 +197,7 @@ def test_a_finished_touch_run_is_not_reused_for_iou(tmp_path):
     again = tile_process(truth, TissueOracle(), tile_shape=16, overlap=6, stitch="iou", write_to=out,
                          overwrite=True, compute=True)
     assert_labels_equivalent(again, truth)
-    assert zarr.open_array(out).attrs["patchworks"]["stitch"] == "iou"
+    assert zarr.open_group(out).attrs["patchworks"]["stitch"] == "iou"
 
 
 def test_per_plane_masks_saved_to_zarr_are_stitched_in_z(tmp_path):

@@ -158,6 +158,13 @@ class LazySource:
     axes : str or None
         Lowercase axis names, e.g. ``"czyx"``; the channel axis is dropped when a
         channel was chosen.
+    voxel_size : tuple of float or None
+        Physical size of a voxel per axis (of this level), from OME-Zarr
+        ``coordinateTransformations``, OME-TIFF ``PhysicalSize*`` or an ImageJ
+        TIFF's resolution and ``spacing``; None when the file gives none.
+    units : tuple of (str or None) or None
+        The unit of each axis (NGFF names, e.g. ``"micrometer"``), None
+        where unknown.
     description : str
         Human-readable location for messages.
     """
@@ -171,6 +178,7 @@ class LazySource:
         self._array = _array  # only for kind "zarr-array": a zarr.Array we cannot reopen by path
         self._handle = None
         self._lock = threading.RLock()
+        self._voxel = (None, None)  # set by the resolvers that find a voxel size
         if not isinstance(level, (int, np.integer)) or isinstance(level, bool) or level < 0:
             raise ValueError(f"{name}: level={level!r} must be an int >= 0")
         if channel is not None and (not isinstance(channel, (int, np.integer)) or isinstance(channel, bool)):
@@ -182,6 +190,9 @@ class LazySource:
 
         if axes and len(axes) != len(shape):
             axes = None  # metadata disagrees with the array: do not guess which axis is which
+        voxel_size, units = self._voxel
+        if voxel_size is not None and len(voxel_size) != len(shape):
+            voxel_size = units = None
         self._c = None  # index of the channel axis in the full (on-disk) shape
         if channel is not None:
             if not axes or "c" not in axes:
@@ -198,10 +209,15 @@ class LazySource:
             chunks = None if chunks is None else chunks[: self._c] + chunks[self._c + 1 :]
             axes = axes.replace("c", "")
             desc = f"{desc}, channel {self.channel}"
+            if voxel_size is not None:
+                voxel_size = voxel_size[: self._c] + voxel_size[self._c + 1 :]
+                units = units[: self._c] + units[self._c + 1 :]
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.chunks = None if chunks is None else tuple(int(c) for c in chunks)
         self.axes = axes or None
+        self.voxel_size = None if voxel_size is None else tuple(float(v) for v in voxel_size)
+        self.units = None if voxel_size is None else tuple(units)
         self.description = desc
 
     # -- per-kind resolution (runs once, in the process that calls open_image) --------
@@ -233,6 +249,13 @@ class LazySource:
                 self._array_path = "/".join(p for p in (self.component, ms.paths[self.level]) if p)
                 node = node[ms.paths[self.level]]
                 axes = ms.axes or ("tczyx"[-node.ndim :] if node.ndim == 5 else None)
+                if ms.scales is not None:
+                    from ._ngff_write import ngff_unit
+
+                    names = axes or ""
+                    units = tuple(ngff_unit(u, "time" if names[i:i + 1] == "t" else "space")
+                                  for i, u in enumerate(ms.units or (None,) * node.ndim))
+                    self._voxel = (ms.scales[self.level], units)
             else:
                 arrays = [p for p, m in node.members(max_depth=None) if isinstance(m, zarr.Array)]
                 if len(arrays) != 1:
@@ -278,6 +301,10 @@ class LazySource:
         arr = self._open_tiff(tif)
         self._handle = (tif, arr)
         axes = _axes_from_tifffile(levels[self.level].axes)
+        try:
+            self._voxel = _tiff_voxel_size(tif, axes, levels[0].shape, arr.shape)
+        except Exception:  # malformed metadata: the pixels are still readable, the size unknown
+            self._voxel = (None, None)
         desc = f"TIFF {self.path}" + (f" (level {self.level})" if self.level else "")
         return arr.shape, arr.dtype, arr.chunks, axes, desc
 
@@ -402,6 +429,43 @@ class LazySource:
         return f"LazySource({self.description}, shape={self.shape}, dtype={self.dtype}, axes={self.axes!r})"
 
 
+def _tiff_voxel_size(tif, axes: str, shape0, shape):
+    """``(voxel_size, units)`` per axis of a TIFF level: OME-XML ``PhysicalSize*``, else ImageJ tags."""
+    import tifffile
+
+    from ._ngff_write import ngff_unit
+
+    sizes: dict[str, tuple[float, str | None]] = {}
+    if tif.is_ome and tif.ome_metadata:
+        image = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", {})
+        pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+        for a in "xyz":
+            value = pixels.get(f"PhysicalSize{a.upper()}")
+            if value is not None:  # OME's default unit is the micrometre
+                sizes[a] = (float(value), ngff_unit(pixels.get(f"PhysicalSize{a.upper()}Unit", "µm")))
+    elif tif.is_imagej:
+        meta = tif.imagej_metadata or {}
+        unit = ngff_unit(meta.get("unit"))
+        tags = tif.pages[0].tags
+        for a, tag in (("x", "XResolution"), ("y", "YResolution")):
+            if tag in tags:
+                num, den = tags[tag].value
+                if num:  # pixels per unit
+                    sizes[a] = (den / num, unit)
+        if meta.get("spacing"):
+            sizes["z"] = (float(meta["spacing"]), unit)
+    if not sizes or not axes:
+        return None, None
+    values, units = [], []
+    for i, a in enumerate(axes):
+        value, unit = sizes.get(a, (1.0, None))
+        if a in "xy" and shape0[i] != shape[i]:  # a pyramid level: coarser by the shape ratio
+            value *= shape0[i] / shape[i]
+        values.append(value)
+        units.append(unit if a in sizes else None)
+    return tuple(values), tuple(units)
+
+
 def _normalize_key(key, shape):
     """Expand ``key`` to one int or slice per axis; ints bounds-checked and made >= 0."""
     if not isinstance(key, tuple):
@@ -453,6 +517,17 @@ def _zarr_dimension_axes(arr) -> str | None:
 _BLOSC = dict(cname="zstd", clevel=1)
 
 
+def output_compressors(zarr_format: int):
+    """The codec every patchworks output uses, in the form the zarr format wants."""
+    if zarr_format == 3:
+        from zarr.codecs import BloscCodec
+
+        return BloscCodec(shuffle="shuffle", **_BLOSC)
+    from numcodecs import Blosc
+
+    return Blosc(shuffle=Blosc.SHUFFLE, **_BLOSC)
+
+
 def create_output(
     path,
     *,
@@ -499,14 +574,7 @@ def create_output(
         raise FileExistsError(
             f"output {str(target)!r} already exists; pass overwrite=True to replace it, or choose another path"
         )
-    if zarr_format == 3:
-        from zarr.codecs import BloscCodec
-
-        compressors = BloscCodec(shuffle="shuffle", **_BLOSC)
-    else:
-        from numcodecs import Blosc
-
-        compressors = Blosc(shuffle=Blosc.SHUFFLE, **_BLOSC)
+    compressors = output_compressors(zarr_format)
     return zarr.create_array(
         store=str(path),
         name=component,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import dask
 import dask.array as da
 import numpy as np
+import zarr
 from dask.base import tokenize
 
 from ..run._cluster import check_client, gpu_devices, make_local_cluster
@@ -25,8 +26,9 @@ from ..run._resources import gpu_free_memory
 from ._count import count_labels
 from ..grid import TileGrid
 from ..io._sources import LazySource, open_image
-from ._merge import (iou_pairs_for_tile, plan_relabel, plane_axes, plane_pairs_for_seam, relabel_tile,
+from ._merge import (ArrayOutput, iou_pairs_for_tile, plan_relabel, plane_axes, plane_pairs_for_seam, relabel_tile,
                      touch_pairs_for_seam)
+from ..io._ngff_write import build_label_image, check_ngff_labels, image_multiscales, register_label
 from ..segment._threshold import Threshold, otsu_threshold, sample_values
 from ..segment._instances import LogBlobs, Watershed
 from ..run._execute import (active_client, graph_tasks, input_chunks, new_token, resolve_tile_shape, run_tasks,
@@ -150,14 +152,88 @@ def _relabel_task(job: _RelabelJob, linear_index, plan):
     return relabel_tile(job.staging, job.output, job.grid, linear_index, plan, job.count)
 
 
+@dataclass
+class _PyramidJob:
+    writer: object
+    grid: TileGrid
+
+
+def _shared_chunk_task(job: _PyramidJob, level, chunk_index):
+    job.writer.write_shared_chunk(job.grid, level, chunk_index)
+
+
+_FORMATS = ("ngff", "array")
+
+
+def _prepare_output(*, write_to, labels_into, name, output_format, output_component, zarr_format, grid, source,
+                    voxel_size, pyramid_levels):
+    """Where and how the labels are written: ``(write_to, component, zarr_format, writer, into)``.
+
+    ``writer`` describes the label image (None for a plain array); it is
+    built here, before any work, so that a bad option fails fast. Its
+    location and dtype are set once the run directory and the plan exist.
+    """
+    if output_format not in _FORMATS:
+        raise ValueError(f"output_format={output_format!r}: use 'ngff' (an OME-NGFF label image with a pyramid, "
+                         f"the default) or 'array' (a plain zarr array, level 0 only)")
+    into = None
+    if labels_into is not None:
+        if write_to is not None or output_component is not None:
+            raise ValueError(f"labels_into={str(labels_into)!r} writes labels_into/labels/<name>; drop write_to= "
+                             f"and output_component=, or drop labels_into=")
+        if output_format != "ngff":
+            raise ValueError(f"labels_into= writes an NGFF label image; drop output_format={output_format!r}")
+        if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or name != name.strip():
+            raise ValueError(f"name={name!r}: labels_into= needs the label image's name, a plain non-empty string "
+                             f"such as name='cells'")
+        image_format = image_multiscales(labels_into)[0]
+        if zarr_format not in (None, image_format):
+            raise ValueError(f"zarr_format={zarr_format!r}: {str(labels_into)!r} is zarr v{image_format} and its "
+                             f"labels must be too (NGFF never mixes formats); drop zarr_format=")
+        zarr_format, into = image_format, labels_into
+        write_to, output_component = labels_into, f"labels/{name}"
+    elif name is not None and output_format == "ngff":
+        pass  # the name of a standalone label image (its multiscales name)
+    zarr_format = 3 if zarr_format is None else zarr_format
+    if zarr_format not in (2, 3):
+        raise ValueError(f"zarr_format={zarr_format!r} is not supported; valid: 2 or 3")
+    writer = None
+    if output_format == "ngff":
+        if into is None and write_to is None and check_ngff_labels(getattr(source, "axes", None) or grid.axes,
+                                                                   grid.spatial_axes):
+            logger.info("patchworks: %d spatial axes: a temporary plain array, not an NGFF label image",
+                        len(grid.spatial_axes))
+        else:
+            writer = build_label_image(None, None, grid=grid, source=source, dtype=np.uint32,
+                                       zarr_format=zarr_format, scratch=".", voxel_size=voxel_size,
+                                       pyramid_levels=pyramid_levels, into=into, name=name or "labels")
+    elif voxel_size is not None or pyramid_levels is not None:
+        raise ValueError("voxel_size= and pyramid_levels= describe an NGFF label image; a plain array "
+                         "(output_format='array') has neither: drop them")
+    return write_to, output_component, zarr_format, writer, into
+
+
+def _level0(node):
+    """Level 0 of a finished output (group or array), without the axes the labels lack."""
+    if isinstance(node, zarr.Group):
+        record = node.attrs.get("patchworks", {})
+        array = node["0"]
+        axes = record.get("label_axes")
+        return array, (tuple(slice(None) if i in axes else 0 for i in range(array.ndim)) if axes else None)
+    return node, None
+
+
 def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, connectivity: int,
                     sequential: bool, label_counts, client, progress, compute: bool, return_count: bool,
-                    empty_threshold=None, stitch="touch", iou_threshold=0.5, table=False, intensity=False):
+                    empty_threshold=None, stitch="touch", iou_threshold=0.5, table=False, intensity=False,
+                    writer=None, into=None):
     if run.finished:  # same run already complete: a no-op
         output = run.open_existing()
         n_objects = output.attrs["patchworks"].get("n_objects")
         if n_objects is None and return_count:  # that run was not asked to count
-            n_objects = count_labels(output)
+            n_objects = count_labels(_level0(output)[0])
+        if into is not None:  # a run stopped between completion and registration: register now
+            register_label(into, run.target.name)
         return _result(output, run, compute, return_count, n_objects)
     token = new_token()
     spatial_shape, chunks = grid.spatial_shape, grid.chunks
@@ -208,32 +284,57 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
                     "-> %d objects", grid.n_tiles, n_skipped, int(counts.sum()), len(pairs),
                     plan.n_boundary_labels, plan.n_objects)
 
-        # 4. relabel: each task builds its own small look-up table; idempotent, so a
-        #    resumed or retried run simply writes the same chunks again
-        output = run.create(shape=spatial_shape, dtype=plan.dtype, chunks=chunks)
+        # 4. relabel: each task builds its own small look-up table and writes every level of its
+        #    tile; idempotent, so a resumed or retried run simply writes the same chunks again
+        if writer is None:
+            output = ArrayOutput(run.create(shape=spatial_shape, dtype=plan.dtype, chunks=chunks))
+        else:
+            if into is not None:  # an unfinished or replaced label image is never listed in the image
+                register_label(into, run.target.name, remove=True)
+            writer.locate(run.path, run.component, run.scratch / "pyramid", plan.dtype)
+            run.create_label_image(writer)
+            output = writer
         prefix = f"patchworks-relabel-{token}"
         # ids kept raw (not sequential, touch) may leave gaps (labels seen only in a halo): then
         # the count costs a pass over every tile, paid only when the caller asks for it
         gaps = not (sequential or iou or label_counts is not None)
         tasks = graph_tasks(prefix, _relabel_task, _RelabelJob(staging, output, grid, count=gaps and return_count),
                             [(i, plan.tiles[i]) for i in range(grid.n_tiles) if plan.tiles[i].n_labels])
-        n_objects = int(sum(run_tasks(tasks, client=client, progress=progress, desc="relabelling tiles",
+        desc = "relabelling tiles" if writer is None else "relabel + pyramid"
+        n_objects = int(sum(run_tasks(tasks, client=client, progress=progress, desc=desc,
                                       prefix=prefix)))
         if gaps and not return_count:
             n_objects = None  # unknown without that pass; ids are unique, max_label bounds them
-        # 5. the object table from the staged partials, through the same plan (no read of the labels)
-        table_path, labels_rel = table_location(run.path, run.component)
+        record = {}
+        if writer is not None:
+            # pyramid chunks holding parts of several tiles (coarse levels, or cores not multiples of the
+            # factor): one task each assembles the parts the relabel tasks left in scratch
+            seams = writer.shared_chunks(grid)
+            if seams:
+                run_tasks(graph_tasks(f"patchworks-pyramid-{token}", _shared_chunk_task, _PyramidJob(writer, grid),
+                                      seams), client=client, progress=progress, desc="pyramid chunks shared by tiles",
+                          prefix=f"patchworks-pyramid-{token}")
+            record = writer.record()
+        # 5. the object table from the staged partials, through the same plan (no read of the labels);
+        #    a label image keeps it at G/table, next to its levels
+        if writer is not None:
+            table_path, labels_rel, labels_path = run.target / "table", "../0", run.target / "0"
+        else:
+            (table_path, labels_rel), labels_path = table_location(run.path, run.component), run.target
         if table:
-            n_objects = _write_table(staging, grid, plan, run, table_path, labels_rel, source, intensity,
-                                     client, progress, token)
+            n_objects = _write_table(staging, grid, plan, run, table_path, labels_rel, labels_path, source,
+                                     intensity, client, progress, token)
         elif table_path.exists():  # a replaced run's table would describe labels that are gone
             shutil.rmtree(table_path, ignore_errors=True)
-        run.mark_complete(output, {"n_objects": n_objects, "max_label": plan.max_label,
+        output = writer.group("r+") if writer is not None else output.array
+        run.mark_complete(output, {**record, "n_objects": n_objects, "max_label": plan.max_label,
                                    "sequential_labels": bool(sequential),
                                    "connectivity": connectivity, "stitch": stitch,
                                    "iou_threshold": float(iou_threshold) if iou else None,
                                    "tile_shape": list(grid.tile_shape), "overlap": list(grid.overlap),
                                    "n_skipped": int(n_skipped)})
+        if into is not None:  # listed in the image last, once complete
+            register_label(into, run.target.name)
     except BaseException:
         run.fail()
         raise
@@ -241,13 +342,14 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
     return _result(output, run, compute, return_count, n_objects)
 
 
-def _write_table(staging, grid, plan, run, table_path, labels_rel, source, intensity, client, progress, token):
+def _write_table(staging, grid, plan, run, table_path, labels_rel, labels_path, source, intensity, client, progress,
+                 token):
     voxel_size, units = spatial_voxel_size(source, grid)
     n_channels = 0
     if intensity:
         n_channels = int(np.prod([s for a, s in enumerate(grid.shape) if a not in grid.spatial_axes]))
     return write_object_table(root=staging.root, grid=grid, plan=plan, table_path=table_path,
-                              labels_path=run.target, labels_rel=labels_rel, n_channels=n_channels,
+                              labels_path=labels_path, labels_rel=labels_rel, n_channels=n_channels,
                               voxel_size=voxel_size, units=units, zarr_format=run.zarr_format, client=client,
                               progress=progress, token=token)
 
@@ -258,11 +360,14 @@ def _measures_intensity(source) -> bool:
 
 
 def _result(output, run: RunDir, compute: bool, return_count: bool, n_objects):
+    array, squeeze = _level0(output)
     if compute:
-        result = np.asarray(output[...])
+        result = np.asarray(array[...])
+        result = result[squeeze] if squeeze else result
         run.discard_temporary()
     else:
-        result = da.from_zarr(output)
+        result = da.from_zarr(array)
+        result = result[squeeze] if squeeze else result
     return (result, n_objects) if return_count else result
 
 
@@ -270,8 +375,9 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
                  write_to=None, sequential_labels=False, compute=False, progress=None, client=None, overwrite=False,
                  resume=True, skip_empty=False, empty_threshold=None, use_gpu=False,
                  component=None, level=0, channel=None, channel_axis=None, axes=None,
-                 output_component=None, zarr_format=3, scratch_dir=None, return_count=False, max_workers=None,
+                 output_component=None, zarr_format=None, scratch_dir=None, return_count=False, max_workers=None,
                  stage_dir=None, keep_stage=False, dry_run=False, gpus=None, table=None,
+                 output_format="ngff", pyramid_levels=None, voxel_size=None, labels_into=None, name=None,
                  **unknown):
     """Run ``fn`` on every tile of ``image`` and merge the labels into one consistent array.
 
@@ -328,9 +434,12 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
         (``stitch="iou"``). Above 0.5 a match is unique by construction;
         lower values tolerate segmenters whose views of a cell differ more.
     write_to : path, optional
-        zarr store to write (v3 unless ``zarr_format=2``), chunks aligned
-        with the tile cores. Default: a store in a new temporary directory,
-        which backs the returned lazy array (removed with ``compute=True``).
+        Where the OME-NGFF label image goes (a zarr group; v3 unless
+        ``zarr_format=2``): levels ``"0"``, ``"1"``, ... with chunks aligned
+        with the tile cores, ``multiscales`` with the voxel size and
+        ``image-label``, our run record under ``"patchworks"``. Default: a
+        store in a new temporary directory, which backs the returned lazy
+        array (removed with ``compute=True``).
     sequential_labels : bool, default False
         Number objects ``1..n``; otherwise ids are unique but may have gaps.
         Costs no extra pass.
@@ -364,9 +473,28 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
     channel_axis, axes :
         Non-spatial axes of the image, carried whole into every tile.
     output_component : str, optional
-        Write the labels as this array inside a group at ``write_to``.
-    zarr_format : {3, 2}
-        Output zarr format.
+        Write the labels (label image or array) at this path inside ``write_to``.
+    zarr_format : {3, 2}, optional
+        Output zarr format: NGFF 0.5 on v3 (default), 0.4 on v2; with
+        ``labels_into``, the image's.
+    output_format : {"ngff", "array"}, default "ngff"
+        ``"array"``: a plain zarr array at ``write_to`` (level 0 only, no
+        metadata but our run record).
+    pyramid_levels : int, optional
+        Number of levels, level ``k`` being exactly ``level0[..., ::2**k,
+        ::2**k]`` (y and x); default down to about 256 pixels in y and x.
+        Written from each final tile, no second pass.
+    voxel_size : float or sequence, optional
+        Physical voxel size per spatial axis, each a number or a ``(number,
+        unit)`` pair; default the image's (OME-Zarr, OME-TIFF, ImageJ TIFF),
+        else 1 without unit. It sets each level's ``scale``.
+    labels_into : path, optional
+        An OME-Zarr image: write the labels as ``labels_into/labels/<name>``
+        with the image's levels, shapes and scales, and add ``name`` to its
+        ``labels`` list once complete. Nothing else in the image is touched;
+        without this option nothing is ever written inside the input.
+    name : str, optional
+        The label image's name (required with ``labels_into``).
     scratch_dir : path, optional
         Where the run's scratch (staged tiles, one lz4 file per tile) lives;
         default next to ``write_to`` (a hidden ``.patchworks-*`` directory),
@@ -408,9 +536,9 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
     Returns
     -------
     dask.array.Array or numpy.ndarray or RunPlan
-        uint32 labels (uint64 when the count needs it), lazily backed by the
-        written store, or numpy with ``compute=True``; the plan with
-        ``dry_run=True``.
+        uint32 labels (uint64 when the count needs it) of the image's spatial
+        shape: level 0, lazily backed by the written store, or numpy with
+        ``compute=True``; the plan with ``dry_run=True``.
 
     Examples
     --------
@@ -454,7 +582,6 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
             f"fn={fn.method} labels a single-channel image but this one has non-spatial axes "
             f"{[i for i in range(len(grid.shape)) if i not in grid.spatial_axes]}; choose one with channel=N "
             f"(OME-Zarr / OME-TIFF) or pass a function that handles channels")
-    table = write_to is not None if table is None else bool(table)
     if skip_empty and empty_threshold is None:
         empty_threshold = otsu_threshold(sample_values(source))
         logger.info("patchworks: skip_empty threshold (Otsu of a sample) = %g", empty_threshold)
@@ -463,6 +590,11 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
     if dry_run:
         return _dry_run(grid, source, client, cluster, n_workers, devices, empty_threshold, write_to,
                         channel_axis=channel_axis, axes=axes)
+    write_to, output_component, zarr_format, writer, into = _prepare_output(
+        write_to=write_to, labels_into=labels_into, name=name, output_format=output_format,
+        output_component=output_component, zarr_format=zarr_format, grid=grid, source=source,
+        voxel_size=voxel_size, pyramid_levels=pyramid_levels)
+    table = write_to is not None if table is None else bool(table)
     # only a named output can be resumed; skip hashing (a full pass over a numpy input) otherwise
     image_token = "" if write_to is None else source_token(source)
     describe = {"image": describe_source(image, source), "image content": image_token[:12],
@@ -474,10 +606,12 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
     fingerprint = "" if write_to is None else tokenize(
         "tile_process", STAGING_FORMAT, image_token, grid.shape, grid.spatial_axes, grid.tile_shape, grid.overlap,
         fn_token(fn), connectivity, bool(sequential_labels), empty_threshold, zarr_format,
-        *(("iou", float(iou_threshold)) if stitch == "iou" else ()), *(("table", 1) if table else ()))
+        *(("iou", float(iou_threshold)) if stitch == "iou" else ()), *(("table", 1) if table else ()),
+        *_layout_token(writer))
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
-                 resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(image,),
-                 keep_stage=keep_stage)
+                 resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir,
+                 inputs=(source,) if into is not None else (image,), keep_stage=keep_stage,
+                 into_image=into is not None)
 
     with contextlib.ExitStack() as stack:
         if devices is not None:
@@ -497,7 +631,7 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
                                connectivity=connectivity, sequential=sequential_labels, label_counts=None,
                                client=client, progress=progress, compute=compute, return_count=return_count,
                                empty_threshold=empty_threshold, stitch=stitch, iou_threshold=iou_threshold,
-                               table=table, intensity=intensity)
+                               table=table, intensity=intensity, writer=writer, into=into)
 
 
 def _dry_run(grid, source, client, cluster, n_workers, devices, empty_threshold, write_to, *, channel_axis=None,
@@ -520,8 +654,9 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
                       connectivity=1, stitch="touch", iou_threshold=0.5, sequential_labels=False,
                       label_counts=None, return_count=False,
                       progress=False, client=None, overwrite=False, resume=True, compute=False,
-                      zarr_format=3, scratch_dir=None, max_workers=None, stage_dir=None, keep_stage=False,
-                      dry_run=False, table=None, **unknown):
+                      zarr_format=None, scratch_dir=None, max_workers=None, stage_dir=None, keep_stage=False,
+                      dry_run=False, table=None, output_format="ngff", pyramid_levels=None, voxel_size=None,
+                      labels_into=None, name=None, **unknown):
     """Merge per-tile labels that someone else computed into globally consistent labels.
 
     Each block of ``labeled`` (dask chunks, or the chunks of a zarr array)
@@ -534,7 +669,8 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
     labeled : dask.array.Array, zarr array or path
         Per-tile integer labels (0 = background).
     write_to : path, optional
-        Output zarr store; default a temporary one.
+        Output OME-NGFF label image (as for :func:`tile_process`); default
+        a temporary one.
     input_component : str, optional
         Array inside a zarr group / HDF5 file at ``labeled``.
     output_component : str, optional
@@ -563,6 +699,9 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
     table : bool, optional
         Store the table of objects (no intensities) in the output, as for
         :func:`tile_process`; default on when ``write_to`` is given.
+    output_format, pyramid_levels, voxel_size, labels_into, name :
+        As for :func:`tile_process`; the voxel size defaults to that of a
+        zarr / OME-Zarr / TIFF ``labeled``.
 
     Examples
     --------
@@ -611,8 +750,12 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
     if dry_run:
         return _dry_run(grid, source if source is not None else blocks, client, cluster, n_workers, None, None,
                         write_to)
-    labeled_token = "" if write_to is None else source_token(source if source is not None else blocks)
+    write_to, output_component, zarr_format, writer, into = _prepare_output(
+        write_to=write_to, labels_into=labels_into, name=name, output_format=output_format,
+        output_component=output_component, zarr_format=zarr_format, grid=grid, source=source,
+        voxel_size=voxel_size, pyramid_levels=pyramid_levels)
     table = write_to is not None if table is None else bool(table)
+    labeled_token = "" if write_to is None else source_token(source if source is not None else blocks)
     describe = {"labeled": describe_source(labeled, source if source is not None else blocks),
                 "labeled content": labeled_token[:12],
                 "tiles": grid.grid_shape, "overlap": grid.overlap, "connectivity": connectivity,
@@ -624,15 +767,26 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         "merge_tile_labels", STAGING_FORMAT, labeled_token,
         [b.tolist() for b in grid.boundaries], grid.overlap, connectivity, bool(sequential_labels),
         None if label_counts is None else label_counts.tolist(), zarr_format,
-        *(("iou", float(iou_threshold)) if stitch == "iou" else ()), *(("table", 1) if table else ()))
+        *(("iou", float(iou_threshold)) if stitch == "iou" else ()), *(("table", 1) if table else ()),
+        *_layout_token(writer))
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
-                 resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(labeled,),
-                 keep_stage=keep_stage)
+                 resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir,
+                 inputs=(source if source is not None else labeled,) if into is not None else (labeled,),
+                 keep_stage=keep_stage, into_image=into is not None)
     with dask.config.set(num_workers=n_workers) if n_workers else contextlib.nullcontext():
         return _label_pipeline(grid=grid, job_fn=None, source=source, windows=windows, run=run,
                                connectivity=connectivity, sequential=sequential_labels, label_counts=label_counts,
                                client=client, progress=progress, compute=compute, return_count=return_count,
-                               stitch=stitch, iou_threshold=iou_threshold, table=table)
+                               stitch=stitch, iou_threshold=iou_threshold, table=table,
+                               writer=writer, into=into)
+
+
+def _layout_token(writer) -> tuple:
+    """What of the output's layout enters the fingerprint (a plain array adds nothing, as before)."""
+    if writer is None:
+        return ()
+    return ("ngff", [(lv.shape, lv.factors, lv.chunks, lv.inner) for lv in writer.levels], writer.axes,
+            writer.transforms, writer.embed, writer.name)
 
 
 def _core_halo(overlap, ndim):

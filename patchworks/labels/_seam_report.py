@@ -295,9 +295,9 @@ def _recorded_tile_shape(labels, component):
     if isinstance(labels, zarr.Array):
         array = labels
     elif isinstance(labels, (str, os.PathLike)) and os.path.isdir(labels):
-        try:
-            array = zarr.open_array(store=os.fspath(labels), mode="r", path=component or "")
-        except Exception:  # a group, an OME-Zarr or not zarr: no attributes to read
+        try:  # a plain array, or a label image (group) whose run record holds the tile shape
+            array = zarr.open(store=os.fspath(labels), mode="r", path=component or "")
+        except Exception:  # not zarr: no attributes to read
             array = None
     attrs = array.attrs.get("patchworks") if array is not None else None
     recorded = attrs.get("tile_shape") if isinstance(attrs, dict) else None

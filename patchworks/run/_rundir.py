@@ -168,7 +168,7 @@ class RunDir:
 
     def __init__(self, write_to, component, *, fingerprint: str, describe: dict, overwrite: bool, resume: bool,
                  zarr_format: int, scratch_dir=None, inputs=(), keep_stage: bool = False,
-                 temporary_name: str = "labels.zarr"):
+                 temporary_name: str = "labels.zarr", into_image: bool = False):
         self.fingerprint, self.describe = fingerprint, describe
         self.keep_stage = bool(keep_stage)
         self.component, self.overwrite, self.zarr_format = component, overwrite, zarr_format
@@ -181,11 +181,12 @@ class RunDir:
             self.scratch.mkdir()
             return
         self.path = Path(write_to)
-        for item in inputs:
-            if same_location(write_to, item):
-                raise ValueError(f"write_to={str(write_to)!r} is the input; patchworks never writes to its "
-                                 f"input: choose another output path")
         self.target = self.path / component if component else self.path
+        for item in inputs:
+            # labels written into an image (IMAGE/labels/<name>) may sit next to the array read, never on it
+            if same_location(self.target if into_image else write_to, item):
+                raise ValueError(f"write_to={str(self.target if into_image else write_to)!r} is the input; "
+                                 f"patchworks never writes to its input: choose another output path")
         parent = Path(scratch_dir) if scratch_dir else self.path.absolute().parent
         parent.mkdir(parents=True, exist_ok=True)
         stem = f"{_SCRATCH_PREFIX}{self.path.name}{'-' + component.replace('/', '_') if component else ''}-"
@@ -211,10 +212,11 @@ class RunDir:
         if not self.target.exists():
             return False
         attrs = {}
-        try:
-            attrs = dict(zarr.open_array(self.target, mode="r").attrs).get("patchworks", {})
-        except Exception:  # not a zarr array we wrote: the generic message below applies
+        try:  # a label image (group) or a plain array: the run record is in its attributes
+            attrs = dict(zarr.open(store=str(self.target), mode="r").attrs).get("patchworks", {})
+        except Exception:  # not a zarr node we wrote: the generic message below applies
             attrs = {}
+        attrs = attrs if isinstance(attrs, dict) else {}
         same = attrs.get("fingerprint") == self.fingerprint
         if resume and same and attrs.get("complete") and not self.overwrite:
             logger.info("patchworks: %s is already complete for these arguments; nothing to do", self.target)
@@ -268,11 +270,17 @@ class RunDir:
         self.created = True
         return array
 
+    def create_label_image(self, writer) -> None:
+        """Create the label image ``writer`` describes (a group with its levels), marked incomplete."""
+        writer.create({"complete": False, "fingerprint": self.fingerprint})
+        self.created = True
+
     def open_existing(self):
-        return zarr.open_array(self.target, mode="r")
+        """The finished output: a zarr group (label image) or array."""
+        return zarr.open(store=str(self.target), mode="r")
 
     def mark_complete(self, output, info: dict) -> None:
-        """Record completion, last of all writes."""
+        """Record completion, last of all writes (``output``: the array or the label image's group)."""
         output.attrs["patchworks"] = {"complete": True, "fingerprint": self.fingerprint, **info}
 
     def finish(self) -> None:

@@ -1,0 +1,600 @@
+"""Writing label results as OME-NGFF label images with a pyramid.
+
+A label image is a zarr group: one array per resolution level at paths
+``"0"``, ``"1"``, ..., the NGFF ``multiscales`` (axes with units, one
+``scale`` per level) and ``image-label``; 0.5 on zarr v3 (attributes under
+``"ome"``, ``dimension_names`` on every array), 0.4 on zarr v2. Our run
+record lives under its own key, ``"patchworks"``.
+
+Level ``k`` is exact strided subsampling of level 0, ``level0[::F, ::F]``,
+with no translation. It is written from each final tile while the relabel
+task holds it: a tile whose core starts at ``a`` owns the level-``k``
+voxels ``ceil(a / F)`` up to the next tile's. When the tile core is a
+multiple of ``F`` those ranges are aligned to the level's chunks (chunk =
+core / F) and each task writes whole chunks. Otherwise -- and at coarse
+levels, whose chunks are never below ``MIN_LEVEL_CHUNK`` and so span several
+tiles -- some chunks of a level hold voxels of two or more tiles; a task
+writes the chunks it owns and keeps its part of each shared chunk in the
+run's scratch, and one small task per shared chunk assembles and writes it
+afterwards, so no two tasks ever write one chunk (or shard) and nothing
+reads level 0 back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+__all__ = ["LabelImageWriter", "LevelPlan", "NGFF_VERSIONS", "default_level_count", "ngff_unit", "plan_levels",
+           "register_label"]
+
+NGFF_VERSIONS = {3: "0.5", 2: "0.4"}
+COARSEST = 256  # default pyramid: halve y and x until both are about this many pixels
+# smallest chunk of a coarse level along a subsampled axis: core / factor shrinks fast (a 512 core is
+# 16 pixels at level 5), and thousands of tiny chunks cost a zarr write each and a file each; below
+# this size a chunk spans several tiles and is assembled from their parts (measured on 8192^2 in 512^2
+# tiles, 6 levels: the pyramid cost 3.8x the labels-only time with chunks of core / factor, 1.1-1.9x now)
+MIN_LEVEL_CHUNK = 128
+# zarr v3 sharding (shard = the tile's share of a level, inner chunks one plane of <= 256 x 256) lets a
+# viewer read one plane without decoding a whole 3-D chunk, but zarr-python encodes the inner chunks one
+# by one: measured (shared 2-core machine) 3-D in 128^3 tiles took 1.9-2.8x the unsharded time,
+# 8192^2 in 512^2 tiles 1.4-1.9x. Off by default; the writer supports it (tested).
+SHARDING = False
+
+# UDUNITS-2 names NGFF allows for space axes, from the spellings files carry
+_UNIT_NAMES = {"µm": "micrometer", "um": "micrometer", "μm": "micrometer", "micron": "micrometer",
+               "microns": "micrometer", "\\u00b5m": "micrometer", "nm": "nanometer", "mm": "millimeter",
+               "cm": "centimeter", "m": "meter", "pm": "picometer", "å": "angstrom", "a": "angstrom",
+               "ang": "angstrom", "in": "inch", "inch": "inch", "s": "second", "ms": "millisecond",
+               "sec": "second", "min": "minute", "h": "hour"}
+_SPACE_UNITS = {"angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot",
+                "gigameter", "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile",
+                "millimeter", "nanometer", "parsec", "petameter", "picometer", "terameter", "yard", "yoctometer",
+                "yottameter", "zeptometer", "zettameter"}
+_TIME_UNITS = {"attosecond", "centisecond", "day", "decisecond", "exasecond", "femtosecond", "gigasecond",
+               "hectosecond", "hour", "kilosecond", "megasecond", "microsecond", "millisecond", "minute",
+               "nanosecond", "petasecond", "picosecond", "second", "terasecond", "yoctosecond", "yottasecond",
+               "zeptosecond", "zettasecond"}
+
+
+def ngff_unit(unit, kind: str = "space"):
+    """The NGFF (UDUNITS-2) name of a unit as files spell it, or None when it is not one.
+
+    Examples
+    --------
+    >>> ngff_unit("µm"), ngff_unit("micron"), ngff_unit("pixel")
+    ('micrometer', 'micrometer', None)
+    """
+    if unit is None:
+        return None
+    text = str(unit).strip()
+    name = _UNIT_NAMES.get(text.lower(), _UNIT_NAMES.get(text, text.lower()))
+    return name if name in (_SPACE_UNITS if kind == "space" else _TIME_UNITS) else None
+
+
+def _axis_type(name: str) -> str | None:
+    return {"x": "space", "y": "space", "z": "space", "t": "time", "c": "channel"}.get(name)
+
+
+def default_level_count(shape, factors, coarsest: int = COARSEST) -> int:
+    """Levels from ``shape`` down to about ``coarsest`` voxels on every axis with a factor above 1.
+
+    Examples
+    --------
+    >>> default_level_count((512, 512), (2, 2)), default_level_count((100, 16384, 700), (1, 2, 2))
+    (2, 7)
+    """
+    n = 1
+    while any(f > 1 and -(-s // f ** (n - 1)) > coarsest for s, f in zip(shape, factors)):
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class LevelPlan:
+    """Geometry of one level, per spatial axis of the labels.
+
+    ``factors``: level ``k`` is ``level0[::factors]``; ``shape``: its extent;
+    ``chunks``: its write unit (a shard when ``inner`` is set, whose chunks
+    are ``inner``).
+    """
+
+    shape: tuple
+    factors: tuple
+    chunks: tuple
+    inner: tuple | None
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
+
+
+def plan_levels(spatial_shape, boundaries, *, factors, level_shapes=None, shard: bool,
+                plane_axes=()) -> list[LevelPlan]:
+    """One :class:`LevelPlan` per level.
+
+    Parameters
+    ----------
+    spatial_shape : tuple of int
+    boundaries : sequence of int arrays
+        Tile boundaries per axis (``TileGrid.boundaries``); level 0 is
+        chunked by the tile cores.
+    factors : list of tuple of int
+        Per level, the subsampling factor per axis (level 0: all 1).
+    level_shapes : list of tuple, optional
+        The extent of each level when it must match an image's levels;
+        default ``ceil(shape / factor)``.
+    shard : bool
+        Zarr v3 sharding: shard = the write unit, inner chunks one plane
+        (``plane_axes``: 1 there) by at most 256 x 256.
+    """
+    # level 0: chunks that never straddle two cores (the core, or the gcd of irregular boundaries)
+    core = [int(np.gcd.reduce(b[1:-1])) if len(b) > 2 else max(int(b[-1]), 1) for b in boundaries]
+    plans = []
+    for k, f in enumerate(factors):
+        shape = tuple(level_shapes[k]) if level_shapes is not None else \
+            tuple(-(-s // q) for s, q in zip(spatial_shape, f))
+        chunks = []
+        for t, q, n in zip(core, f, shape):
+            if t % q == 0:
+                c = t // q  # tile ranges align with chunks of core / factor: every task owns its chunks
+            else:  # a chunk small against a tile's range, so that few are shared between two tiles
+                c = 1 << max(0, int(np.log2(max(1, t // q // 2))))
+            if q > 1:  # never tiny: a chunk of a whole number of tiles' ranges, assembled from their parts
+                while c < min(MIN_LEVEL_CHUNK, n):
+                    c *= 2
+            chunks.append(max(1, min(c, n)))
+        inner = None
+        if shard:
+            inner = tuple(1 if ax in plane_axes else _largest_divisor(c, COARSEST) for ax, c in enumerate(chunks))
+        plans.append(LevelPlan(shape=shape, factors=tuple(f), chunks=tuple(chunks), inner=inner))
+    return plans
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _level_range(a: int, b: int, q: int, n: int) -> tuple[int, int]:
+    """Level voxels ``j`` with ``j * q`` in ``[a, b)``, clipped to the level's extent ``n``."""
+    return min(_ceil_div(a, q), n), min(_ceil_div(b, q), n)
+
+
+def _segments(s: int, e: int, c: int, n: int):
+    """Split ``[s, e)`` into (start, stop, owned) runs: owned = whole chunks of size ``c`` inside it."""
+    if e <= s:
+        return []
+    h = s if s % c == 0 else (s // c + 1) * c
+    t = e if e == n else (e // c) * c
+    if h >= t:
+        return [(s, e, False)]
+    return [seg for seg in ((s, h, False), (h, t, True), (t, e, False)) if seg[1] > seg[0]]
+
+
+class LabelImageWriter:
+    """Creates a label image and writes its levels tile by tile (picklable; arrays reopen per process).
+
+    Parameters
+    ----------
+    store : path
+        Zarr store root.
+    path : str
+        The label group inside the store ("" for the root).
+    levels : list of LevelPlan
+    zarr_format : {3, 2}
+    dtype : numpy dtype
+    axes : list of dict
+        NGFF axes of the arrays, which may have more axes than the labels
+        (size 1 there, e.g. the channel axis of the image they belong to).
+    embed : tuple of int
+        For each spatial axis of the labels, its axis in the arrays.
+    transforms : list of list of dict
+        Each level's ``coordinateTransformations``.
+    scratch : path
+        Where the parts of shared chunks wait for their assembling task.
+    """
+
+    def __init__(self, store, path, *, levels, zarr_format, dtype, axes, embed, transforms, scratch,
+                 name="labels", source_image=None, multiscale_transforms=None):
+        self.store, self.path = str(store), path or ""
+        self.levels, self.zarr_format, self.dtype = levels, int(zarr_format), np.dtype(dtype)
+        self.axes, self.embed, self.transforms = axes, tuple(embed), transforms
+        self.scratch = Path(scratch)
+        self.name, self.source_image, self.multiscale_transforms = name, source_image, multiscale_transforms
+        self._arrays = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_arrays"] = None
+        return state
+
+    def locate(self, store, path, scratch, dtype) -> None:
+        """Where the label image goes and its dtype, known once the run and its plan exist."""
+        self.store, self.path, self.scratch, self.dtype = str(store), path or "", Path(scratch), np.dtype(dtype)
+        self._arrays = None
+
+    def record(self) -> dict:
+        """What our run record says about the layout (``G.attrs["patchworks"]``)."""
+        scale0 = next((t["scale"] for t in self.transforms[0] if t.get("type") == "scale"), None)
+        return {"output_format": "ngff", "label_axes": list(self.embed),
+                # per spatial axis of the labels, for readers of the record (the object table's physical units)
+                "voxel_size": None if scale0 is None else [scale0[i] for i in self.embed],
+                "units": [self.axes[i].get("unit") for i in self.embed],
+                "levels": [{"path": str(k), "shape": list(self.array_shape(k)),
+                            "factors": list(level.factors)} for k, level in enumerate(self.levels)]}
+
+    # -- layout ------------------------------------------------------------------------
+    @property
+    def ndim(self) -> int:
+        return len(self.axes)
+
+    def _place(self, values, fill) -> tuple:
+        """A per-spatial-axis tuple placed into the arrays' axes (``fill`` on the others)."""
+        out = [fill] * self.ndim
+        for ax, v in zip(self.embed, values):
+            out[ax] = v
+        return tuple(out)
+
+    def array_shape(self, level: int) -> tuple:
+        return self._place(self.levels[level].shape, 1)
+
+    def attributes(self, record: dict) -> dict:
+        """The group's attributes: NGFF metadata plus our run record."""
+        version = NGFF_VERSIONS[self.zarr_format]
+        multiscale = {"name": self.name, "axes": self.axes,
+                      "datasets": [{"path": str(k), "coordinateTransformations": t}
+                                   for k, t in enumerate(self.transforms)]}
+        if self.multiscale_transforms:
+            multiscale["coordinateTransformations"] = self.multiscale_transforms
+        label = {"version": version}
+        if self.source_image is not None:
+            label["source"] = {"image": self.source_image}
+        if self.zarr_format == 2:
+            return {"multiscales": [{"version": version, **multiscale}], "image-label": label, "patchworks": record}
+        return {"ome": {"version": version, "multiscales": [multiscale], "image-label": label},
+                "patchworks": record}
+
+    def create(self, record: dict) -> None:
+        """Create the group (replacing one there) and its level arrays, all zeros."""
+        from ._sources import output_compressors
+
+        group = zarr.open_group(store=self.store, path=self.path, mode="w", zarr_format=self.zarr_format,
+                                attributes=self.attributes(record))
+        names = [a["name"] for a in self.axes]
+        for k, level in enumerate(self.levels):
+            place = self._place
+            extra = {}
+            if self.zarr_format == 3:
+                extra["dimension_names"] = names
+            if level.inner is not None:
+                extra["shards"], chunks = place(level.chunks, 1), place(level.inner, 1)
+            else:
+                chunks = place(level.chunks, 1)
+            group.create_array(str(k), shape=self.array_shape(k), chunks=chunks, dtype=self.dtype,
+                               compressors=output_compressors(self.zarr_format), fill_value=0,
+                               config={"write_empty_chunks": True}, **extra)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+
+    def arrays(self) -> list:
+        if self._arrays is None:
+            group = zarr.open_group(store=self.store, path=self.path, mode="r+")
+            # the run-time config is not stored with the array: without it zarr scans every chunk for
+            # all-zero content before writing it (measured ~35 % of the relabel)
+            self._arrays = [group[str(k)].with_config({"write_empty_chunks": True}) for k in range(len(self.levels))]
+        return self._arrays
+
+    def group(self, mode="r"):
+        return zarr.open_group(store=self.store, path=self.path, mode=mode)
+
+    def _key(self, spatial_slices):
+        return self._place(spatial_slices, slice(0, 1))
+
+    def _put(self, level: int, spatial_slices, data) -> None:
+        array = self.arrays()[level]
+        array[self._key(spatial_slices)] = data.reshape(self._place(data.shape, 1))
+
+    # -- writing -----------------------------------------------------------------------
+    def write_tile(self, linear_index: int, core, final: np.ndarray) -> None:
+        """Write one tile's final labels to every level (``core``: its spatial slices in level 0)."""
+        self._put(0, core, final)
+        pieces = {}  # parts of chunks shared with other tiles, all levels in one file per tile
+        for k in range(1, len(self.levels)):
+            level = self.levels[k]
+            segs, picks = [], []
+            for sl, q, c, n in zip(core, level.factors, level.chunks, level.shape):
+                s, e = _level_range(sl.start, sl.stop, q, n)
+                segs.append(_segments(s, e, c, n))
+                picks.append(slice(s * q - sl.start, (e - 1) * q - sl.start + 1 if e > s else 0, q))
+            if not all(segs):
+                continue
+            sub = final[tuple(picks)]  # level k's voxels of this tile: exact strided subsampling
+            starts = [seg[0][0] for seg in segs]
+            for box in itertools.product(*segs):
+                local = tuple(slice(b[0] - s, b[1] - s) for b, s in zip(box, starts))
+                where = tuple(slice(b[0], b[1]) for b in box)
+                if all(b[2] for b in box):
+                    self._put(k, where, sub[local])
+                else:
+                    name = f"L{k}_" + "_".join(f"{b[0]}-{b[1]}" for b in box)
+                    pieces[name] = np.ascontiguousarray(sub[local])
+        if pieces:
+            path = self._piece_path(linear_index)
+            tmp = path.with_name(path.name + ".part.npz")
+            np.savez(tmp, **pieces)
+            os.replace(tmp, path)
+
+    def _piece_path(self, linear_index: int) -> Path:
+        return self.scratch / f"tile{linear_index}.npz"
+
+    def shared_chunks(self, grid) -> list[tuple[int, tuple]]:
+        """``(level, chunk index)`` of every chunk that holds voxels of more than one tile."""
+        found = []
+        for k in range(1, len(self.levels)):
+            level = self.levels[k]
+            per_axis, owned_any = [], True
+            for b, q, c, n in zip(grid.boundaries, level.factors, level.chunks, level.shape):
+                cuts = {min(_ceil_div(int(x), q), n) for x in b[1:-1]}
+                shared = sorted({x // c for x in cuts if x % c and x < n})
+                per_axis.append((shared, _ceil_div(n, c)))
+                owned_any &= not shared
+            if owned_any:
+                continue
+            ranges = [range(n_chunks) for _, n_chunks in per_axis]
+            shared_sets = [set(s) for s, _ in per_axis]
+            for index in itertools.product(*ranges):
+                if any(i in s for i, s in zip(index, shared_sets)):
+                    found.append((k, index))
+        return found
+
+    def write_shared_chunk(self, grid, level_index: int, chunk_index: tuple) -> None:
+        """Assemble one shared chunk from the parts its tiles left in scratch, and write it."""
+        level = self.levels[level_index]
+        box = [(i * c, min((i + 1) * c, n)) for i, c, n in zip(chunk_index, level.chunks, level.shape)]
+        out = np.zeros([e - s for s, e in box], dtype=self.dtype)
+        rows = []  # the tiles whose level range meets this chunk, per axis
+        for (s, e), b, q, n in zip(box, grid.boundaries, level.factors, level.shape):
+            rows.append([r for r in range(len(b) - 1)
+                         if max(s, min(_ceil_div(int(b[r]), q), n)) < min(e, min(_ceil_div(int(b[r + 1]), q), n))])
+        for index in itertools.product(*rows):
+            path = self._piece_path(grid.tile(index).linear_index)
+            if not path.exists():
+                continue  # a tile without labels: zeros
+            prefix = f"L{level_index}_"
+            with np.load(path) as pieces:
+                for name in pieces.files:
+                    if not name.startswith(prefix):
+                        continue
+                    bounds = [tuple(int(v) for v in part.split("-")) for part in name[len(prefix):].split("_")]
+                    cut = [(max(p0, s), min(p1, e)) for (p0, p1), (s, e) in zip(bounds, box)]
+                    if any(c0 >= c1 for c0, c1 in cut):
+                        continue
+                    data = pieces[name]
+                    out[tuple(slice(c0 - s, c1 - s) for (c0, c1), (s, _) in zip(cut, box))] = \
+                        data[tuple(slice(c0 - p0, c1 - p0) for (c0, c1), (p0, _) in zip(cut, bounds))]
+        self._put(level_index, tuple(slice(s, e) for s, e in box), out)
+
+
+def register_label(image, name: str, *, remove: bool = False) -> None:
+    """Add ``name`` to (or remove it from) the ``labels`` list of the OME-Zarr ``image``, under a lock.
+
+    The lock is an exclusive ``flock`` on the ``labels`` directory itself, so
+    two runs adding label images to one image never lose each other's entry
+    and no lock file is left in the user's store.
+    """
+    import fcntl
+
+    root = zarr.open_group(store=str(image), mode="r")
+    fmt = root.metadata.zarr_format
+    labels_dir = Path(image) / "labels"
+    if not labels_dir.exists():
+        if remove:
+            return
+        labels_dir.mkdir(exist_ok=True)
+    fd = os.open(labels_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            group = zarr.open_group(store=str(image), path="labels", mode="r+", zarr_format=fmt)
+        except FileNotFoundError:
+            if remove:
+                return
+            group = zarr.open_group(store=str(image), path="labels", mode="w-", zarr_format=fmt)
+        attrs = group.attrs.asdict()
+        holder = attrs.get("ome", {}) if fmt == 3 else attrs
+        if (name in holder.get("labels", [])) != remove:
+            return  # already as asked: a finished run re-run rewrites nothing
+        names = [n for n in holder.get("labels", []) if n != name]
+        if not remove:
+            names.append(name)
+        if fmt == 3:
+            group.attrs["ome"] = {**holder, "version": holder.get("version", NGFF_VERSIONS[3]), "labels": names}
+        else:
+            group.attrs["labels"] = names
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def resolve_voxel_size(voxel_size, source, spatial_axes, ndim):
+    """``(sizes, units)`` per spatial axis: ``voxel_size=`` if given, else the source's, else 1 and no unit.
+
+    ``voxel_size`` is a number (every spatial axis), or one entry per
+    spatial axis (or per axis of the image), each a number or a
+    ``(number, unit)`` pair, e.g. ``((2, "micrometer"), 0.5, 0.5)``.
+
+    Examples
+    --------
+    >>> resolve_voxel_size(((2, "um"), 0.5, 0.5), None, (0, 1, 2), 3)
+    ((2.0, 0.5, 0.5), ('micrometer', None, None))
+    """
+    n = len(spatial_axes)
+    if voxel_size is None:
+        own = getattr(source, "voxel_size", None)
+        if own is None:
+            return (1.0,) * n, (None,) * n
+        units = getattr(source, "units", None) or (None,) * len(own)
+        return tuple(own[i] for i in spatial_axes), tuple(units[i] for i in spatial_axes)
+    entries = [voxel_size] * n if isinstance(voxel_size, (int, float, np.number)) and \
+        not isinstance(voxel_size, bool) else list(voxel_size) if isinstance(voxel_size, (list, tuple)) else None
+    if entries is not None and len(entries) == ndim != n:
+        entries = [entries[i] for i in spatial_axes]
+    problem = entries is None or len(entries) != n
+    sizes, units = [], []
+    for entry in entries or ():
+        value, unit = (entry if isinstance(entry, (list, tuple)) and len(entry) == 2 else (entry, None))
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value > 0:
+            problem = True
+            break
+        named = ngff_unit(unit)
+        if unit is not None and named is None:
+            raise ValueError(f"voxel_size={voxel_size!r}: unit {unit!r} is not a length unit NGFF knows; use "
+                             f"e.g. 'micrometer', 'nanometer' (or 'um', 'nm')")
+        sizes.append(float(value))
+        units.append(named)
+    if problem:
+        raise ValueError(f"voxel_size={voxel_size!r}: give one positive number per spatial axis ({n}), each "
+                         f"optionally with its unit, e.g. voxel_size={tuple([1.0] * n)!r} or "
+                         f"{tuple([(1.0, 'micrometer')] * n)!r}")
+    return tuple(sizes), tuple(units)
+
+
+def _spatial_names(axes, spatial_axes) -> str:
+    n = len(spatial_axes)
+    if axes:
+        names = "".join(axes[i] for i in spatial_axes).lower()
+        # unknown letters (tifffile's 'q', 'i', ...) say nothing: the spatial axes are then z, y, x
+        if len(set(names)) == n and set(names) <= set("tzyx"):
+            return names
+    return "zyx"[-n:] if n <= 3 else ""
+
+
+def check_ngff_labels(axes, spatial_axes) -> str | None:
+    """Why labels on these axes cannot be an NGFF image (None when they can)."""
+    n = len(spatial_axes)
+    names = _spatial_names(axes, spatial_axes)
+    spaces = sum(_axis_type(a) == "space" for a in names)
+    if not names or any(_axis_type(a) is None for a in names) or not 2 <= spaces <= 3:
+        return (f"labels with {n} spatial axes {names or '(unnamed)'!r} are not an OME-NGFF image (it needs 2 or 3 "
+                f"space axes named from z, y, x, plus optionally t)")
+    return None
+
+
+def build_label_image(store, path, *, grid, source, dtype, zarr_format, scratch, voxel_size=None,
+                      pyramid_levels=None, shard=None, into=None, name="labels") -> LabelImageWriter:
+    """The writer of a standalone label image, or of ``into/labels/<name>`` matching that image's levels.
+
+    Parameters
+    ----------
+    grid : TileGrid
+        The run's tiles (level 0 is chunked by their cores).
+    source : the opened input (its axes and voxel size), or None
+    into : path, optional
+        An OME-Zarr image to write the labels into: its levels, shapes and
+        scales are followed and ``image-label.source`` points back at it.
+    """
+    spatial_axes = grid.spatial_axes
+    names = _spatial_names(getattr(source, "axes", None) or grid.axes, spatial_axes)
+    if shard is None:
+        shard = SHARDING and zarr_format == 3
+    level_shapes = multiscale_transforms = source_image = None
+    if into is None:
+        why = check_ngff_labels(getattr(source, "axes", None) or grid.axes, spatial_axes)
+        if why:
+            raise ValueError(f"{why}; pass output_format='array' for a plain zarr array")
+        sizes, units = resolve_voxel_size(voxel_size, source, spatial_axes, len(grid.shape))
+        base = tuple(2 if a in "yx" else 1 for a in names)
+        n_levels = default_level_count(grid.spatial_shape, base) if pyramid_levels is None else \
+            _check_levels(pyramid_levels)
+        factors = [tuple(f ** k for f in base) for k in range(n_levels)]
+        axes = []
+        for a, u in zip(names, units):
+            entry = {"name": a, "type": _axis_type(a)}
+            if u is not None:
+                entry["unit"] = u
+            axes.append(entry)
+        embed = tuple(range(len(names)))
+        transforms = [[{"type": "scale", "scale": [s * f for s, f in zip(sizes, fk)]}] for fk in factors]
+    else:
+        axes, embed, factors, level_shapes, transforms, multiscale_transforms = _follow_image(
+            into, names, grid, pyramid_levels)
+        source_image = "../../"
+    plans = plan_levels(grid.spatial_shape, grid.boundaries, factors=factors, level_shapes=level_shapes,
+                        shard=shard, plane_axes=tuple(i for i, a in enumerate(names) if a not in "yx"))
+    return LabelImageWriter(store, path, levels=plans, zarr_format=zarr_format, dtype=dtype, axes=axes,
+                            embed=embed, transforms=transforms, scratch=scratch, name=name,
+                            source_image=source_image, multiscale_transforms=multiscale_transforms)
+
+
+def _check_levels(pyramid_levels) -> int:
+    if isinstance(pyramid_levels, bool) or not isinstance(pyramid_levels, (int, np.integer)) or pyramid_levels < 1:
+        raise ValueError(f"pyramid_levels={pyramid_levels!r}: use an int >= 1 (1 = level 0 only), or None for "
+                         f"levels down to about {COARSEST} pixels in y and x")
+    return int(pyramid_levels)
+
+
+def image_multiscales(image):
+    """``(zarr format, Multiscales, level shapes)`` of an OME-Zarr image, with errors naming ``labels_into``."""
+    from ._ngff import parse_multiscales
+
+    try:
+        group = zarr.open_group(store=str(image), mode="r")
+    except Exception as exc:
+        raise ValueError(f"labels_into={str(image)!r} is not an OME-Zarr image (no zarr group there: "
+                         f"{type(exc).__name__}); pass the path of an .ome.zarr image") from exc
+    ms = parse_multiscales(group.attrs)
+    if ms is None:
+        raise ValueError(f"labels_into={str(image)!r} has no 'multiscales' metadata, so it is not an OME-Zarr "
+                         f"image; labels go into an OME-Zarr image only (use write_to= for a standalone one)")
+    return group.metadata.zarr_format, ms, [tuple(group[p].shape) for p in ms.paths]
+
+
+def _follow_image(image, names, grid, pyramid_levels):
+    """Axes, placement, factors, shapes and transforms of labels that follow ``image``'s levels."""
+    _, ms, shapes = image_multiscales(image)
+    raw_axes = [dict(a) for a in ms.raw.get("axes") or []]
+    image_names = [a.get("name", "").lower() for a in raw_axes] if raw_axes else list(ms.axes or "")
+    if not image_names or len(image_names) != len(shapes[0]):
+        raise ValueError(f"labels_into={str(image)!r}: its multiscales metadata names no axes, so the labels' "
+                         f"axes cannot be matched to it")
+    if not raw_axes:  # NGFF 0.3: names only
+        raw_axes = [{"name": a} for a in image_names]
+    if not set(names) <= set(image_names):
+        space = [a for a in image_names if _axis_type(a) == "space"]
+        names = "".join(space[-len(names):]) if len(space) >= len(names) else names
+    missing = [a for a in names if a not in image_names]
+    if missing:
+        raise ValueError(f"labels_into={str(image)!r}: the labels' axes {names!r} are not all axes of the image "
+                         f"({''.join(image_names)!r}); label the image itself (or one of its channels)")
+    embed = tuple(image_names.index(a) for a in names)
+    level0 = tuple(shapes[0][i] for i in embed)
+    if level0 != tuple(grid.spatial_shape):
+        raise ValueError(f"labels_into={str(image)!r}: the labels have shape {tuple(grid.spatial_shape)} but the "
+                         f"image's level 0 has {level0} on axes {names!r}; label level 0 of that image (level=0)")
+    n = len(shapes)
+    if pyramid_levels is not None and _check_levels(pyramid_levels) != n:
+        raise ValueError(f"pyramid_levels={pyramid_levels!r}: labels written into {str(image)!r} get the image's "
+                         f"{n} levels; leave pyramid_levels=None")
+    factors, level_shapes = [], []
+    for k in range(n):
+        fk = []
+        for i in embed:
+            if ms.scales is not None:
+                ratio = ms.scales[k][i] / ms.scales[0][i]
+            else:
+                ratio = shapes[0][i] / shapes[k][i]
+            q = int(round(ratio))
+            if q < 1 or abs(ratio - q) > 1e-6 * max(1.0, ratio) and ms.scales is not None or \
+                    shapes[k][i] not in (shapes[0][i] // q, _ceil_div(shapes[0][i], q)):
+                raise ValueError(f"labels_into={str(image)!r}: level {k} is not level 0 subsampled by a whole "
+                                 f"factor on axis {image_names[i]!r} (shape {shapes[k][i]} of {shapes[0][i]}, "
+                                 f"scale ratio {ratio:g}); labels need integer factors")
+            fk.append(q)
+        factors.append(tuple(fk))
+        level_shapes.append(tuple(shapes[k][i] for i in embed))
+    transforms = [list(d.get("coordinateTransformations") or []) for d in ms.raw.get("datasets")]
+    return raw_axes, embed, factors, level_shapes, transforms, ms.raw.get("coordinateTransformations")
