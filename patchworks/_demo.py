@@ -78,7 +78,6 @@ def run_demo(out="patchworks-demo", *, shape=(96, 256, 256), tile=(32, 64, 64), 
     if ngff:
         levels = zarr.open_group(str(labels_path), mode="r").attrs["patchworks"]["levels"]
         echo(f"label levels:         {', '.join('x'.join(map(str, lv['shape'])) for lv in levels)}")
-        echo(f"view:                 patchworks view {sample}    (or: napari --plugin napari-ome-zarr {sample})")
     echo(f"next:                 patchworks info {labels_path}")
     _echo_table(labels_path, sample, echo)
     return 0
@@ -93,4 +92,5 @@ def _echo_table(labels_path, sample, echo, rows: int = 3) -> None:
          f"(patchworks.read_table({str(labels_path)!r}))")
     for line in table[columns].head(rows).round(2).to_string().splitlines():
         echo(f"  {line}")
-    echo(f"view:                 patchworks view {sample} {labels_path}   (pip install 'patchworks[napari]')")
+    echo(f"view:                 patchworks view {sample}   (pip install 'patchworks[napari]'; it opens the "
+         f"image's labels too)")
