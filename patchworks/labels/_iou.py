@@ -10,6 +10,8 @@ background, so a label that also covers other labels is penalised.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -115,35 +117,202 @@ def mutual_best(la, lb, inter, area_la, area_lb, iou_threshold: float) -> np.nda
     return np.stack([la[keep], lb[keep]], axis=1)
 
 
+# -- joining the 2-D labels of consecutive planes into 3-D objects ---------------------------
+
+# A cross-section counts as growing (or shrinking) along z when the next one is this much larger.
+_SLOPE = 0.1
+# A weak link needs the smaller cross-section this much inside the larger one.
+_CONTAINED = 0.5
+
+
+@dataclass(frozen=True)
+class PlaneLinks:
+    """Candidate links of one plane seam: ``a`` (lower plane) to ``b`` (upper plane), one to one.
+
+    ``strong``: the pair passed the IoU rule; the others are weak (one
+    cross-section mostly inside the other) and wait for the slope test of
+    :func:`join_planes`.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    area_a: np.ndarray
+    area_b: np.ndarray
+    strong: np.ndarray
+
+    @staticmethod
+    def empty() -> "PlaneLinks":
+        z = np.zeros(0, np.uint64)
+        return PlaneLinks(z, z, np.zeros(0), np.zeros(0), np.zeros(0, bool))
+
+
+def plane_links(la, lb, inter, area_la, area_lb, iou_threshold: float) -> PlaneLinks:
+    """One-to-one candidate links between the labels of two consecutive planes.
+
+    First the IoU rule (:func:`mutual_best` at ``iou_threshold``): strong
+    links. The labels left over on both sides are then paired by a maximum
+    weight one-to-one assignment (``scipy.optimize.linear_sum_assignment``,
+    one per connected group of candidates) over the pairs whose overlap
+    covers at least half of the smaller label, weighted by IoU plus that
+    overlap-over-smaller: weak links, kept or not by :func:`join_planes`.
+    """
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    la = np.asarray(la, dtype=np.uint64)
+    lb = np.asarray(lb, dtype=np.uint64)
+    inter = np.asarray(inter, dtype=np.float64)
+    area_la = np.asarray(area_la, dtype=np.float64)
+    area_lb = np.asarray(area_lb, dtype=np.float64)
+    if la.size == 0:
+        return PlaneLinks.empty()
+    strong = mutual_best(la, lb, inter, area_la, area_lb, iou_threshold)
+    pick = [_rows_of(la, lb, strong)]
+    # labels without a strong partner compete for weak links
+    free = ~np.isin(la, strong[:, 0]) & ~np.isin(lb, strong[:, 1])
+    contained = inter / np.minimum(area_la, area_lb)
+    cand = np.flatnonzero(free & (contained >= _CONTAINED))
+    weak = np.zeros(0, np.intp)
+    if cand.size:
+        weight = contained[cand] + inter[cand] / (area_la[cand] + area_lb[cand] - inter[cand])
+        (ua, ia), (ub, ib) = (np.unique(x[cand], return_inverse=True) for x in (la, lb))
+        n = len(ua) + len(ub)
+        graph = coo_matrix((np.ones(cand.size), (ia, ib + len(ua))), shape=(n, n))
+        _, comp = connected_components(graph, directed=False)
+        group = comp[ia]
+        sizes = np.bincount(group)
+        single = sizes[group] == 1           # a lone candidate pair: nothing to choose
+        chosen = [cand[single]]
+        for g in np.flatnonzero(sizes > 1):
+            rows = np.flatnonzero(group == g)
+            (ra, ka), (rb, kb) = (np.unique(x[rows], return_inverse=True) for x in (ia, ib))
+            matrix = np.zeros((len(ra), len(rb)))
+            matrix[ka, kb] = weight[rows]
+            r, c = linear_sum_assignment(matrix, maximize=True)
+            hit = np.zeros((len(ra), len(rb)), bool)
+            hit[r, c] = True
+            chosen.append(cand[rows[hit[ka, kb]]])
+        weak = np.concatenate(chosen)
+    rows = np.concatenate([pick[0], weak])
+    return PlaneLinks(la[rows], lb[rows], area_la[rows], area_lb[rows],
+                      np.r_[np.ones(len(pick[0]), bool), np.zeros(len(weak), bool)])
+
+
+def _rows_of(la, lb, pairs) -> np.ndarray:
+    """Row index of each ``(a, b)`` of ``pairs`` among the candidate pairs ``(la, lb)``."""
+    if not len(pairs):
+        return np.zeros(0, np.intp)
+    order = np.lexsort((lb, la))
+    keys = np.stack([la[order], lb[order]], axis=1)
+    pos = np.searchsorted(la[order], pairs[:, 0], side="left")
+    rows = np.empty(len(pairs), np.intp)
+    for k, (p, (a, b)) in enumerate(zip(pos, pairs)):  # few pairs per label: a short scan each
+        while keys[p, 1] != b:
+            p += 1
+        rows[k] = order[p]
+    return rows
+
+
+def _partner_area(ids, links: PlaneLinks | None, side: str) -> np.ndarray:
+    """Area of the partner of each id in ``links`` (``side`` = which end the ids are); 0 when none."""
+    out = np.zeros(len(ids))
+    if links is None or not links.a.size:
+        return out
+    own, other = (links.a, links.area_b) if side == "a" else (links.b, links.area_a)
+    order = np.argsort(own)
+    pos = np.clip(np.searchsorted(own[order], ids), 0, len(own) - 1)
+    hit = own[order][pos] == ids
+    out[hit] = other[order][pos[hit]]
+    return out
+
+
+def join_planes(seams: list[PlaneLinks]) -> list[np.ndarray]:
+    """Decide the candidate links of consecutive seams; the ``(k, 2)`` pairs to join, per seam.
+
+    A link ``a`` (plane z) - ``b`` (plane z + 1) is judged with the areas of
+    ``a``'s partner in plane z - 1 (``below``) and ``b``'s in z + 2
+    (``above``), 0 where there is none. A convex object's cross-section
+    grows then shrinks along z (Brunn-Minkowski: its square root is
+    concave), so:
+
+    - no link makes a neck: one that shrinks into the seam from below and
+      grows out of it above is two objects meeting at their caps;
+    - a weak link is a cap: the larger cross-section must already shrink
+      toward the smaller one (or have no partner beyond it) and the
+      smaller one must not grow again beyond the seam.
+    """
+    out = []
+    for s, links in enumerate(seams):
+        if not links.a.size:
+            out.append(np.zeros((0, 2), np.uint64))
+            continue
+        below = _partner_area(links.a, seams[s - 1] if s else None, "b")
+        above = _partner_area(links.b, seams[s + 1] if s + 1 < len(seams) else None, "a")
+        grow = 1 + _SLOPE
+        area_a, area_b = links.area_a, links.area_b
+        neck = (below > grow * area_a) & (above > grow * area_b)
+        a_big = area_a >= area_b
+        big_far = np.where(a_big, below, above)
+        big = np.where(a_big, area_a, area_b)
+        small_far = np.where(a_big, above, below)
+        small = np.where(a_big, area_b, area_a)
+        cap = ((big_far == 0) | (big_far > grow * big)) & (small_far <= grow * small)
+        keep = ~neck & (links.strong | cap)
+        out.append(np.stack([links.a[keep], links.b[keep]], axis=1))
+    return out
+
+
 def stitch_planes(labels: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
-    """Join 2-D labels of consecutive planes (axis 0) by one-to-one IoU.
+    """Join 2-D labels of consecutive planes (axis 0) into 3-D objects.
 
     For a 2-D segmenter run plane by plane on a stack: labels may repeat
-    from plane to plane; a label of plane ``z + 1`` takes the id of its
-    mutual best match in plane ``z`` when their IoU reaches the threshold,
-    otherwise a new id. Returns uint32 (uint64 if needed) labels ``1..n``.
+    from plane to plane. Consecutive planes are linked one to one
+    (:func:`plane_links`: mutual best IoU >= ``iou_threshold``, then a
+    maximum weight assignment of the rest by containment) and the links are
+    judged over four planes (:func:`join_planes`), so an object's shrinking
+    caps stay on it and two objects meeting at their caps stay apart.
+    Returns uint32 (uint64 if needed) labels ``1..n`` numbered in order of
+    first appearance (plane, then label).
 
     Examples
     --------
-    >>> stack = np.array([[[1, 1, 0, 2]], [[1, 1, 0, 3]], [[0, 4, 4, 4]]])
+    >>> stack = np.array([[[1, 1, 0, 2]], [[1, 1, 0, 3]], [[0, 4, 4, 0]]])
     >>> stitch_planes(stack)[:, 0].tolist()
-    [[1, 1, 0, 2], [1, 1, 0, 2], [0, 3, 3, 3]]
+    [[1, 1, 0, 2], [1, 1, 0, 2], [0, 3, 3, 0]]
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     labels = np.asarray(labels)
-    out = np.zeros(labels.shape, dtype=np.uint64)
-    next_id = 1
+    if labels.ndim < 1 or labels.shape[0] == 0:
+        return np.zeros(labels.shape, np.uint32)
+    ids, offsets = [], [0]
+    for z in range(labels.shape[0]):  # plane z's label k gets the global id offsets[z] + rank of k
+        present = np.unique(labels[z])
+        present = present[present != 0].astype(np.uint64)
+        ids.append(present)
+        offsets.append(offsets[-1] + len(present))
+    seams = []
+    for z in range(labels.shape[0] - 1):
+        ua, area_a, ub, area_b, pa, pb, inter = overlap_table(labels[z].ravel(), labels[z + 1].ravel())
+        seams.append(plane_links(ua[pa], ub[pb], inter, area_a[pa], area_b[pb], iou_threshold))
+    joined = join_planes(seams)
+    edges = [np.stack([offsets[z] + np.searchsorted(ids[z], p[:, 0]),
+                       offsets[z + 1] + np.searchsorted(ids[z + 1], p[:, 1])], axis=1)
+             for z, p in enumerate(joined) if len(p)]
+    total = offsets[-1]
+    edges = np.concatenate(edges) if edges else np.zeros((0, 2), np.int64)
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(total, total))
+    _, comp = connected_components(graph, directed=False)
+    # components numbered by their first member: first appearance order
+    _, first, inverse = np.unique(comp, return_index=True, return_inverse=True)
+    final = (np.argsort(np.argsort(first)) + 1)[inverse].astype(np.uint64)
+    dtype = np.uint32 if len(first) <= np.iinfo(np.uint32).max else np.uint64
+    out = np.zeros(labels.shape, dtype)
     for z in range(labels.shape[0]):
-        plane = labels[z]
-        ids = np.unique(plane[plane != 0])
-        new = np.zeros(len(ids), np.uint64)
-        if z and ids.size:
-            pairs = match_labels(out[z - 1], plane, iou_threshold)
-            pos = np.searchsorted(ids, pairs[:, 1].astype(ids.dtype))
-            new[pos] = pairs[:, 0]
-        fresh = new == 0
-        new[fresh] = np.arange(next_id, next_id + int(fresh.sum()), dtype=np.uint64)
-        next_id += int(fresh.sum())
-        if ids.size:
-            out[z][plane != 0] = new[np.searchsorted(ids, plane[plane != 0])]
-    dtype = np.uint32 if next_id - 1 <= np.iinfo(np.uint32).max else np.uint64
-    return out.astype(dtype)
+        if len(ids[z]):
+            lut = np.zeros(int(ids[z][-1]) + 1, dtype)
+            lut[ids[z].astype(np.intp)] = final[offsets[z]:offsets[z + 1]]
+            out[z] = lut[labels[z]]
+    return out
