@@ -19,7 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..grid import TileGrid
-from ._iou import match_labels, mutual_best, overlap_table
+from ._iou import PlaneLinks, match_labels, overlap_table, plane_links
 
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
 # Seam planes are scanned in blocks of at most this many voxels per plane.
@@ -131,7 +131,7 @@ def iou_pairs_for_tile(staging, grid: TileGrid, linear_index: int, counts: np.nd
     reaches into a diagonal tile only. Only labels with core voxels in both
     tiles make pairs; halo-only labels just compete for the best match.
     Neighbours across a plane-by-plane axis are left to
-    :func:`plane_pairs_for_seam`, which matches whole planes.
+    :func:`plane_links_for_seam`, which matches whole planes.
     """
     if counts[linear_index] == 0:
         return np.zeros((0, 2), np.uint64)
@@ -170,9 +170,9 @@ def iou_pairs_for_tile(staging, grid: TileGrid, linear_index: int, counts: np.nd
     return np.concatenate(found) if found else np.zeros((0, 2), np.uint64)
 
 
-def plane_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, in_plane_plans,
-                         iou_threshold: float) -> np.ndarray:
-    """Pairs joining the objects of two consecutive planes by one-to-one IoU over the whole planes.
+def plane_links_for_seam(staging, grid: TileGrid, axis: int, row: int, in_plane_plans,
+                         iou_threshold: float) -> PlaneLinks:
+    """Candidate links between the objects of two consecutive planes, over the whole planes.
 
     ``axis`` is tiled plane by plane; the seam lies after plane row ``row``.
     The objects of each plane are the labels joined within the plane first
@@ -180,7 +180,10 @@ def plane_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, in_plane_
     each object by its smallest global id). Intersections and areas are
     summed over the cores of all tiles of the two planes, so an object cut
     by in-plane seams is compared whole, as Cellpose's ``stitch_threshold``
-    compares whole planes.
+    compares whole planes. The links are one to one
+    (:func:`patchworks.labels._iou.plane_links`); which of them join is
+    decided with the neighbouring seams' links
+    (:func:`patchworks.labels._iou.join_planes`).
     """
     keys, inter, areas_a, areas_b = [], [], [], []
     in_plane = [range(g) if k != axis else (row,) for k, g in enumerate(grid.grid_shape)]
@@ -208,7 +211,7 @@ def plane_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, in_plane_
             keys.append(np.stack([ua[pa], ub[pb]]))
             inter.append(count)
     if not keys:
-        return np.zeros((0, 2), np.uint64)
+        return PlaneLinks.empty()
 
     def summed(parts):
         ids = np.concatenate([p[0] for p in parts])
@@ -223,7 +226,7 @@ def plane_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, in_plane_
     pair = np.stack([ua[key // len(ub)], ub[key % len(ub)]])
     ids_a, area_a = summed(areas_a)
     ids_b, area_b = summed(areas_b)
-    return mutual_best(pair[0], pair[1], inter, area_a[np.searchsorted(ids_a, pair[0])],
+    return plane_links(pair[0], pair[1], inter, area_a[np.searchsorted(ids_a, pair[0])],
                        area_b[np.searchsorted(ids_b, pair[1])], iou_threshold)
 
 

@@ -17,9 +17,10 @@ from dask.base import tokenize
 
 from ..run._cluster import check_client
 from ._count import count_labels
+from ._iou import join_planes
 from ..grid import TileGrid
 from ..io._sources import LazySource, open_image
-from ._merge import (iou_pairs_for_tile, plan_relabel, plane_axes, plane_pairs_for_seam, relabel_tile,
+from ._merge import (iou_pairs_for_tile, plan_relabel, plane_axes, plane_links_for_seam, relabel_tile,
                      touch_pairs_for_seam)
 from ..segment._threshold import Threshold, otsu_threshold, sample_values
 from ..segment._instances import LogBlobs, Watershed
@@ -117,7 +118,7 @@ class _PlaneJob:
 
 
 def _plane_task(job: _PlaneJob, axis, row):
-    return plane_pairs_for_seam(job.staging, job.grid, axis, row, job.in_plane_plans, job.iou_threshold)
+    return plane_links_for_seam(job.staging, job.grid, axis, row, job.in_plane_plans, job.iou_threshold)
 
 
 def _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token) -> np.ndarray:
@@ -133,7 +134,10 @@ def _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token) -> 
         tasks = graph_tasks(f"patchworks-planes-{token}", _plane_task,
                             _PlaneJob(staging, grid, plans, float(iou_threshold)),
                             [(a, r) for a in planar for r in range(grid.grid_shape[a] - 1)])
-        pairs = np.concatenate([pairs, *run_tasks(tasks, client=client, progress=False)])
+        links = iter(run_tasks(tasks, client=client, progress=False))
+        # links are judged with the neighbouring seams' (caps, necks): per axis, in plane order
+        joined = [join_planes([next(links) for _ in range(grid.grid_shape[a] - 1)]) for a in planar]
+        pairs = np.concatenate([pairs, *(p for per_axis in joined for p in per_axis)])
     return pairs
 
 
