@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["StitchingErrors", "TissueOracle", "assert_labels_equivalent", "dense_tissue", "label_mismatches",
-           "largest_cell_extent", "random_blobs", "separated_nuclei", "stitching_errors"]
+           "largest_cell_extent", "noisy_planes", "random_blobs", "separated_nuclei", "stitching_errors"]
 
 
 def label_mismatches(a, b) -> dict:
@@ -417,6 +417,103 @@ def _label_faces(labels):
         comp[lab > 0] = lab[lab > 0] + n
         n += k
     return comp, n
+
+
+# -- a plane-by-plane segmenter's mistakes -------------------------------------------------
+
+
+def noisy_planes(labels, *, jitter: float = 2.0, missing: float = 0.05, split: float = 0.02, fuse: float = 0.02,
+                 seed: int = 0) -> np.ndarray:
+    """What a 2-D segmenter run plane by plane might make of the truth ``labels`` (axis 0 = planes).
+
+    Each plane on its own, as a 2-D model sees it:
+
+    - ``jitter``: every wall moves by up to about this many pixels (a smooth
+      random displacement of the plane, a few pixels in correlation length);
+    - ``missing``: this fraction of the plane's objects is not found (0);
+    - ``split``: this fraction is cut in two along a random line through
+      its centre (over-segmentation);
+    - ``fuse``: this fraction is fused with a touching neighbour
+      (under-segmentation), where it has one.
+
+    Labels of each plane are renumbered ``1..n`` (uint32); ids carry no
+    meaning from plane to plane. Deterministic in ``seed``; the input is not
+    modified.
+
+    Examples
+    --------
+    >>> truth = dense_tissue((4, 48, 48), 8)
+    >>> noisy = noisy_planes(truth, seed=1)
+    >>> noisy.shape == truth.shape, noisy.dtype
+    (True, dtype('uint32'))
+    """
+    labels = np.asarray(labels)
+    if labels.ndim < 2 or labels.dtype.kind not in "iu":
+        raise TypeError(f"labels: expected an integer label stack (planes, ...), got {labels.dtype} "
+                        f"of shape {labels.shape}")
+    for name, value in (("missing", missing), ("split", split), ("fuse", fuse)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name}={value!r}: use a fraction in [0, 1]")
+    if not jitter >= 0:
+        raise ValueError(f"jitter={jitter!r}: use a number of pixels >= 0")
+    out = np.zeros(labels.shape, np.uint32)
+    for z in range(labels.shape[0]):
+        rng = np.random.default_rng([seed, z])
+        out[z] = _noisy_plane(labels[z], rng, jitter, missing, split, fuse)
+    return out
+
+
+def _noisy_plane(plane, rng, jitter, missing, split, fuse):
+    import fastremap
+
+    plane = np.asarray(plane)
+    if jitter > 0:  # smooth displacement: walls wobble, objects keep their shape
+        sigma = 3.0
+        grids = np.indices(plane.shape, dtype=np.float32)
+        for g in grids:
+            field = ndimage.gaussian_filter(rng.standard_normal(plane.shape).astype(np.float32), sigma)
+            g += field * (jitter / (float(np.abs(field).max()) or 1.0))
+        coords = [np.clip(np.rint(g), 0, n - 1).astype(np.intp) for g, n in zip(grids, plane.shape)]
+        plane = plane[tuple(coords)]
+    else:
+        plane = plane.copy()
+    ids = fastremap.unique(plane)
+    ids = ids[ids != 0]
+    if not ids.size:
+        return np.zeros(plane.shape, np.uint32)
+    plane, _ = fastremap.renumber(plane, in_place=False)
+    plane = plane.astype(np.int64)
+    n = int(plane.max())
+    fate = rng.random(n + 1)
+    lut = np.arange(n + 1)
+    lut[1:][fate[1:] < missing] = 0
+    fused = (fate >= missing) & (fate < missing + fuse)
+    fused[0] = False
+    if fused.any():  # fuse with a touching neighbour: the first different label to the right or below
+        for axis in range(plane.ndim):
+            a = np.take(plane, range(plane.shape[axis] - 1), axis=axis).ravel()
+            b = np.take(plane, range(1, plane.shape[axis]), axis=axis).ravel()
+            touch = (a != b) & (a != 0) & (b != 0) & fused[a]
+            if touch.any():
+                first = np.unique(a[touch], return_index=True)
+                for src, k in zip(*first):
+                    if lut[src] == src and lut[b[touch][k]] == b[touch][k]:
+                        lut[src] = b[touch][k]
+    plane = lut[plane]
+    cut = (fate >= missing + fuse) & (fate < missing + fuse + split)
+    cut[0] = False
+    cut_ids = np.flatnonzero(cut & (lut == np.arange(n + 1)))
+    if cut_ids.size:
+        centres = ndimage.center_of_mass(np.ones(plane.shape), plane, cut_ids)
+        angles = rng.uniform(0, np.pi, len(cut_ids))
+        where = np.isin(plane, cut_ids)
+        pos = np.nonzero(where)
+        k = np.searchsorted(cut_ids, plane[pos])
+        c = np.asarray(centres).reshape(len(cut_ids), -1)
+        side = (pos[-2] - c[k, -2]) * np.cos(angles[k]) + (pos[-1] - c[k, -1]) * np.sin(angles[k]) > 0
+        plane[tuple(p[side] for p in pos)] += n + 1  # the other half: a new id
+    plane, _ = fastremap.renumber(plane, in_place=False)
+    return plane.astype(np.uint32, copy=False)
 
 
 # -- a perfect (or edge-noisy) segmenter of the ground truth ------------------------------

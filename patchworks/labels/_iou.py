@@ -123,6 +123,8 @@ def mutual_best(la, lb, inter, area_la, area_lb, iou_threshold: float) -> np.nda
 _SLOPE = 0.1
 # A weak link needs the smaller cross-section this much inside the larger one.
 _CONTAINED = 0.5
+# Cross-sections at least this fraction of each other's area: a jittered continuation, not a cap.
+_SIMILAR = 0.5
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,8 @@ def join_planes(seams: list[PlaneLinks]) -> list[np.ndarray]:
       grows out of it above is two objects meeting at their caps;
     - a weak link is a cap: the larger cross-section must already shrink
       toward the smaller one (or have no partner beyond it) and the
-      smaller one must not grow again beyond the seam.
+      smaller one must not grow again beyond the seam; or the two are of
+      similar size (a continuation whose walls moved).
     """
     out = []
     for s, links in enumerate(seams):
@@ -258,8 +261,71 @@ def join_planes(seams: list[PlaneLinks]) -> list[np.ndarray]:
         small_far = np.where(a_big, above, below)
         small = np.where(a_big, area_b, area_a)
         cap = ((big_far == 0) | (big_far > grow * big)) & (small_far <= grow * small)
-        keep = ~neck & (links.strong | cap)
+        similar = small >= _SIMILAR * big
+        keep = ~neck & (links.strong | cap | similar)
         out.append(np.stack([links.a[keep], links.b[keep]], axis=1))
+    return out
+
+
+@dataclass(frozen=True)
+class Overlaps:
+    """Overlapping label pairs of two planes: ids, intersection, and each label's whole area."""
+
+    la: np.ndarray
+    lb: np.ndarray
+    inter: np.ndarray
+    area_a: np.ndarray
+    area_b: np.ndarray
+
+    @staticmethod
+    def empty() -> "Overlaps":
+        z = np.zeros(0, np.uint64)
+        return Overlaps(z, z, np.zeros(0), np.zeros(0), np.zeros(0))
+
+
+def hole_overlaps(lower, middle, upper, areas_lower, areas_upper) -> Overlaps:
+    """:class:`Overlaps` of ``lower`` and ``upper`` (flat or not) where ``middle`` is background.
+
+    ``areas_*``: ``(sorted ids, whole area of each)`` of that plane.
+    """
+    hole = np.asarray(middle).ravel() == 0
+    a, b = np.asarray(lower).ravel()[hole], np.asarray(upper).ravel()[hole]
+    if not a.size:
+        return Overlaps.empty()
+    ua, _, ub, _, pa, pb, inter = overlap_table(a, b)
+    la, lb = ua[pa], ub[pb]
+    return Overlaps(la, lb, inter.astype(np.float64),
+                    np.asarray(areas_lower[1], np.float64)[np.searchsorted(areas_lower[0], la)],
+                    np.asarray(areas_upper[1], np.float64)[np.searchsorted(areas_upper[0], lb)])
+
+
+def bridge_planes(holes: list, seams: list[PlaneLinks], joined: list[np.ndarray],
+                  iou_threshold: float) -> list[np.ndarray]:
+    """Pairs joining an object that ends in plane z to one that starts in z + 2, across a hole.
+
+    ``holes[z]``: overlaps of planes z and z + 2 counted only where plane
+    z + 1 is background (:class:`Overlaps`), so the segmenter missed the
+    object there. Only labels with no joined partner on that side take
+    part (one to one stays true); they join when they are each other's
+    best IoU match through the hole at ``iou_threshold`` and do not make a
+    neck (:func:`join_planes`).
+    """
+    out = []
+    for z, hole in enumerate(holes):
+        if hole is None or not hole.la.size:
+            out.append(np.zeros((0, 2), np.uint64))
+            continue
+        free = ~np.isin(hole.la, joined[z][:, 0]) & ~np.isin(hole.lb, joined[z + 1][:, 1])
+        pairs = mutual_best(hole.la[free], hole.lb[free], hole.inter[free], hole.area_a[free],
+                            hole.area_b[free], iou_threshold)
+        if len(pairs):
+            rows = _rows_of(hole.la, hole.lb, pairs)
+            below = _partner_area(pairs[:, 0], seams[z - 1] if z else None, "b")
+            above = _partner_area(pairs[:, 1], seams[z + 2] if z + 2 < len(seams) else None, "a")
+            grow = 1 + _SLOPE
+            neck = (below > grow * hole.area_a[rows]) & (above > grow * hole.area_b[rows])
+            pairs = pairs[~neck]
+        out.append(pairs)
     return out
 
 
@@ -271,15 +337,20 @@ def stitch_planes(labels: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
     (:func:`plane_links`: mutual best IoU >= ``iou_threshold``, then a
     maximum weight assignment of the rest by containment) and the links are
     judged over four planes (:func:`join_planes`), so an object's shrinking
-    caps stay on it and two objects meeting at their caps stay apart.
+    caps stay on it and two objects meeting at their caps stay apart; an
+    object the segmenter missed in one plane is bridged over that hole
+    (:func:`bridge_planes`).
     Returns uint32 (uint64 if needed) labels ``1..n`` numbered in order of
     first appearance (plane, then label).
 
     Examples
     --------
-    >>> stack = np.array([[[1, 1, 0, 2]], [[1, 1, 0, 3]], [[0, 4, 4, 0]]])
+    The cap in the last plane has an IoU of 1/3 with the plane below, but
+    the object shrinks toward it, so it stays on the object:
+
+    >>> stack = np.array([[[1, 1, 1, 1, 1, 0, 0]], [[0, 5, 5, 5, 0, 0, 2]], [[0, 0, 3, 0, 0, 0, 9]]])
     >>> stitch_planes(stack)[:, 0].tolist()
-    [[1, 1, 0, 2], [1, 1, 0, 2], [0, 3, 3, 0]]
+    [[1, 1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 0, 0, 2], [0, 0, 1, 0, 0, 0, 2]]
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -287,20 +358,25 @@ def stitch_planes(labels: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim < 1 or labels.shape[0] == 0:
         return np.zeros(labels.shape, np.uint32)
-    ids, offsets = [], [0]
+    ids, areas, offsets = [], [], [0]
     for z in range(labels.shape[0]):  # plane z's label k gets the global id offsets[z] + rank of k
-        present = np.unique(labels[z])
-        present = present[present != 0].astype(np.uint64)
-        ids.append(present)
-        offsets.append(offsets[-1] + len(present))
-    seams = []
+        present, area = np.unique(labels[z], return_counts=True)
+        keep = present != 0
+        ids.append(present[keep].astype(np.uint64))
+        areas.append(area[keep])
+        offsets.append(offsets[-1] + len(ids[-1]))
+    seams, holes = [], []
     for z in range(labels.shape[0] - 1):
         ua, area_a, ub, area_b, pa, pb, inter = overlap_table(labels[z].ravel(), labels[z + 1].ravel())
         seams.append(plane_links(ua[pa], ub[pb], inter, area_a[pa], area_b[pb], iou_threshold))
+        if z + 2 < labels.shape[0]:
+            holes.append(hole_overlaps(labels[z], labels[z + 1], labels[z + 2], (ids[z], areas[z]),
+                                       (ids[z + 2], areas[z + 2])))
     joined = join_planes(seams)
+    bridged = bridge_planes(holes, seams, joined, iou_threshold)
     edges = [np.stack([offsets[z] + np.searchsorted(ids[z], p[:, 0]),
-                       offsets[z + 1] + np.searchsorted(ids[z + 1], p[:, 1])], axis=1)
-             for z, p in enumerate(joined) if len(p)]
+                       offsets[z + step] + np.searchsorted(ids[z + step], p[:, 1])], axis=1)
+             for step, per_seam in ((1, joined), (2, bridged)) for z, p in enumerate(per_seam) if len(p)]
     total = offsets[-1]
     edges = np.concatenate(edges) if edges else np.zeros((0, 2), np.int64)
     graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(total, total))

@@ -19,7 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..grid import TileGrid
-from ._iou import PlaneLinks, match_labels, overlap_table, plane_links
+from ._iou import Overlaps, PlaneLinks, match_labels, overlap_table, plane_links
 
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
 # Seam planes are scanned in blocks of at most this many voxels per plane.
@@ -171,63 +171,88 @@ def iou_pairs_for_tile(staging, grid: TileGrid, linear_index: int, counts: np.nd
 
 
 def plane_links_for_seam(staging, grid: TileGrid, axis: int, row: int, in_plane_plans,
-                         iou_threshold: float) -> PlaneLinks:
+                         iou_threshold: float) -> tuple[PlaneLinks, Overlaps | None]:
     """Candidate links between the objects of two consecutive planes, over the whole planes.
 
     ``axis`` is tiled plane by plane; the seam lies after plane row ``row``.
     The objects of each plane are the labels joined within the plane first
     (``in_plane_plans``: the tile plans of that union-find, whose ids name
     each object by its smallest global id). Intersections and areas are
-    summed over the cores of all tiles of the two planes, so an object cut
-    by in-plane seams is compared whole, as Cellpose's ``stitch_threshold``
+    summed over the cores of all tiles of the planes, so an object cut by
+    in-plane seams is compared whole, as Cellpose's ``stitch_threshold``
     compares whole planes. The links are one to one
     (:func:`patchworks.labels._iou.plane_links`); which of them join is
     decided with the neighbouring seams' links
-    (:func:`patchworks.labels._iou.join_planes`).
+    (:func:`patchworks.labels._iou.join_planes`). Also returns the overlaps
+    of planes ``row`` and ``row + 2`` through the holes of ``row + 1``
+    (``None`` for the last seam), for :func:`patchworks.labels._iou.bridge_planes`.
     """
-    keys, inter, areas_a, areas_b = [], [], [], []
+    third = row + 2 < grid.grid_shape[axis]
+    parts = {"ab": [], "ac": []}
+    areas = {"a": [], "b": [], "c": []}
     in_plane = [range(g) if k != axis else (row,) for k, g in enumerate(grid.grid_shape)]
     for index in itertools.product(*in_plane):
-        lower = grid.tile(index)
-        upper = grid.tile(index[:axis] + (row + 1,) + index[axis + 1:])
-        plan_lo, plan_hi = in_plane_plans[lower.linear_index], in_plane_plans[upper.linear_index]
-        if plan_lo.n_labels == 0 and plan_hi.n_labels == 0:
+        tiles = [grid.tile(index[:axis] + (row + d,) + index[axis + 1:]) for d in range(3 if third else 2)]
+        plans = [in_plane_plans[t.linear_index] for t in tiles]
+        if all(p.n_labels == 0 for p in plans[:2]) and (not third or plans[2].n_labels == 0):
             continue
         views = []
-        for tile, side, plan in ((lower, 1, plan_lo), (upper, 0, plan_hi)):
+        for d, (tile, plan) in enumerate(zip(tiles, plans)):
             if plan.n_labels == 0:
-                views.append(np.zeros(tile.core_shape[:axis] + (1,) + tile.core_shape[axis + 1:], np.uint64))
+                views.append(np.zeros(int(np.prod(tile.core_shape)), np.uint64))
                 continue
+            side = int(d == 0)  # 1 plane thick: either band is the plane; the first row has only its upper one
             band = staging.read_bands(tile, [(axis, side)])[(axis, side)]
             core = tuple(slice(None) if k == axis else slice(c.start - w.start, c.stop - w.start)
                          for k, (c, w) in enumerate(zip(tile.spatial_core, tile.spatial_window)))
             views.append(plan.final_ids(band[core]).ravel())
-        a, b = (v.ravel() for v in views)
-        ua, area_a, ub, area_b, pa, pb, count = overlap_table(a, b)
-        for ids, area, areas in ((ua, area_a, areas_a), (ub, area_b, areas_b)):  # every voxel counts, matched or not
+        ua, area_a, ub, area_b, pa, pb, count = overlap_table(views[0], views[1])
+        for ids, area, name in ((ua, area_a, "a"), (ub, area_b, "b")):  # every voxel counts, matched or not
             present = (area > 0) & (ids != 0)
-            areas.append((ids[present], area[present]))
+            areas[name].append((ids[present], area[present]))
         if pa.size:
-            keys.append(np.stack([ua[pa], ub[pb]]))
-            inter.append(count)
-    if not keys:
-        return PlaneLinks.empty()
+            parts["ab"].append((ua[pa], ub[pb], count))
+        if third:
+            c = views[2]
+            uc, area_c = fastremap.unique(c, return_counts=True)
+            areas["c"].append((uc[uc != 0].astype(np.uint64), area_c[uc != 0]))
+            hole = views[1] == 0
+            if hole.any():
+                ua, _, uc, _, pa, pc, count = overlap_table(views[0][hole], c[hole])
+                if pa.size:
+                    parts["ac"].append((ua[pa], uc[pc], count))
+    summed = {name: _summed(p) for name, p in areas.items()}
+    la, lb, inter = _summed_pairs(parts["ab"])
+    links = plane_links(la, lb, inter, _area_of(summed["a"], la), _area_of(summed["b"], lb), iou_threshold)
+    if not third:
+        return links, None
+    la, lc, inter = _summed_pairs(parts["ac"])
+    return links, Overlaps(la, lc, inter, _area_of(summed["a"], la), _area_of(summed["c"], lc))
 
-    def summed(parts):
-        ids = np.concatenate([p[0] for p in parts])
-        counts = np.concatenate([p[1] for p in parts])
-        unique, where = np.unique(ids, return_inverse=True)
-        return unique, np.bincount(where, weights=counts)
 
-    pairs = np.concatenate(keys, axis=1)
-    (ua, ia), (ub, ib) = (np.unique(p, return_inverse=True) for p in pairs)
-    key, where = np.unique(ia.astype(np.int64) * len(ub) + ib, return_inverse=True)
-    inter = np.bincount(where.ravel(), weights=np.concatenate(inter))
-    pair = np.stack([ua[key // len(ub)], ub[key % len(ub)]])
-    ids_a, area_a = summed(areas_a)
-    ids_b, area_b = summed(areas_b)
-    return plane_links(pair[0], pair[1], inter, area_a[np.searchsorted(ids_a, pair[0])],
-                       area_b[np.searchsorted(ids_b, pair[1])], iou_threshold)
+def _summed(parts):
+    """``(ids, counts)`` parts -> distinct ids and the summed count of each."""
+    if not parts:
+        return np.zeros(0, np.uint64), np.zeros(0)
+    ids = np.concatenate([p[0] for p in parts])
+    counts = np.concatenate([p[1] for p in parts])
+    unique, where = np.unique(ids, return_inverse=True)
+    return unique, np.bincount(where.ravel(), weights=counts)
+
+
+def _summed_pairs(parts):
+    """``(la, lb, count)`` parts -> distinct pairs and the summed count of each."""
+    if not parts:
+        z = np.zeros(0, np.uint64)
+        return z, z, np.zeros(0)
+    la, lb, count = (np.concatenate(c) for c in zip(*parts))
+    (ua, ia), (ub, ib) = (np.unique(p, return_inverse=True) for p in (la, lb))
+    key, where = np.unique(ia.ravel().astype(np.int64) * len(ub) + ib.ravel(), return_inverse=True)
+    return ua[key // len(ub)], ub[key % len(ub)], np.bincount(where.ravel(), weights=count)
+
+
+def _area_of(table, ids):
+    return table[1][np.searchsorted(table[0], ids)]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dask.base import tokenize
 
 from ..run._cluster import check_client
 from ._count import count_labels
-from ._iou import join_planes
+from ._iou import bridge_planes, join_planes
 from ..grid import TileGrid
 from ..io._sources import LazySource, open_image
 from ._merge import (iou_pairs_for_tile, plan_relabel, plane_axes, plane_links_for_seam, relabel_tile,
@@ -134,10 +134,13 @@ def _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token) -> 
         tasks = graph_tasks(f"patchworks-planes-{token}", _plane_task,
                             _PlaneJob(staging, grid, plans, float(iou_threshold)),
                             [(a, r) for a in planar for r in range(grid.grid_shape[a] - 1)])
-        links = iter(run_tasks(tasks, client=client, progress=False))
-        # links are judged with the neighbouring seams' (caps, necks): per axis, in plane order
-        joined = [join_planes([next(links) for _ in range(grid.grid_shape[a] - 1)]) for a in planar]
-        pairs = np.concatenate([pairs, *(p for per_axis in joined for p in per_axis)])
+        results = iter(run_tasks(tasks, client=client, progress=False))
+        found = [pairs]
+        for a in planar:  # links are judged with the neighbouring seams' (caps, necks), in plane order
+            links, holes = zip(*[next(results) for _ in range(grid.grid_shape[a] - 1)])
+            joined = join_planes(list(links))
+            found += joined + bridge_planes(list(holes[:-1]), list(links), joined, iou_threshold)
+        pairs = np.concatenate(found)
     return pairs
 
 
