@@ -100,8 +100,14 @@ def mutual_best(la, lb, inter, area_la, area_lb, iou_threshold: float) -> np.nda
     """
     la = np.asarray(la, dtype=np.uint64)
     lb = np.asarray(lb, dtype=np.uint64)
+    keep = _mutual_best_mask(la, lb, inter, area_la, area_lb, iou_threshold)
+    return np.stack([la[keep], lb[keep]], axis=1)
+
+
+def _mutual_best_mask(la, lb, inter, area_la, area_lb, iou_threshold: float) -> np.ndarray:
+    """Which of the candidate pairs :func:`mutual_best` keeps (a boolean mask)."""
     if la.size == 0:
-        return np.zeros((0, 2), np.uint64)
+        return np.zeros(0, bool)
     iou = inter / (np.asarray(area_la, dtype=np.float64) + area_lb - inter)
 
     def best(key, other):  # index of the best pair for each distinct key (highest IoU, then smallest other)
@@ -113,8 +119,7 @@ def mutual_best(la, lb, inter, area_la, area_lb, iou_threshold: float) -> np.nda
     best_of_a[best(la, lb)] = True
     best_of_b = np.zeros(len(la), bool)
     best_of_b[best(lb, la)] = True
-    keep = best_of_a & best_of_b & (iou >= iou_threshold)
-    return np.stack([la[keep], lb[keep]], axis=1)
+    return best_of_a & best_of_b & (iou >= iou_threshold)
 
 
 # -- joining the 2-D labels of consecutive planes into 3-D objects ---------------------------
@@ -140,12 +145,13 @@ class PlaneLinks:
     b: np.ndarray
     area_a: np.ndarray
     area_b: np.ndarray
+    inter: np.ndarray
     strong: np.ndarray
 
     @staticmethod
     def empty() -> "PlaneLinks":
         z = np.zeros(0, np.uint64)
-        return PlaneLinks(z, z, np.zeros(0), np.zeros(0), np.zeros(0, bool))
+        return PlaneLinks(z, z, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, bool))
 
 
 def plane_links(la, lb, inter, area_la, area_lb, iou_threshold: float) -> PlaneLinks:
@@ -169,10 +175,10 @@ def plane_links(la, lb, inter, area_la, area_lb, iou_threshold: float) -> PlaneL
     area_lb = np.asarray(area_lb, dtype=np.float64)
     if la.size == 0:
         return PlaneLinks.empty()
-    strong = mutual_best(la, lb, inter, area_la, area_lb, iou_threshold)
-    pick = [_rows_of(la, lb, strong)]
+    strong = _mutual_best_mask(la, lb, inter, area_la, area_lb, iou_threshold)
+    pick = [np.flatnonzero(strong)]
     # labels without a strong partner compete for weak links
-    free = ~np.isin(la, strong[:, 0]) & ~np.isin(lb, strong[:, 1])
+    free = ~np.isin(la, la[strong]) & ~np.isin(lb, lb[strong])
     contained = inter / np.minimum(area_la, area_lb)
     cand = np.flatnonzero(free & (contained >= _CONTAINED))
     weak = np.zeros(0, np.intp)
@@ -197,23 +203,8 @@ def plane_links(la, lb, inter, area_la, area_lb, iou_threshold: float) -> PlaneL
             chosen.append(cand[rows[hit[ka, kb]]])
         weak = np.concatenate(chosen)
     rows = np.concatenate([pick[0], weak])
-    return PlaneLinks(la[rows], lb[rows], area_la[rows], area_lb[rows],
+    return PlaneLinks(la[rows], lb[rows], area_la[rows], area_lb[rows], inter[rows],
                       np.r_[np.ones(len(pick[0]), bool), np.zeros(len(weak), bool)])
-
-
-def _rows_of(la, lb, pairs) -> np.ndarray:
-    """Row index of each ``(a, b)`` of ``pairs`` among the candidate pairs ``(la, lb)``."""
-    if not len(pairs):
-        return np.zeros(0, np.intp)
-    order = np.lexsort((lb, la))
-    keys = np.stack([la[order], lb[order]], axis=1)
-    pos = np.searchsorted(la[order], pairs[:, 0], side="left")
-    rows = np.empty(len(pairs), np.intp)
-    for k, (p, (a, b)) in enumerate(zip(pos, pairs)):  # few pairs per label: a short scan each
-        while keys[p, 1] != b:
-            p += 1
-        rows[k] = order[p]
-    return rows
 
 
 def _partner_area(ids, links: PlaneLinks | None, side: str) -> np.ndarray:
@@ -242,8 +233,9 @@ def join_planes(seams: list[PlaneLinks]) -> list[np.ndarray]:
       grows out of it above is two objects meeting at their caps;
     - a weak link is a cap: the larger cross-section must already shrink
       toward the smaller one (or have no partner beyond it) and the
-      smaller one must not grow again beyond the seam; or the two are of
-      similar size (a continuation whose walls moved).
+      smaller one must not grow again by more than the margin beyond the
+      seam; or the two are of similar size (at least half of each other:
+      a continuation whose walls moved).
     """
     out = []
     for s, links in enumerate(seams):
@@ -260,7 +252,7 @@ def join_planes(seams: list[PlaneLinks]) -> list[np.ndarray]:
         big = np.where(a_big, area_a, area_b)
         small_far = np.where(a_big, above, below)
         small = np.where(a_big, area_b, area_a)
-        cap = ((big_far == 0) | (big_far > grow * big)) & (small_far <= grow * small)
+        cap = ((big_far == 0) | (big_far > big)) & (small_far <= grow * small)
         similar = small >= _SIMILAR * big
         keep = ~neck & (links.strong | cap | similar)
         out.append(np.stack([links.a[keep], links.b[keep]], axis=1))
@@ -315,11 +307,11 @@ def bridge_planes(holes: list, seams: list[PlaneLinks], joined: list[np.ndarray]
         if hole is None or not hole.la.size:
             out.append(np.zeros((0, 2), np.uint64))
             continue
-        free = ~np.isin(hole.la, joined[z][:, 0]) & ~np.isin(hole.lb, joined[z + 1][:, 1])
-        pairs = mutual_best(hole.la[free], hole.lb[free], hole.inter[free], hole.area_a[free],
-                            hole.area_b[free], iou_threshold)
+        free = np.flatnonzero(~np.isin(hole.la, joined[z][:, 0]) & ~np.isin(hole.lb, joined[z + 1][:, 1]))
+        rows = free[_mutual_best_mask(hole.la[free], hole.lb[free], hole.inter[free], hole.area_a[free],
+                                      hole.area_b[free], iou_threshold)]
+        pairs = np.stack([hole.la[rows], hole.lb[rows]], axis=1)
         if len(pairs):
-            rows = _rows_of(hole.la, hole.lb, pairs)
             below = _partner_area(pairs[:, 0], seams[z - 1] if z else None, "b")
             above = _partner_area(pairs[:, 1], seams[z + 2] if z + 2 < len(seams) else None, "a")
             grow = 1 + _SLOPE
@@ -387,8 +379,14 @@ def stitch_planes(labels: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
     dtype = np.uint32 if len(first) <= np.iinfo(np.uint32).max else np.uint64
     out = np.zeros(labels.shape, dtype)
     for z in range(labels.shape[0]):
-        if len(ids[z]):
+        if not len(ids[z]):
+            continue
+        new = final[offsets[z]:offsets[z + 1]].astype(dtype)
+        if int(ids[z][-1]) <= 4 * labels[z].size:  # small ids: a look-up table
             lut = np.zeros(int(ids[z][-1]) + 1, dtype)
-            lut[ids[z].astype(np.intp)] = final[offsets[z]:offsets[z + 1]]
+            lut[ids[z].astype(np.intp)] = new
             out[z] = lut[labels[z]]
+        else:
+            fg = labels[z] != 0
+            out[z][fg] = new[np.searchsorted(ids[z], labels[z][fg])]
     return out
