@@ -192,15 +192,21 @@ def plane_links(la, lb, inter, area_la, area_lb, iou_threshold: float) -> PlaneL
         sizes = np.bincount(group)
         single = sizes[group] == 1           # a lone candidate pair: nothing to choose
         chosen = [cand[single]]
-        for g in np.flatnonzero(sizes > 1):
-            rows = np.flatnonzero(group == g)
+        rows = np.flatnonzero(~single)
+        if rows.size:
+            # the groups together form a block-diagonal problem: one assignment solves them all
+            # while it stays small, else one per group
             (ra, ka), (rb, kb) = (np.unique(x[rows], return_inverse=True) for x in (ia, ib))
-            matrix = np.zeros((len(ra), len(rb)))
-            matrix[ka, kb] = weight[rows]
-            r, c = linear_sum_assignment(matrix, maximize=True)
-            hit = np.zeros((len(ra), len(rb)), bool)
-            hit[r, c] = True
-            chosen.append(cand[rows[hit[ka, kb]]])
+            blocks = [rows] if len(ra) * len(rb) <= 1 << 16 else \
+                [rows[group[rows] == g] for g in np.unique(group[rows])]
+            for block in blocks:
+                (ra, ka), (rb, kb) = (np.unique(x[block], return_inverse=True) for x in (ia, ib))
+                matrix = np.zeros((len(ra), len(rb)))
+                matrix[ka, kb] = weight[block]
+                r, c = linear_sum_assignment(matrix, maximize=True)
+                hit = np.zeros((len(ra), len(rb)), bool)
+                hit[r, c] = True
+                chosen.append(cand[block[hit[ka, kb]]])  # cross-group cells are 0 and never candidates
         weak = np.concatenate(chosen)
     rows = np.concatenate([pick[0], weak])
     return PlaneLinks(la[rows], lb[rows], area_la[rows], area_lb[rows], inter[rows],
@@ -237,16 +243,27 @@ def join_planes(seams: list[PlaneLinks]) -> list[np.ndarray]:
       seam; or the two are of similar size (at least half of each other:
       a continuation whose walls moved).
     """
+    grow = 1 + _SLOPE
+
+    def neighbours(s, among):
+        below = _partner_area(seams[s].a, among[s - 1] if s else None, "b")
+        above = _partner_area(seams[s].b, among[s + 1] if s + 1 < len(among) else None, "a")
+        return below, above
+
+    necks = []
+    for s, links in enumerate(seams):
+        below, above = neighbours(s, seams)
+        necks.append((below > grow * links.area_a) & (above > grow * links.area_b))
+    # a neck joins nothing, so it is no one's continuation either when caps are judged
+    unnecked = [PlaneLinks(*(getattr(links, f)[~neck] for f in ("a", "b", "area_a", "area_b", "inter", "strong")))
+                for links, neck in zip(seams, necks)]
     out = []
     for s, links in enumerate(seams):
         if not links.a.size:
             out.append(np.zeros((0, 2), np.uint64))
             continue
-        below = _partner_area(links.a, seams[s - 1] if s else None, "b")
-        above = _partner_area(links.b, seams[s + 1] if s + 1 < len(seams) else None, "a")
-        grow = 1 + _SLOPE
+        below, above = neighbours(s, unnecked)
         area_a, area_b = links.area_a, links.area_b
-        neck = (below > grow * area_a) & (above > grow * area_b)
         a_big = area_a >= area_b
         big_far = np.where(a_big, below, above)
         big = np.where(a_big, area_a, area_b)
@@ -254,7 +271,7 @@ def join_planes(seams: list[PlaneLinks]) -> list[np.ndarray]:
         small = np.where(a_big, area_b, area_a)
         cap = ((big_far == 0) | (big_far > big)) & (small_far <= grow * small)
         similar = small >= _SIMILAR * big
-        keep = ~neck & (links.strong | cap | similar)
+        keep = ~necks[s] & (links.strong | cap | similar)
         out.append(np.stack([links.a[keep], links.b[keep]], axis=1))
     return out
 
@@ -280,8 +297,9 @@ def hole_overlaps(lower, middle, upper, areas_lower, areas_upper) -> Overlaps:
 
     ``areas_*``: ``(sorted ids, whole area of each)`` of that plane.
     """
-    hole = np.asarray(middle).ravel() == 0
-    a, b = np.asarray(lower).ravel()[hole], np.asarray(upper).ravel()[hole]
+    lower, upper = np.asarray(lower).ravel(), np.asarray(upper).ravel()
+    hole = (np.asarray(middle).ravel() == 0) & (lower != 0) & (upper != 0)  # only these voxels can count
+    a, b = lower[hole], upper[hole]
     if not a.size:
         return Overlaps.empty()
     ua, _, ub, _, pa, pb, inter = overlap_table(a, b)

@@ -131,7 +131,7 @@ def iou_pairs_for_tile(staging, grid: TileGrid, linear_index: int, counts: np.nd
     reaches into a diagonal tile only. Only labels with core voxels in both
     tiles make pairs; halo-only labels just compete for the best match.
     Neighbours across a plane-by-plane axis are left to
-    :func:`plane_links_for_seam`, which matches whole planes.
+    :func:`plane_links_for_seams`, which matches whole planes.
     """
     if counts[linear_index] == 0:
         return np.zeros((0, 2), np.uint64)
@@ -170,64 +170,72 @@ def iou_pairs_for_tile(staging, grid: TileGrid, linear_index: int, counts: np.nd
     return np.concatenate(found) if found else np.zeros((0, 2), np.uint64)
 
 
-def plane_links_for_seam(staging, grid: TileGrid, axis: int, row: int, in_plane_plans,
-                         iou_threshold: float) -> tuple[PlaneLinks, Overlaps | None]:
-    """Candidate links between the objects of two consecutive planes, over the whole planes.
+# Plane seams per task: each plane of the block is read once, not once per seam it borders.
+PLANE_SEAMS_PER_TASK = 8
 
-    ``axis`` is tiled plane by plane; the seam lies after plane row ``row``.
+
+def plane_links_for_seams(staging, grid: TileGrid, axis: int, rows: range, in_plane_plans,
+                          iou_threshold: float) -> list[tuple[PlaneLinks, Overlaps | None]]:
+    """Candidate links between the objects of consecutive planes, over whole planes, for the seams ``rows``.
+
+    ``axis`` is tiled plane by plane; seam ``r`` lies after plane row ``r``.
     The objects of each plane are the labels joined within the plane first
     (``in_plane_plans``: the tile plans of that union-find, whose ids name
     each object by its smallest global id). Intersections and areas are
     summed over the cores of all tiles of the planes, so an object cut by
     in-plane seams is compared whole, as Cellpose's ``stitch_threshold``
-    compares whole planes. The links are one to one
-    (:func:`patchworks.labels._iou.plane_links`); which of them join is
-    decided with the neighbouring seams' links
-    (:func:`patchworks.labels._iou.join_planes`). Also returns the overlaps
-    of planes ``row`` and ``row + 2`` through the holes of ``row + 1``
-    (``None`` for the last seam), for :func:`patchworks.labels._iou.bridge_planes`.
+    compares whole planes. Per seam: the one-to-one links
+    (:func:`patchworks.labels._iou.plane_links`; which of them join is
+    decided with the neighbouring seams', :func:`patchworks.labels._iou.join_planes`)
+    and the overlaps of planes ``r`` and ``r + 2`` through the holes of
+    ``r + 1`` (``None`` for the last seam), for
+    :func:`patchworks.labels._iou.bridge_planes`.
     """
-    third = row + 2 < grid.grid_shape[axis]
-    parts = {"ab": [], "ac": []}
-    areas = {"a": [], "b": [], "c": []}
-    in_plane = [range(g) if k != axis else (row,) for k, g in enumerate(grid.grid_shape)]
+    n_planes = grid.grid_shape[axis]
+    planes = range(rows.start, min(rows.stop + 2, n_planes))
+    pairs = {r: [] for r in rows}
+    holes = {r: [] for r in rows if r + 2 < n_planes}
+    areas = {z: [] for z in planes}
+    in_plane = [range(g) if k != axis else (0,) for k, g in enumerate(grid.grid_shape)]
     for index in itertools.product(*in_plane):
-        tiles = [grid.tile(index[:axis] + (row + d,) + index[axis + 1:]) for d in range(3 if third else 2)]
-        plans = [in_plane_plans[t.linear_index] for t in tiles]
-        if all(p.n_labels == 0 for p in plans[:2]) and (not third or plans[2].n_labels == 0):
-            continue
-        views = []
-        for d, (tile, plan) in enumerate(zip(tiles, plans)):
+        views = {}
+        for z in planes:
+            tile = grid.tile(index[:axis] + (z,) + index[axis + 1:])
+            plan = in_plane_plans[tile.linear_index]
             if plan.n_labels == 0:
-                views.append(np.zeros(int(np.prod(tile.core_shape)), np.uint64))
+                views[z] = None
                 continue
-            side = int(d == 0)  # 1 plane thick: either band is the plane; the first row has only its upper one
+            side = int(z + 1 < n_planes)  # 1 plane thick: either band is the plane; the last has only its lower one
             band = staging.read_bands(tile, [(axis, side)])[(axis, side)]
             core = tuple(slice(None) if k == axis else slice(c.start - w.start, c.stop - w.start)
                          for k, (c, w) in enumerate(zip(tile.spatial_core, tile.spatial_window)))
-            views.append(plan.final_ids(band[core]).ravel())
-        ua, area_a, ub, area_b, pa, pb, count = overlap_table(views[0], views[1])
-        for ids, area, name in ((ua, area_a, "a"), (ub, area_b, "b")):  # every voxel counts, matched or not
-            present = (area > 0) & (ids != 0)
-            areas[name].append((ids[present], area[present]))
-        if pa.size:
-            parts["ab"].append((ua[pa], ub[pb], count))
-        if third:
-            c = views[2]
-            uc, area_c = fastremap.unique(c, return_counts=True)
-            areas["c"].append((uc[uc != 0].astype(np.uint64), area_c[uc != 0]))
-            hole = views[1] == 0
-            if hole.any():
-                ua, _, uc, _, pa, pc, count = overlap_table(views[0][hole], c[hole])
-                if pa.size:
-                    parts["ac"].append((ua[pa], uc[pc], count))
-    summed = {name: _summed(p) for name, p in areas.items()}
-    la, lb, inter = _summed_pairs(parts["ab"])
-    links = plane_links(la, lb, inter, _area_of(summed["a"], la), _area_of(summed["b"], lb), iou_threshold)
-    if not third:
-        return links, None
-    la, lc, inter = _summed_pairs(parts["ac"])
-    return links, Overlaps(la, lc, inter, _area_of(summed["a"], la), _area_of(summed["c"], lc))
+            views[z] = plan.final_ids(band[core]).ravel()
+            ids, count = fastremap.unique(views[z], return_counts=True)
+            areas[z].append((ids[ids != 0].astype(np.uint64), count[ids != 0]))
+        for r in rows:
+            a, b = views[r], views[r + 1]
+            if a is None or b is None:
+                continue
+            ua, _, ub, _, pa, pb, count = overlap_table(a, b)
+            if pa.size:
+                pairs[r].append((ua[pa], ub[pb], count))
+            if r in holes and views[r + 2] is not None:
+                hole = (b == 0) & (a != 0) & (views[r + 2] != 0)  # only these voxels can count: a small table
+                if hole.any():
+                    ua, _, uc, _, pa, pc, count = overlap_table(a[hole], views[r + 2][hole])
+                    if pa.size:
+                        holes[r].append((ua[pa], uc[pc], count))
+    areas = {z: _summed(p) for z, p in areas.items()}
+    out = []
+    for r in rows:
+        la, lb, inter = _summed_pairs(pairs[r])
+        links = plane_links(la, lb, inter, _area_of(areas[r], la), _area_of(areas[r + 1], lb), iou_threshold)
+        hole = None
+        if r in holes:
+            la, lc, inter = _summed_pairs(holes[r])
+            hole = Overlaps(la, lc, inter, _area_of(areas[r], la), _area_of(areas[r + 2], lc))
+        out.append((links, hole))
+    return out
 
 
 def _summed(parts):
