@@ -44,3 +44,16 @@ def test_bench_stitch_smoke():
     assert int(rows["touch"][1]) > 0            # touch fuses cells pressed against seams
     assert rows["iou"][1:3] == ["0", "0"]       # iou: no false merges, no splits
     assert "iou / touch time" in proc.stdout
+
+
+def test_bench_zstack_smoke():
+    script = BENCH.parent / "bench_zstack.py"
+    proc = subprocess.run([sys.executable, str(script), "--small"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {(cells[0], cells[2]): cells for cells in map(str.split, proc.stdout.splitlines())
+            if len(cells) > 3 and cells[0] in ("nuclei", "tissue") and cells[1].isdigit()}
+    assert rows[("nuclei", "patchworks")][3:5] == ["0", "0"]   # caps kept, nothing fused
+    assert rows[("nuclei", "tiled")][3:5] == ["0", "0"]
+    assert int(rows[("nuclei", "pairwise")][5]) > 0              # the two-plane rule cuts caps ("0.5" is a cell)
+    assert "patchworks / pairwise 0.5 time" in proc.stdout
+    assert "cellpose 0.1" in proc.stdout                         # a row, measured or "cellpose not installed"
