@@ -18,7 +18,7 @@ split, 2 % fused, in each plane), and the planes are joined by:
 
 Every error comes from joining planes. Run::
 
-    python benchmarks/bench_zstack.py            # >= 10^4 objects per stack (a few minutes)
+    python benchmarks/bench_zstack.py            # >= 10^4 objects per stack (minutes)
     python benchmarks/bench_zstack.py --small    # smoke test (seconds)
 """
 
@@ -79,7 +79,7 @@ def main(argv=None):
         shapes = {"nuclei": (12, 96, 96), "tissue": (10, 96, 96)}
         tile = (1, 48, 48)
     else:
-        shapes = {"nuclei": (32, 1024, 1024), "tissue": (32, 1024, 1024)}
+        shapes = {"nuclei": (128, 512, 512), "tissue": (128, 512, 512)}  # >= 10^4 objects each
         tile = (1, 256, 256)
     stitch3D = cellpose_stitch()
     t0 = time.perf_counter()
