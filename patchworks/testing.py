@@ -22,7 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["StitchingErrors", "TissueOracle", "assert_labels_equivalent", "dense_tissue", "label_mismatches",
-           "largest_cell_extent", "random_blobs", "stitching_errors", "write_ome_zarr"]
+           "largest_cell_extent", "noisy_planes", "random_blobs", "separated_nuclei", "stitching_errors",
+           "write_ome_zarr"]
 
 
 def label_mismatches(a, b) -> dict:
@@ -148,6 +149,110 @@ def dense_tissue(shape, cell_size: int = 16, *, seed: int = 0, dtype=np.uint32) 
     labels = _voronoi(shape, seeds, block=int(np.clip(cell_size // 2, 2, 16)))
     _attach_strays(labels, flat)
     return labels.astype(dtype, copy=False)
+
+
+def separated_nuclei(shape, radius=(5.0, 9.0), *, anisotropy=0.6, gap: int = 2, count: int | None = None,
+                     seed: int = 0, dtype=np.uint32) -> np.ndarray:
+    """Label image of separated ellipsoidal nuclei on a background of 0.
+
+    Nuclei are ellipsoids whose radius along axis 0 (z) is ``anisotropy``
+    times the in-plane one, as in a confocal stack of nuclei; in-plane radii
+    are drawn uniformly from ``radius``. Centres are drawn uniformly and a
+    nucleus is kept only when it stays at least ``gap`` voxels (measured with
+    axis 0 rescaled by ``1 / anisotropy``) from every kept one, so no two
+    touch. Nuclei may be cut by the image border. Numbered ``1..n`` in the
+    order they were kept. Deterministic in its arguments.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(z, y, x)`` (or any ndim >= 1: axis 0 is the anisotropic one).
+    radius : (float, float), default (5.0, 9.0)
+        Smallest and largest in-plane radius, in voxels.
+    anisotropy : float, default 0.6
+        Radius along axis 0 over the in-plane radius.
+    gap : int, default 2
+        Least distance between two nuclei.
+    count : int, optional
+        Stop after this many nuclei; default: as many as fit in
+        ``8 * (expected number)`` attempts (a dense packing).
+    seed : int, default 0
+    dtype : integer dtype, default uint32
+
+    Returns
+    -------
+    numpy.ndarray
+
+    Examples
+    --------
+    >>> nuclei = separated_nuclei((12, 48, 48), (4, 6), seed=1)
+    >>> nuclei.dtype, int(nuclei.max()) == len(np.unique(nuclei)) - 1
+    (dtype('uint32'), True)
+    """
+    shape = _check_shape(shape)
+    try:
+        lo, hi = (float(r) for r in radius)
+    except (TypeError, ValueError):
+        raise TypeError(f"radius={radius!r}: give (smallest, largest) in-plane radius, e.g. (5, 9)") from None
+    if not 0 < lo <= hi:
+        raise ValueError(f"radius={radius!r}: need 0 < smallest <= largest, e.g. (5, 9)")
+    if not anisotropy > 0:
+        raise ValueError(f"anisotropy={anisotropy!r}: use a number > 0 (z radius over in-plane radius), e.g. 0.6")
+    if isinstance(gap, bool) or not isinstance(gap, (int, np.integer)) or gap < 0:
+        raise ValueError(f"gap={gap!r}: use an int >= 0 (voxels between nuclei)")
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iu":
+        raise ValueError(f"dtype={dtype}: use an integer dtype, e.g. uint32")
+    ndim = len(shape)
+    scale = np.array([1.0 / anisotropy] + [1.0] * (ndim - 1))  # axis 0 rescaled: ellipsoids become balls
+    size = math.prod(shape)
+    ball = math.pi ** (ndim / 2) / math.gamma(ndim / 2 + 1)
+    expected = max(1, round(size / (ball * anisotropy * ((lo + hi) / 2 + gap / 2) ** ndim)))
+    wanted = expected * 4 if count is None else int(count)
+    rng = np.random.default_rng(seed)
+    attempts = 8 * expected if count is None else 50 * max(1, int(count))
+    centres = rng.uniform(0, 1, (attempts, ndim)) * np.array(shape) - 0.5
+    radii = rng.uniform(lo, hi, attempts)
+    from scipy.spatial import cKDTree
+
+    # keep each candidate unless an earlier kept one is too close: the sequential greedy choice,
+    # computed in rounds over the conflict graph (a candidate with no live earlier rival is kept,
+    # its later rivals die) instead of a Python loop over candidates
+    c = centres * scale
+    i, j = cKDTree(c).query_pairs(2 * hi + gap, output_type="ndarray").T.astype(np.intp)
+    clash = np.linalg.norm(c[i] - c[j], axis=1) < radii[i] + radii[j] + gap
+    i, j = np.minimum(i, j)[clash], np.maximum(i, j)[clash]
+    alive = np.ones(attempts, bool)
+    kept = np.zeros(attempts, bool)
+    while alive.any():
+        live = alive[i] & alive[j]
+        i, j = i[live], j[live]  # settled rivalries drop out: later rounds are short
+        blocked = np.zeros(attempts, bool)
+        blocked[j] = True
+        new = alive & ~blocked
+        kept |= new
+        alive &= ~new
+        alive[j[new[i] & alive[j]]] = False
+    order = np.flatnonzero(kept)[:wanted]
+    kept_c, kept_r = c[order], radii[order]
+    out = np.zeros(shape, dtype)
+    if len(kept_r) and np.iinfo(dtype).max < len(kept_r):
+        raise ValueError(f"dtype={dtype}: {len(kept_r)} nuclei need a dtype that holds them; use uint32")
+    label = 0
+    for c, r in zip(kept_c, kept_r):
+        centre = c / scale
+        half = r / scale
+        box = tuple(slice(max(0, int(math.floor(m - h))), min(n, int(math.ceil(m + h)) + 1))
+                    for m, h, n in zip(centre, half, shape))
+        if any(b.stop <= b.start for b in box):
+            continue
+        grids = np.ogrid[box]
+        inside = sum(((g - m) / h) ** 2 for g, m, h in zip(grids, centre, half)) <= 1
+        if not inside.any():
+            continue
+        label += 1
+        out[box][inside] = label
+    return out
 
 
 def largest_cell_extent(labels) -> tuple[int, ...]:
@@ -317,6 +422,103 @@ def _label_faces(labels):
         comp[lab > 0] = lab[lab > 0] + n
         n += k
     return comp, n
+
+
+# -- a plane-by-plane segmenter's mistakes -------------------------------------------------
+
+
+def noisy_planes(labels, *, jitter: float = 2.0, missing: float = 0.05, split: float = 0.02, fuse: float = 0.02,
+                 seed: int = 0) -> np.ndarray:
+    """What a 2-D segmenter run plane by plane might make of the truth ``labels`` (axis 0 = planes).
+
+    Each plane on its own, as a 2-D model sees it:
+
+    - ``jitter``: every wall moves by up to about this many pixels (a smooth
+      random displacement of the plane, a few pixels in correlation length);
+    - ``missing``: this fraction of the plane's objects is not found (0);
+    - ``split``: this fraction is cut in two along a random line through
+      its centre (over-segmentation);
+    - ``fuse``: this fraction is fused with a touching neighbour
+      (under-segmentation), where it has one.
+
+    Labels of each plane are renumbered ``1..n`` (uint32); ids carry no
+    meaning from plane to plane. Deterministic in ``seed``; the input is not
+    modified.
+
+    Examples
+    --------
+    >>> truth = dense_tissue((4, 48, 48), 8)
+    >>> noisy = noisy_planes(truth, seed=1)
+    >>> noisy.shape == truth.shape, noisy.dtype
+    (True, dtype('uint32'))
+    """
+    labels = np.asarray(labels)
+    if labels.ndim < 2 or labels.dtype.kind not in "iu":
+        raise TypeError(f"labels: expected an integer label stack (planes, ...), got {labels.dtype} "
+                        f"of shape {labels.shape}")
+    for name, value in (("missing", missing), ("split", split), ("fuse", fuse)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name}={value!r}: use a fraction in [0, 1]")
+    if not jitter >= 0:
+        raise ValueError(f"jitter={jitter!r}: use a number of pixels >= 0")
+    out = np.zeros(labels.shape, np.uint32)
+    for z in range(labels.shape[0]):
+        rng = np.random.default_rng([seed, z])
+        out[z] = _noisy_plane(labels[z], rng, jitter, missing, split, fuse)
+    return out
+
+
+def _noisy_plane(plane, rng, jitter, missing, split, fuse):
+    import fastremap
+
+    plane = np.asarray(plane)
+    if jitter > 0:  # smooth displacement: walls wobble, objects keep their shape
+        sigma = 3.0
+        grids = np.indices(plane.shape, dtype=np.float32)
+        for g in grids:
+            field = ndimage.gaussian_filter(rng.standard_normal(plane.shape).astype(np.float32), sigma)
+            g += field * (jitter / (float(np.abs(field).max()) or 1.0))
+        coords = [np.clip(np.rint(g), 0, n - 1).astype(np.intp) for g, n in zip(grids, plane.shape)]
+        plane = plane[tuple(coords)]
+    else:
+        plane = plane.copy()
+    ids = fastremap.unique(plane)
+    ids = ids[ids != 0]
+    if not ids.size:
+        return np.zeros(plane.shape, np.uint32)
+    plane, _ = fastremap.renumber(plane, in_place=False)
+    plane = plane.astype(np.int64)
+    n = int(plane.max())
+    fate = rng.random(n + 1)
+    lut = np.arange(n + 1)
+    lut[1:][fate[1:] < missing] = 0
+    fused = (fate >= missing) & (fate < missing + fuse)
+    fused[0] = False
+    if fused.any():  # fuse with a touching neighbour: the first different label to the right or below
+        for axis in range(plane.ndim):
+            a = np.take(plane, range(plane.shape[axis] - 1), axis=axis).ravel()
+            b = np.take(plane, range(1, plane.shape[axis]), axis=axis).ravel()
+            touch = (a != b) & (a != 0) & (b != 0) & fused[a]
+            if touch.any():
+                first = np.unique(a[touch], return_index=True)
+                for src, k in zip(*first):
+                    if lut[src] == src and lut[b[touch][k]] == b[touch][k]:
+                        lut[src] = b[touch][k]
+    plane = lut[plane]
+    cut = (fate >= missing + fuse) & (fate < missing + fuse + split)
+    cut[0] = False
+    cut_ids = np.flatnonzero(cut & (lut == np.arange(n + 1)))
+    if cut_ids.size:
+        centres = ndimage.center_of_mass(np.ones(plane.shape), plane, cut_ids)
+        angles = rng.uniform(0, np.pi, len(cut_ids))
+        where = np.isin(plane, cut_ids)
+        pos = np.nonzero(where)
+        k = np.searchsorted(cut_ids, plane[pos])
+        c = np.asarray(centres).reshape(len(cut_ids), -1)
+        side = (pos[-2] - c[k, -2]) * np.cos(angles[k]) + (pos[-1] - c[k, -1]) * np.sin(angles[k]) > 0
+        plane[tuple(p[side] for p in pos)] += n + 1  # the other half: a new id
+    plane, _ = fastremap.renumber(plane, in_place=False)
+    return plane.astype(np.uint32, copy=False)
 
 
 # -- a perfect (or edge-noisy) segmenter of the ground truth ------------------------------

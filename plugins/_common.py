@@ -131,7 +131,7 @@ def as_labels(masks, shape, what: str) -> np.ndarray:
 
 
 def plane_by_plane(segment_plane, stack: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Run a 2-D ``segment_plane`` on each plane of ``stack`` (axis 0) and join planes by one-to-one IoU."""
+    """Run a 2-D ``segment_plane`` on each plane of ``stack`` (axis 0) and join the planes (``stitch_planes``)."""
     planes = np.stack([segment_plane(stack[z]) for z in range(stack.shape[0])])
     return stitch_planes(planes, iou_threshold)
 

@@ -55,3 +55,16 @@ def test_bench_samplers_smoke():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("stratified", "random"))]
     assert len(rows) == 4 and all(float(r[2]) > 0 for r in rows), proc.stdout
+
+
+def test_bench_zstack_smoke():
+    script = BENCH.parent / "bench_zstack.py"
+    proc = subprocess.run([sys.executable, str(script), "--small"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {(cells[0], cells[2]): cells for cells in map(str.split, proc.stdout.splitlines())
+            if len(cells) > 3 and cells[0] in ("nuclei", "tissue") and cells[1].isdigit()}
+    assert rows[("nuclei", "patchworks")][3:5] == ["0", "0"]   # caps kept, nothing fused
+    assert rows[("nuclei", "tiled")][3:5] == ["0", "0"]
+    assert int(rows[("nuclei", "pairwise")][5]) > 0              # the two-plane rule cuts caps ("0.5" is a cell)
+    assert "patchworks / pairwise 0.5 time" in proc.stdout
+    assert "cellpose 0.1" in proc.stdout                         # a row, measured or "cellpose not installed"

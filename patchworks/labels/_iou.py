@@ -10,6 +10,8 @@ background, so a label that also covers other labels is penalised.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -98,8 +100,14 @@ def mutual_best(la, lb, inter, area_la, area_lb, iou_threshold: float) -> np.nda
     """
     la = np.asarray(la, dtype=np.uint64)
     lb = np.asarray(lb, dtype=np.uint64)
+    keep = _mutual_best_mask(la, lb, inter, area_la, area_lb, iou_threshold)
+    return np.stack([la[keep], lb[keep]], axis=1)
+
+
+def _mutual_best_mask(la, lb, inter, area_la, area_lb, iou_threshold: float) -> np.ndarray:
+    """Which of the candidate pairs :func:`mutual_best` keeps (a boolean mask)."""
     if la.size == 0:
-        return np.zeros((0, 2), np.uint64)
+        return np.zeros(0, bool)
     iou = inter / (np.asarray(area_la, dtype=np.float64) + area_lb - inter)
 
     def best(key, other):  # index of the best pair for each distinct key (highest IoU, then smallest other)
@@ -111,39 +119,292 @@ def mutual_best(la, lb, inter, area_la, area_lb, iou_threshold: float) -> np.nda
     best_of_a[best(la, lb)] = True
     best_of_b = np.zeros(len(la), bool)
     best_of_b[best(lb, la)] = True
-    keep = best_of_a & best_of_b & (iou >= iou_threshold)
-    return np.stack([la[keep], lb[keep]], axis=1)
+    return best_of_a & best_of_b & (iou >= iou_threshold)
+
+
+# -- joining the 2-D labels of consecutive planes into 3-D objects ---------------------------
+
+# A cross-section counts as growing (or shrinking) along z when the next one is this much larger.
+_SLOPE = 0.1
+# A weak link needs the smaller cross-section this much inside the larger one.
+_CONTAINED = 0.5
+# Cross-sections at least this fraction of each other's area: a jittered continuation, not a cap.
+_SIMILAR = 0.5
+
+
+@dataclass(frozen=True)
+class PlaneLinks:
+    """Candidate links of one plane seam: ``a`` (lower plane) to ``b`` (upper plane), one to one.
+
+    ``strong``: the pair passed the IoU rule; the others are weak (one
+    cross-section mostly inside the other) and wait for the slope test of
+    :func:`join_planes`.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    area_a: np.ndarray
+    area_b: np.ndarray
+    inter: np.ndarray
+    strong: np.ndarray
+
+    @staticmethod
+    def empty() -> "PlaneLinks":
+        z = np.zeros(0, np.uint64)
+        return PlaneLinks(z, z, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, bool))
+
+
+def plane_links(la, lb, inter, area_la, area_lb, iou_threshold: float) -> PlaneLinks:
+    """One-to-one candidate links between the labels of two consecutive planes.
+
+    First the IoU rule (:func:`mutual_best` at ``iou_threshold``): strong
+    links. The labels left over on both sides are then paired by a maximum
+    weight one-to-one assignment (``scipy.optimize.linear_sum_assignment``,
+    one per connected group of candidates) over the pairs whose overlap
+    covers at least half of the smaller label, weighted by IoU plus that
+    overlap-over-smaller: weak links, kept or not by :func:`join_planes`.
+    """
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    la = np.asarray(la, dtype=np.uint64)
+    lb = np.asarray(lb, dtype=np.uint64)
+    inter = np.asarray(inter, dtype=np.float64)
+    area_la = np.asarray(area_la, dtype=np.float64)
+    area_lb = np.asarray(area_lb, dtype=np.float64)
+    if la.size == 0:
+        return PlaneLinks.empty()
+    strong = _mutual_best_mask(la, lb, inter, area_la, area_lb, iou_threshold)
+    pick = [np.flatnonzero(strong)]
+    # labels without a strong partner compete for weak links
+    free = ~np.isin(la, la[strong]) & ~np.isin(lb, lb[strong])
+    contained = inter / np.minimum(area_la, area_lb)
+    cand = np.flatnonzero(free & (contained >= _CONTAINED))
+    weak = np.zeros(0, np.intp)
+    if cand.size:
+        weight = contained[cand] + inter[cand] / (area_la[cand] + area_lb[cand] - inter[cand])
+        (ua, ia), (ub, ib) = (np.unique(x[cand], return_inverse=True) for x in (la, lb))
+        n = len(ua) + len(ub)
+        graph = coo_matrix((np.ones(cand.size), (ia, ib + len(ua))), shape=(n, n))
+        _, comp = connected_components(graph, directed=False)
+        group = comp[ia]
+        sizes = np.bincount(group)
+        single = sizes[group] == 1           # a lone candidate pair: nothing to choose
+        chosen = [cand[single]]
+        rows = np.flatnonzero(~single)
+        if rows.size:
+            # the groups together form a block-diagonal problem: one assignment solves them all
+            # while it stays small, else one per group
+            (ra, ka), (rb, kb) = (np.unique(x[rows], return_inverse=True) for x in (ia, ib))
+            blocks = [rows] if len(ra) * len(rb) <= 1 << 16 else \
+                [rows[group[rows] == g] for g in np.unique(group[rows])]
+            for block in blocks:
+                (ra, ka), (rb, kb) = (np.unique(x[block], return_inverse=True) for x in (ia, ib))
+                matrix = np.zeros((len(ra), len(rb)))
+                matrix[ka, kb] = weight[block]
+                r, c = linear_sum_assignment(matrix, maximize=True)
+                hit = np.zeros((len(ra), len(rb)), bool)
+                hit[r, c] = True
+                chosen.append(cand[block[hit[ka, kb]]])  # cross-group cells are 0 and never candidates
+        weak = np.concatenate(chosen)
+    rows = np.concatenate([pick[0], weak])
+    return PlaneLinks(la[rows], lb[rows], area_la[rows], area_lb[rows], inter[rows],
+                      np.r_[np.ones(len(pick[0]), bool), np.zeros(len(weak), bool)])
+
+
+def _partner_area(ids, links: PlaneLinks | None, side: str) -> np.ndarray:
+    """Area of the partner of each id in ``links`` (``side`` = which end the ids are); 0 when none."""
+    out = np.zeros(len(ids))
+    if links is None or not links.a.size:
+        return out
+    own, other = (links.a, links.area_b) if side == "a" else (links.b, links.area_a)
+    order = np.argsort(own)
+    pos = np.clip(np.searchsorted(own[order], ids), 0, len(own) - 1)
+    hit = own[order][pos] == ids
+    out[hit] = other[order][pos[hit]]
+    return out
+
+
+def join_planes(seams: list[PlaneLinks]) -> list[np.ndarray]:
+    """Decide the candidate links of consecutive seams; the ``(k, 2)`` pairs to join, per seam.
+
+    A link ``a`` (plane z) - ``b`` (plane z + 1) is judged with the areas of
+    ``a``'s partner in plane z - 1 (``below``) and ``b``'s in z + 2
+    (``above``), 0 where there is none. A convex object's cross-section
+    grows then shrinks along z (Brunn-Minkowski: its square root is
+    concave), so:
+
+    - no link makes a neck: one that shrinks into the seam from below and
+      grows out of it above is two objects meeting at their caps;
+    - a weak link is a cap: the larger cross-section must already shrink
+      toward the smaller one (or have no partner beyond it) and the
+      smaller one must not grow again by more than the margin beyond the
+      seam; or the two are of similar size (at least half of each other:
+      a continuation whose walls moved).
+    """
+    grow = 1 + _SLOPE
+
+    def neighbours(s, among):
+        below = _partner_area(seams[s].a, among[s - 1] if s else None, "b")
+        above = _partner_area(seams[s].b, among[s + 1] if s + 1 < len(among) else None, "a")
+        return below, above
+
+    necks = []
+    for s, links in enumerate(seams):
+        below, above = neighbours(s, seams)
+        necks.append((below > grow * links.area_a) & (above > grow * links.area_b))
+    # a neck joins nothing, so it is no one's continuation either when caps are judged
+    unnecked = [PlaneLinks(*(getattr(links, f)[~neck] for f in ("a", "b", "area_a", "area_b", "inter", "strong")))
+                for links, neck in zip(seams, necks)]
+    out = []
+    for s, links in enumerate(seams):
+        if not links.a.size:
+            out.append(np.zeros((0, 2), np.uint64))
+            continue
+        below, above = neighbours(s, unnecked)
+        area_a, area_b = links.area_a, links.area_b
+        a_big = area_a >= area_b
+        big_far = np.where(a_big, below, above)
+        big = np.where(a_big, area_a, area_b)
+        small_far = np.where(a_big, above, below)
+        small = np.where(a_big, area_b, area_a)
+        cap = ((big_far == 0) | (big_far > big)) & (small_far <= grow * small)
+        similar = small >= _SIMILAR * big
+        keep = ~necks[s] & (links.strong | cap | similar)
+        out.append(np.stack([links.a[keep], links.b[keep]], axis=1))
+    return out
+
+
+@dataclass(frozen=True)
+class Overlaps:
+    """Overlapping label pairs of two planes: ids, intersection, and each label's whole area."""
+
+    la: np.ndarray
+    lb: np.ndarray
+    inter: np.ndarray
+    area_a: np.ndarray
+    area_b: np.ndarray
+
+    @staticmethod
+    def empty() -> "Overlaps":
+        z = np.zeros(0, np.uint64)
+        return Overlaps(z, z, np.zeros(0), np.zeros(0), np.zeros(0))
+
+
+def hole_overlaps(lower, middle, upper, areas_lower, areas_upper) -> Overlaps:
+    """:class:`Overlaps` of ``lower`` and ``upper`` (flat or not) where ``middle`` is background.
+
+    ``areas_*``: ``(sorted ids, whole area of each)`` of that plane.
+    """
+    lower, upper = np.asarray(lower).ravel(), np.asarray(upper).ravel()
+    hole = (np.asarray(middle).ravel() == 0) & (lower != 0) & (upper != 0)  # only these voxels can count
+    a, b = lower[hole], upper[hole]
+    if not a.size:
+        return Overlaps.empty()
+    ua, _, ub, _, pa, pb, inter = overlap_table(a, b)
+    la, lb = ua[pa], ub[pb]
+    return Overlaps(la, lb, inter.astype(np.float64),
+                    np.asarray(areas_lower[1], np.float64)[np.searchsorted(areas_lower[0], la)],
+                    np.asarray(areas_upper[1], np.float64)[np.searchsorted(areas_upper[0], lb)])
+
+
+def bridge_planes(holes: list, seams: list[PlaneLinks], joined: list[np.ndarray],
+                  iou_threshold: float) -> list[np.ndarray]:
+    """Pairs joining an object that ends in plane z to one that starts in z + 2, across a hole.
+
+    ``holes[z]``: overlaps of planes z and z + 2 counted only where plane
+    z + 1 is background (:class:`Overlaps`), so the segmenter missed the
+    object there. Only labels with no joined partner on that side take
+    part (one to one stays true); they join when they are each other's
+    best IoU match through the hole at ``iou_threshold`` and do not make a
+    neck (:func:`join_planes`).
+    """
+    out = []
+    for z, hole in enumerate(holes):
+        if hole is None or not hole.la.size:
+            out.append(np.zeros((0, 2), np.uint64))
+            continue
+        free = np.flatnonzero(~np.isin(hole.la, joined[z][:, 0]) & ~np.isin(hole.lb, joined[z + 1][:, 1]))
+        rows = free[_mutual_best_mask(hole.la[free], hole.lb[free], hole.inter[free], hole.area_a[free],
+                                      hole.area_b[free], iou_threshold)]
+        pairs = np.stack([hole.la[rows], hole.lb[rows]], axis=1)
+        if len(pairs):
+            below = _partner_area(pairs[:, 0], seams[z - 1] if z else None, "b")
+            above = _partner_area(pairs[:, 1], seams[z + 2] if z + 2 < len(seams) else None, "a")
+            grow = 1 + _SLOPE
+            neck = (below > grow * hole.area_a[rows]) & (above > grow * hole.area_b[rows])
+            pairs = pairs[~neck]
+        out.append(pairs)
+    return out
 
 
 def stitch_planes(labels: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
-    """Join 2-D labels of consecutive planes (axis 0) by one-to-one IoU.
+    """Join 2-D labels of consecutive planes (axis 0) into 3-D objects.
 
     For a 2-D segmenter run plane by plane on a stack: labels may repeat
-    from plane to plane; a label of plane ``z + 1`` takes the id of its
-    mutual best match in plane ``z`` when their IoU reaches the threshold,
-    otherwise a new id. Returns uint32 (uint64 if needed) labels ``1..n``.
+    from plane to plane. Consecutive planes are linked one to one
+    (:func:`plane_links`: mutual best IoU >= ``iou_threshold``, then a
+    maximum weight assignment of the rest by containment) and the links are
+    judged over four planes (:func:`join_planes`), so an object's shrinking
+    caps stay on it and two objects meeting at their caps stay apart; an
+    object the segmenter missed in one plane is bridged over that hole
+    (:func:`bridge_planes`).
+    Returns uint32 (uint64 if needed) labels ``1..n`` numbered in order of
+    first appearance (plane, then label).
 
     Examples
     --------
-    >>> stack = np.array([[[1, 1, 0, 2]], [[1, 1, 0, 3]], [[0, 4, 4, 4]]])
+    The cap in the last plane has an IoU of 1/3 with the plane below, but
+    the object shrinks toward it, so it stays on the object:
+
+    >>> stack = np.array([[[1, 1, 1, 1, 1, 0, 0]], [[0, 5, 5, 5, 0, 0, 2]], [[0, 0, 3, 0, 0, 0, 9]]])
     >>> stitch_planes(stack)[:, 0].tolist()
-    [[1, 1, 0, 2], [1, 1, 0, 2], [0, 3, 3, 3]]
+    [[1, 1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 0, 0, 2], [0, 0, 1, 0, 0, 0, 2]]
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     labels = np.asarray(labels)
-    out = np.zeros(labels.shape, dtype=np.uint64)
-    next_id = 1
+    if labels.ndim < 1 or labels.shape[0] == 0:
+        return np.zeros(labels.shape, np.uint32)
+    ids, areas, offsets = [], [], [0]
+    for z in range(labels.shape[0]):  # plane z's label k gets the global id offsets[z] + rank of k
+        present, area = np.unique(labels[z], return_counts=True)
+        keep = present != 0
+        ids.append(present[keep].astype(np.uint64))
+        areas.append(area[keep])
+        offsets.append(offsets[-1] + len(ids[-1]))
+    seams, holes = [], []
+    for z in range(labels.shape[0] - 1):
+        ua, area_a, ub, area_b, pa, pb, inter = overlap_table(labels[z].ravel(), labels[z + 1].ravel())
+        seams.append(plane_links(ua[pa], ub[pb], inter, area_a[pa], area_b[pb], iou_threshold))
+        if z + 2 < labels.shape[0]:
+            holes.append(hole_overlaps(labels[z], labels[z + 1], labels[z + 2], (ids[z], areas[z]),
+                                       (ids[z + 2], areas[z + 2])))
+    joined = join_planes(seams)
+    bridged = bridge_planes(holes, seams, joined, iou_threshold)
+    edges = [np.stack([offsets[z] + np.searchsorted(ids[z], p[:, 0]),
+                       offsets[z + step] + np.searchsorted(ids[z + step], p[:, 1])], axis=1)
+             for step, per_seam in ((1, joined), (2, bridged)) for z, p in enumerate(per_seam) if len(p)]
+    total = offsets[-1]
+    edges = np.concatenate(edges) if edges else np.zeros((0, 2), np.int64)
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(total, total))
+    _, comp = connected_components(graph, directed=False)
+    # components numbered by their first member: first appearance order
+    _, first, inverse = np.unique(comp, return_index=True, return_inverse=True)
+    final = (np.argsort(np.argsort(first)) + 1)[inverse].astype(np.uint64)
+    dtype = np.uint32 if len(first) <= np.iinfo(np.uint32).max else np.uint64
+    out = np.zeros(labels.shape, dtype)
     for z in range(labels.shape[0]):
-        plane = labels[z]
-        ids = np.unique(plane[plane != 0])
-        new = np.zeros(len(ids), np.uint64)
-        if z and ids.size:
-            pairs = match_labels(out[z - 1], plane, iou_threshold)
-            pos = np.searchsorted(ids, pairs[:, 1].astype(ids.dtype))
-            new[pos] = pairs[:, 0]
-        fresh = new == 0
-        new[fresh] = np.arange(next_id, next_id + int(fresh.sum()), dtype=np.uint64)
-        next_id += int(fresh.sum())
-        if ids.size:
-            out[z][plane != 0] = new[np.searchsorted(ids, plane[plane != 0])]
-    dtype = np.uint32 if next_id - 1 <= np.iinfo(np.uint32).max else np.uint64
-    return out.astype(dtype)
+        if not len(ids[z]):
+            continue
+        new = final[offsets[z]:offsets[z + 1]].astype(dtype)
+        if int(ids[z][-1]) <= 4 * labels[z].size:  # small ids: a look-up table
+            lut = np.zeros(int(ids[z][-1]) + 1, dtype)
+            lut[ids[z].astype(np.intp)] = new
+            out[z] = lut[labels[z]]
+        else:
+            fg = labels[z] != 0
+            out[z][fg] = new[np.searchsorted(ids[z], labels[z][fg])]
+    return out

@@ -19,7 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..grid import TileGrid
-from ._iou import match_labels, mutual_best, overlap_table
+from ._iou import Overlaps, PlaneLinks, match_labels, overlap_table, plane_links
 
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
 # Seam planes are scanned in blocks of at most this many voxels per plane.
@@ -131,7 +131,7 @@ def iou_pairs_for_tile(staging, grid: TileGrid, linear_index: int, counts: np.nd
     reaches into a diagonal tile only. Only labels with core voxels in both
     tiles make pairs; halo-only labels just compete for the best match.
     Neighbours across a plane-by-plane axis are left to
-    :func:`plane_pairs_for_seam`, which matches whole planes.
+    :func:`plane_links_for_seams`, which matches whole planes.
     """
     if counts[linear_index] == 0:
         return np.zeros((0, 2), np.uint64)
@@ -170,61 +170,97 @@ def iou_pairs_for_tile(staging, grid: TileGrid, linear_index: int, counts: np.nd
     return np.concatenate(found) if found else np.zeros((0, 2), np.uint64)
 
 
-def plane_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, in_plane_plans,
-                         iou_threshold: float) -> np.ndarray:
-    """Pairs joining the objects of two consecutive planes by one-to-one IoU over the whole planes.
+# Plane seams per task: each plane of the block is read once, not once per seam it borders.
+PLANE_SEAMS_PER_TASK = 8
 
-    ``axis`` is tiled plane by plane; the seam lies after plane row ``row``.
+
+def plane_links_for_seams(staging, grid: TileGrid, axis: int, rows: range, in_plane_plans,
+                          iou_threshold: float) -> list[tuple[PlaneLinks, Overlaps | None]]:
+    """Candidate links between the objects of consecutive planes, over whole planes, for the seams ``rows``.
+
+    ``axis`` is tiled plane by plane; seam ``r`` lies after plane row ``r``.
     The objects of each plane are the labels joined within the plane first
     (``in_plane_plans``: the tile plans of that union-find, whose ids name
     each object by its smallest global id). Intersections and areas are
-    summed over the cores of all tiles of the two planes, so an object cut
-    by in-plane seams is compared whole, as Cellpose's ``stitch_threshold``
-    compares whole planes.
+    summed over the cores of all tiles of the planes, so an object cut by
+    in-plane seams is compared whole, as Cellpose's ``stitch_threshold``
+    compares whole planes. Per seam: the one-to-one links
+    (:func:`patchworks.labels._iou.plane_links`; which of them join is
+    decided with the neighbouring seams', :func:`patchworks.labels._iou.join_planes`)
+    and the overlaps of planes ``r`` and ``r + 2`` through the holes of
+    ``r + 1`` (``None`` for the last seam), for
+    :func:`patchworks.labels._iou.bridge_planes`.
     """
-    keys, inter, areas_a, areas_b = [], [], [], []
-    in_plane = [range(g) if k != axis else (row,) for k, g in enumerate(grid.grid_shape)]
+    n_planes = grid.grid_shape[axis]
+    planes = range(rows.start, min(rows.stop + 2, n_planes))
+    pairs = {r: [] for r in rows}
+    holes = {r: [] for r in rows if r + 2 < n_planes}
+    areas = {z: [] for z in planes}
+    in_plane = [range(g) if k != axis else (0,) for k, g in enumerate(grid.grid_shape)]
     for index in itertools.product(*in_plane):
-        lower = grid.tile(index)
-        upper = grid.tile(index[:axis] + (row + 1,) + index[axis + 1:])
-        plan_lo, plan_hi = in_plane_plans[lower.linear_index], in_plane_plans[upper.linear_index]
-        if plan_lo.n_labels == 0 and plan_hi.n_labels == 0:
-            continue
-        views = []
-        for tile, side, plan in ((lower, 1, plan_lo), (upper, 0, plan_hi)):
+        views = {}
+        for z in planes:
+            tile = grid.tile(index[:axis] + (z,) + index[axis + 1:])
+            plan = in_plane_plans[tile.linear_index]
             if plan.n_labels == 0:
-                views.append(np.zeros(tile.core_shape[:axis] + (1,) + tile.core_shape[axis + 1:], np.uint64))
+                views[z] = None
                 continue
+            side = int(z + 1 < n_planes)  # 1 plane thick: either band is the plane; the last has only its lower one
             band = staging.read_bands(tile, [(axis, side)])[(axis, side)]
             core = tuple(slice(None) if k == axis else slice(c.start - w.start, c.stop - w.start)
                          for k, (c, w) in enumerate(zip(tile.spatial_core, tile.spatial_window)))
-            views.append(plan.final_ids(band[core]).ravel())
-        a, b = (v.ravel() for v in views)
-        ua, area_a, ub, area_b, pa, pb, count = overlap_table(a, b)
-        for ids, area, areas in ((ua, area_a, areas_a), (ub, area_b, areas_b)):  # every voxel counts, matched or not
-            present = (area > 0) & (ids != 0)
-            areas.append((ids[present], area[present]))
-        if pa.size:
-            keys.append(np.stack([ua[pa], ub[pb]]))
-            inter.append(count)
-    if not keys:
-        return np.zeros((0, 2), np.uint64)
+            views[z] = plan.final_ids(band[core]).ravel()
+            ids, count = fastremap.unique(views[z], return_counts=True)
+            areas[z].append((ids[ids != 0].astype(np.uint64), count[ids != 0]))
+        for r in rows:
+            a, b = views[r], views[r + 1]
+            if a is None or b is None:
+                continue
+            ua, _, ub, _, pa, pb, count = overlap_table(a, b)
+            if pa.size:
+                pairs[r].append((ua[pa], ub[pb], count))
+            if r in holes and views[r + 2] is not None:
+                hole = (b == 0) & (a != 0) & (views[r + 2] != 0)  # only these voxels can count: a small table
+                if hole.any():
+                    ua, _, uc, _, pa, pc, count = overlap_table(a[hole], views[r + 2][hole])
+                    if pa.size:
+                        holes[r].append((ua[pa], uc[pc], count))
+    areas = {z: _summed(p) for z, p in areas.items()}
+    out = []
+    for r in rows:
+        la, lb, inter = _summed_pairs(pairs[r])
+        links = plane_links(la, lb, inter, _area_of(areas[r], la), _area_of(areas[r + 1], lb), iou_threshold)
+        hole = None
+        if r in holes:
+            la, lc, inter = _summed_pairs(holes[r])
+            hole = Overlaps(la, lc, inter, _area_of(areas[r], la), _area_of(areas[r + 2], lc))
+        out.append((links, hole))
+    return out
 
-    def summed(parts):
-        ids = np.concatenate([p[0] for p in parts])
-        counts = np.concatenate([p[1] for p in parts])
-        unique, where = np.unique(ids, return_inverse=True)
-        return unique, np.bincount(where, weights=counts)
 
-    pairs = np.concatenate(keys, axis=1)
-    (ua, ia), (ub, ib) = (np.unique(p, return_inverse=True) for p in pairs)
-    key, where = np.unique(ia.astype(np.int64) * len(ub) + ib, return_inverse=True)
-    inter = np.bincount(where.ravel(), weights=np.concatenate(inter))
-    pair = np.stack([ua[key // len(ub)], ub[key % len(ub)]])
-    ids_a, area_a = summed(areas_a)
-    ids_b, area_b = summed(areas_b)
-    return mutual_best(pair[0], pair[1], inter, area_a[np.searchsorted(ids_a, pair[0])],
-                       area_b[np.searchsorted(ids_b, pair[1])], iou_threshold)
+def _summed(parts):
+    """``(ids, counts)`` parts -> distinct ids and the summed count of each."""
+    if not parts:
+        return np.zeros(0, np.uint64), np.zeros(0)
+    ids = np.concatenate([p[0] for p in parts])
+    counts = np.concatenate([p[1] for p in parts])
+    unique, where = np.unique(ids, return_inverse=True)
+    return unique, np.bincount(where.ravel(), weights=counts)
+
+
+def _summed_pairs(parts):
+    """``(la, lb, count)`` parts -> distinct pairs and the summed count of each."""
+    if not parts:
+        z = np.zeros(0, np.uint64)
+        return z, z, np.zeros(0)
+    la, lb, count = (np.concatenate(c) for c in zip(*parts))
+    (ua, ia), (ub, ib) = (np.unique(p, return_inverse=True) for p in (la, lb))
+    key, where = np.unique(ia.ravel().astype(np.int64) * len(ub) + ib.ravel(), return_inverse=True)
+    return ua[key // len(ub)], ub[key % len(ub)], np.bincount(where.ravel(), weights=count)
+
+
+def _area_of(table, ids):
+    return table[1][np.searchsorted(table[0], ids)]
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,11 @@ from ..run._options import max_workers_option, refuse_unknown, stage_dir_option,
 from ..run._plan import RunPlan
 from ..run._resources import gpu_free_memory
 from ._count import count_labels
+from ._iou import bridge_planes, join_planes
 from ..grid import TileGrid
 from ..io._sources import LazySource, open_image
-from ._merge import (ArrayOutput, iou_pairs_for_tile, plan_relabel, plane_axes, plane_pairs_for_seam, relabel_tile,
+from ._merge import (PLANE_SEAMS_PER_TASK, ArrayOutput, iou_pairs_for_tile, plan_relabel, plane_axes,
+                     plane_links_for_seams, relabel_tile,
                      touch_pairs_for_seam)
 from ..io._ngff_write import build_label_image, check_ngff_labels, image_multiscales, register_label
 from ..segment._threshold import Threshold, otsu_threshold, sample_values
@@ -127,8 +129,9 @@ class _PlaneJob:
     iou_threshold: float
 
 
-def _plane_task(job: _PlaneJob, axis, row):
-    return plane_pairs_for_seam(job.staging, job.grid, axis, row, job.in_plane_plans, job.iou_threshold)
+def _plane_task(job: _PlaneJob, axis, first, stop):
+    return plane_links_for_seams(job.staging, job.grid, axis, range(first, stop), job.in_plane_plans,
+                                 job.iou_threshold)
 
 
 def _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token) -> np.ndarray:
@@ -143,8 +146,15 @@ def _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token) -> 
         plans = plan_relabel(counts, pairs, sequential=False).tiles
         tasks = graph_tasks(f"patchworks-planes-{token}", _plane_task,
                             _PlaneJob(staging, grid, plans, float(iou_threshold)),
-                            [(a, r) for a in planar for r in range(grid.grid_shape[a] - 1)])
-        pairs = np.concatenate([pairs, *run_tasks(tasks, client=client, progress=False)])
+                            [(a, r, min(r + PLANE_SEAMS_PER_TASK, grid.grid_shape[a] - 1)) for a in planar
+                             for r in range(0, grid.grid_shape[a] - 1, PLANE_SEAMS_PER_TASK)])
+        results = iter([seam for block in run_tasks(tasks, client=client, progress=False) for seam in block])
+        found = [pairs]
+        for a in planar:  # links are judged with the neighbouring seams' (caps, necks), in plane order
+            links, holes = zip(*[next(results) for _ in range(grid.grid_shape[a] - 1)])
+            joined = join_planes(list(links))
+            found += joined + bridge_planes(list(holes[:-1]), list(links), joined, iou_threshold)
+        pairs = np.concatenate(found)
     return pairs
 
 
