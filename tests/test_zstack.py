@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from patchworks import merge_tile_labels, tile_process
 from patchworks.labels._iou import stitch_planes
-from patchworks.testing import (TissueOracle, assert_labels_equivalent, dense_tissue, noisy_planes, separated_nuclei,
-                                stitching_errors)
+from patchworks.testing import (TissueOracle, assert_labels_equivalent, dense_tissue, noisy_planes, pairwise_planes,
+                                separated_nuclei, stitching_errors)
 
 
 def per_plane(truth, seed=0):
@@ -44,7 +44,7 @@ def test_separated_nuclei_keep_their_caps():
     e = stitching_errors(tiled(truth, (1, 64, 64), (0, 16, 16)), truth)
     assert e.n_truth > 100
     assert e.false_merges <= 0.02 * e.n_truth and e.splits <= 0.02 * e.n_truth, e
-    old = stitching_errors(pairwise_iou(per_plane(truth)), truth)
+    old = stitching_errors(pairwise_planes(per_plane(truth)), truth)
     assert old.splits > 10 * max(e.splits, 1)  # what the two-plane IoU rule did: caps cut off
 
 
@@ -54,33 +54,13 @@ def test_dense_tissue_bounds():
     assert e.false_merges <= 0.01 * e.n_truth and e.splits <= 0.10 * e.n_truth, e
 
 
-def pairwise_iou(planes, threshold=0.5):
-    """The previous rule (Cellpose's stitch3D at 0.5): mutual best IoU of two consecutive planes only."""
-    from patchworks.labels._iou import match_labels
-
-    out = np.zeros(planes.shape, np.uint64)
-    next_id = 1
-    for z, plane in enumerate(planes):
-        ids = np.unique(plane[plane != 0])
-        new = np.zeros(len(ids), np.uint64)
-        if z and ids.size:
-            pairs = match_labels(out[z - 1], plane, threshold)
-            new[np.searchsorted(ids, pairs[:, 1].astype(ids.dtype))] = pairs[:, 0]
-        fresh = new == 0
-        new[fresh] = np.arange(next_id, next_id + int(fresh.sum()), dtype=np.uint64)
-        next_id += int(fresh.sum())
-        if ids.size:
-            out[z][plane != 0] = new[np.searchsorted(ids, plane[plane != 0])]
-    return out
-
-
 @pytest.mark.parametrize("make", [lambda: separated_nuclei((20, 128, 128), seed=4),
                                   lambda: dense_tissue((20, 128, 128), 14, seed=4)], ids=["nuclei", "tissue"])
 def test_a_noisy_segmenter_does_no_worse_than_the_pairwise_rule(make):
     truth = make()
     planes = noisy_planes(truth, seed=5)
     ours = stitching_errors(stitch_planes(planes), truth)
-    best_pairwise = min((stitching_errors(pairwise_iou(planes, t), truth) for t in (0.5, 0.25, 0.1)),
+    best_pairwise = min((stitching_errors(pairwise_planes(planes, t), truth) for t in (0.5, 0.25, 0.1)),
                         key=lambda e: e.false_merges + e.splits)
     assert ours.false_merges + ours.splits <= best_pairwise.false_merges + best_pairwise.splits
 
@@ -94,7 +74,7 @@ def test_a_cap_only_object_is_one_object():
     assert (np.diff([int(truth[z].sum()) for z in range(5)]) > 0).all()  # growing all the way
     out = stitch_planes(per_plane(truth))
     assert_labels_equivalent(out, truth)
-    assert pairwise_iou(per_plane(truth)).max() > 1  # the two-plane rule cuts it
+    assert pairwise_planes(per_plane(truth)).max() > 1  # the two-plane rule cuts it
 
 
 def test_two_nuclei_touching_in_z_stay_two():
@@ -107,7 +87,7 @@ def test_two_nuclei_touching_in_z_stay_two():
     e = stitching_errors(stitch_planes(per_plane(truth)), truth)
     # never fused; the last cap may be cut off (its profile fits either nucleus: shrink-shrink or grow-grow)
     assert e.false_merges == 0 and e.splits <= 1, e
-    assert stitching_errors(pairwise_iou(per_plane(truth), 0.1), truth).false_merges == 1  # a low threshold fuses
+    assert stitching_errors(pairwise_planes(per_plane(truth), 0.1), truth).false_merges == 1  # a low threshold fuses
 
 
 def test_a_nucleus_spanning_every_plane():
