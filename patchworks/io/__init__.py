@@ -1,5 +1,6 @@
-"""Reading and writing images: any source opened lazily (numpy, dask, zarr, OME-Zarr, TIFF, HDF5, .npy), NGFF metadata.
+"""Reading and writing images: sources opened lazily (numpy, dask, zarr, OME-Zarr, TIFF, HDF5, .npy), NGFF, tables.
 
-Imports only ``patchworks.grid``. Start reading at ``_sources.open_image`` (what a tile task reads from)
-and ``_sources.create_output`` (the zarr arrays results are written to); ``_ngff`` parses OME-Zarr metadata.
+Imports only ``patchworks.grid``. Start at ``_sources.open_image`` (what tile tasks read, with the voxel size)
+and ``_sources.create_output``; ``_ngff`` parses OME-Zarr metadata, ``_ngff_write`` writes label images with
+their pyramid, ``_table_store`` keeps object tables in anndata's dataframe layout.
 """
