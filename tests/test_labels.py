@@ -353,4 +353,4 @@ def test_the_count_is_paid_for_only_when_asked(tmp_path):
     assert n == whole_image_labels(img > 0.5, 1).max()
     # with the object table (the default with write_to) the count comes free: one row per object
     tile_process(img, threshold(0.5), tile_shape=24, overlap=6, write_to=out, overwrite=True)
-    assert zarr.open_array(str(out)).attrs["patchworks"]["n_objects"] == n
+    assert zarr.open_group(str(out)).attrs["patchworks"]["n_objects"] == n

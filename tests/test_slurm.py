@@ -269,7 +269,7 @@ def test_resume_after_the_whole_allocation_is_cancelled(slurm, tmp_path):
     kept = staged(tmp_path)
     assert 8 <= kept < 36 and before >= kept
     assert not (tmp_path / "labels.zarr").exists() or \
-        not zarr.open_array(tmp_path / "labels.zarr", mode="r").attrs["patchworks"]["complete"]
+        not zarr.open_group(tmp_path / "labels.zarr", mode="r").attrs["patchworks"]["complete"]
 
     second = submit()
     wait_for(lambda: not slurm.jobs(), "the resubmitted run to finish", timeout=180, step=0.5)
@@ -277,9 +277,9 @@ def test_resume_after_the_whole_allocation_is_cancelled(slurm, tmp_path):
     assert "done" in out, out + slurm.logs()
     after = len(calls(tmp_path / "calls.txt")) - before
     assert after <= 36 - kept + 1, f"{after} tiles recomputed, {kept} were staged: the run did not resume"
-    labels = zarr.open_array(tmp_path / "labels.zarr", mode="r")
+    labels = zarr.open_group(tmp_path / "labels.zarr", mode="r")  # the label image; level 0 at "0"
     assert labels.attrs["patchworks"]["complete"]
-    assert_labels_equivalent(labels[...], ndimage.label(image > 0.5)[0])
+    assert_labels_equivalent(labels["0"][...], ndimage.label(image > 0.5)[0])
     assert not scratch_dirs(tmp_path), "nothing left behind after completion"
     assert first != second
 

@@ -50,7 +50,7 @@ def test_tile_shape_none_means_the_zarr_chunks(tmp_path):
     src = tmp_path / "image.zarr"
     zarr.create_array(store=src, data=image, chunks=(8, 16, 24))
     out = tile_process(str(src), threshold(0.5), write_to=tmp_path / "labels.zarr")
-    assert zarr.open_array(tmp_path / "labels.zarr").chunks == (8, 16, 24)
+    assert zarr.open_array(tmp_path / "labels.zarr" / "0").chunks == (8, 16, 24)  # level 0 of the label image
     assert out.chunksize == (8, 16, 24)
     assert_labels_equivalent(out.compute(), ndimage.label(image > 0.5)[0])
 
