@@ -68,3 +68,14 @@ def test_bench_zstack_smoke():
     assert int(rows[("nuclei", "pairwise")][5]) > 0              # the two-plane rule cuts caps ("0.5" is a cell)
     assert "patchworks / pairwise 0.5 time" in proc.stdout
     assert "cellpose 0.1" in proc.stdout                         # a row, measured or "cellpose not installed"
+
+
+def test_bench_planner_smoke():
+    """The planner benchmark runs; its plan names one object per label less the joined ones."""
+    script = BENCH.parent / "bench_planner.py"
+    proc = subprocess.run([sys.executable, str(script), "--tiles", "1e3"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    row = proc.stdout.splitlines()[-1].split()
+    tiles, pairs, objects = int(row[0]), int(row[1]), int(row[4])
+    assert tiles == 1000 and pairs == 20 * 999 and 100 * 1000 - pairs <= objects < 100 * 1000
