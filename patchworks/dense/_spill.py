@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from ..io._npy import load_npy
 
 
 class SpillingAccumulators:
@@ -52,7 +53,7 @@ class SpillingAccumulators:
         if block in self._on_disk:
             self._on_disk.remove(block)
             path = self._path(block)
-            acc = np.load(path)
+            acc = load_npy(path)
             path.unlink()
             return acc
         return None

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from ._npy import load_npz
 
 __all__ = ["LabelImageWriter", "LevelPlan", "NGFF_VERSIONS", "default_level_count", "ngff_unit", "plan_levels",
            "register_label"]
@@ -365,17 +366,17 @@ class LabelImageWriter:
             if not path.exists():
                 continue  # a tile without labels: zeros
             prefix = f"L{level_index}_"
-            with np.load(path) as pieces:
-                for name in pieces.files:
-                    if not name.startswith(prefix):
-                        continue
-                    bounds = [tuple(int(v) for v in part.split("-")) for part in name[len(prefix):].split("_")]
-                    cut = [(max(p0, s), min(p1, e)) for (p0, p1), (s, e) in zip(bounds, box)]
-                    if any(c0 >= c1 for c0, c1 in cut):
-                        continue
-                    data = pieces[name]
-                    out[tuple(slice(c0 - s, c1 - s) for (c0, c1), (s, _) in zip(cut, box))] = \
-                        data[tuple(slice(c0 - p0, c1 - p0) for (c0, c1), (p0, _) in zip(cut, bounds))]
+            pieces = load_npz(path)
+            for name in pieces:
+                if not name.startswith(prefix):
+                    continue
+                bounds = [tuple(int(v) for v in part.split("-")) for part in name[len(prefix):].split("_")]
+                cut = [(max(p0, s), min(p1, e)) for (p0, p1), (s, e) in zip(bounds, box)]
+                if any(c0 >= c1 for c0, c1 in cut):
+                    continue
+                data = pieces[name]
+                out[tuple(slice(c0 - s, c1 - s) for (c0, c1), (s, _) in zip(cut, box))] = \
+                    data[tuple(slice(c0 - p0, c1 - p0) for (c0, c1), (p0, _) in zip(cut, bounds))]
         self._put(level_index, tuple(slice(s, e) for s, e in box), out)
 
 

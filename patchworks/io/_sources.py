@@ -19,6 +19,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from patchworks.io._ngff import parse_multiscales
+from ._npy import load_npy
 
 __all__ = ["LazySource", "create_output", "open_image", "same_location"]
 
@@ -344,7 +345,7 @@ class LazySource:
         self._check_no_component(name)
         self._check_level0(name, self.path)
         try:
-            mm = np.load(self.path, mmap_mode="r")
+            mm = load_npy(self.path, mmap_mode="r")
         except Exception as exc:
             raise self._could_not_read(name, exc) from exc
         if not isinstance(mm, np.ndarray):
@@ -385,7 +386,7 @@ class LazySource:
             f = _import_h5py().File(self.path, "r")
             return (f, f[self.component])
         if self.kind == "npy":
-            return np.load(self.path, mmap_mode="r")
+            return load_npy(self.path, mmap_mode="r")
         raise AssertionError(self.kind)
 
     def __getstate__(self):

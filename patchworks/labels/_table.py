@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.ndimage as ndi
+from ..io._npy import load_npy
 
 # A (coordinate, label) histogram along one axis gives that axis' count, coordinate sum and box at
 # once, exactly and in one bincount; above this many bins it would outweigh the tile, so fall back
@@ -92,7 +93,7 @@ class Partials:
     def load(stem, ndim: int, n_channels: int) -> "Partials":
         """Read partials saved by :meth:`save`."""
         stem = Path(stem)
-        data = np.load(stem.with_name(stem.name + ".npy"))
+        data = load_npy(stem.with_name(stem.name + ".npy"))
         d, c = ndim, n_channels
         floats = np.ascontiguousarray(data[:, 2 + 3 * d:]).view(np.float64)
         return Partials(data[:, 0].view(np.uint64).copy(), data[:, 1].copy(), data[:, 2:2 + d].copy(),
