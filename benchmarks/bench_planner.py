@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_scale import peak_rss  # noqa: E402  (the same RSS sampler as the scale benchmark)
 from patchworks.labels._merge import plan_relabel  # noqa: E402
 
 
@@ -37,24 +36,14 @@ def synthetic(n_tiles: int, per_tile: int = 100, pairs_per_tile: int = 20, seed:
 
 def measure(n_tiles: int) -> tuple[float, float, int, int]:
     counts, pairs = synthetic(n_tiles)
-    proc = psutil.Process()
-    base = proc.memory_info().rss
-    peak, done = [base], threading.Event()
 
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.02)
+    def plan_and_one_lookup():
+        plan = plan_relabel(counts, pairs, sequential=True)
+        plan.tiles[n_tiles - 1].lookup(np.uint32)  # a plan is made on demand: take one
+        return plan
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    plan = plan_relabel(counts, pairs, sequential=True)
-    plan.tiles[n_tiles - 1].lookup(np.uint32)  # a plan is made on demand: take one
-    seconds = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    return seconds, (peak[0] - base) / 2**30, len(pairs), plan.n_objects
+    plan, seconds, mb = peak_rss(plan_and_one_lookup)
+    return seconds, mb / 2**10, len(pairs), plan.n_objects
 
 
 def main(argv=None) -> int:

@@ -366,10 +366,8 @@ class LabelImageWriter:
             if not path.exists():
                 continue  # a tile without labels: zeros
             prefix = f"L{level_index}_"
-            pieces = load_npz(path)
+            pieces = load_npz(path, prefix)  # only this level's pieces are read
             for name in pieces:
-                if not name.startswith(prefix):
-                    continue
                 bounds = [tuple(int(v) for v in part.split("-")) for part in name[len(prefix):].split("_")]
                 cut = [(max(p0, s), min(p1, e)) for (p0, p1), (s, e) in zip(bounds, box)]
                 if any(c0 >= c1 for c0, c1 in cut):

@@ -22,7 +22,7 @@ def load_npy(path, **kwargs) -> np.ndarray:
         return np.load(path, **kwargs)
 
 
-def load_npz(path) -> dict[str, np.ndarray]:
-    """Every array of an .npz file, read at once."""
+def load_npz(path, prefix: str = "") -> dict[str, np.ndarray]:
+    """The arrays of an .npz file whose names start with ``prefix`` (the others are not read)."""
     with _LOCK, np.load(path) as archive:
-        return {name: archive[name] for name in archive.files}
+        return {name: archive[name] for name in archive.files if name.startswith(prefix)}
