@@ -48,3 +48,35 @@ def pytest_terminal_summary(terminalreporter):
             f"SLURM fixture: apt install {r.get('install_s', 0):.1f} s, daemons up {r.get('startup_s', 0):.1f} s, "
             f"held {r.get('held_s', 0):.1f} s, stopped {r.get('stop_s', 0):.1f} s, "
             f"processes left behind: {r.get('leftovers', [])}")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 API server on 127.0.0.1 for this session (``.storage_options``, ``.make_bucket()``)."""
+    from _servers import start_s3
+
+    server = start_s3()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the session's S3 server; returns its name."""
+    return s3_server.make_bucket()
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """``(directory, url)``: a static HTTP server on 127.0.0.1 serving a fresh directory."""
+    from _servers import start_http
+
+    root = tmp_path / "www"
+    root.mkdir()
+    server = start_http(root)
+    try:
+        yield root, server.url
+    finally:
+        server.stop()

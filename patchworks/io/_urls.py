@@ -1,0 +1,116 @@
+"""Where a path or URL points: a local path, or an fsspec filesystem and a path on it.
+
+Every place that accepts a path also accepts ``s3://``, ``gs://``, ``az://``,
+``http(s)://`` (read-only) and ``file://`` URLs. This module is the one place
+that tells them apart, finds the fsspec backend (naming the patchworks extra
+when it is missing) and builds zarr stores for them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "READ_ONLY_PROTOCOLS",
+    "filesystem",
+    "is_remote",
+    "join",
+    "local_path",
+    "protocol_of",
+    "zarr_store",
+]
+
+# protocol -> the patchworks extra that installs its fsspec backend
+_EXTRAS = {
+    "s3": "s3", "s3a": "s3",
+    "gs": "gcs", "gcs": "gcs",
+    "az": "azure", "abfs": "azure", "abfss": "azure", "adl": "azure",
+    "http": "http", "https": "http",
+}
+READ_ONLY_PROTOCOLS = frozenset({"http", "https"})
+
+
+def protocol_of(location: Any) -> str | None:
+    """The URL scheme of ``location`` (``"s3"``, ``"file"``, ...), or None for a plain path / non-string."""
+    if isinstance(location, os.PathLike) or not isinstance(location, str):
+        return None
+    head, sep, _ = location.partition("://")
+    if not sep or not head or not head.replace("+", "").replace("-", "").isalnum():
+        return None
+    return head.lower()
+
+
+def is_remote(location: Any) -> bool:
+    """True for a URL that is not ``file://`` (``s3://``, ``gs://``, ``http(s)://``, ...)."""
+    protocol = protocol_of(location)
+    return protocol is not None and protocol not in ("file", "local")
+
+
+def local_path(location: Any) -> Path | None:
+    """A plain path or ``file://`` URL as a :class:`~pathlib.Path`; None for a remote URL or a non-path."""
+    if isinstance(location, os.PathLike):
+        return Path(location)
+    if not isinstance(location, str):
+        return None
+    protocol = protocol_of(location)
+    if protocol is None:
+        return Path(location)
+    if protocol in ("file", "local"):
+        return Path(location.split("://", 1)[1])
+    return None
+
+
+def _missing_backend(location: str, parameter: str, exc: Exception) -> ImportError:
+    protocol = protocol_of(location) or "?"
+    extra = _EXTRAS.get(protocol)
+    fix = f"pip install 'patchworks[{extra}]'" if extra else f"install the fsspec implementation for {protocol!r}"
+    return ImportError(f"{parameter}={location!r}: reading {protocol}:// URLs needs its fsspec backend ({exc}); {fix}")
+
+
+def filesystem(location: str, storage_options: dict | None = None, *, parameter: str = "path"):
+    """``(fs, path)`` for a URL through fsspec, with ``storage_options`` passed to the backend.
+
+    Raises an ImportError naming the patchworks extra when the backend is not installed.
+    """
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(location, **(storage_options or {}))
+    except ImportError as exc:
+        raise _missing_backend(location, parameter, exc) from exc
+    except ValueError as exc:
+        if "Protocol not known" in str(exc):
+            raise _missing_backend(location, parameter, exc) from exc
+        raise
+
+
+def zarr_store(location, storage_options: dict | None = None, *, read_only: bool, parameter: str = "path"):
+    """A zarr v3 store for a path or URL: :class:`~zarr.storage.LocalStore` locally, ``FsspecStore`` remotely."""
+    from zarr.storage import FsspecStore, LocalStore
+
+    path = local_path(location)
+    if path is not None:
+        return LocalStore(path, read_only=read_only)
+    protocol = protocol_of(location)
+    if not read_only and protocol in READ_ONLY_PROTOCOLS:
+        raise ValueError(
+            f"{parameter}={location!r}: {protocol}:// is read-only; write to a local path or an object store "
+            "(s3://, gs://, az://) instead")
+    try:
+        return FsspecStore.from_url(location, storage_options=storage_options or None, read_only=read_only)
+    except ImportError as exc:
+        raise _missing_backend(location, parameter, exc) from exc
+    except ValueError as exc:
+        if "Protocol not known" in str(exc):
+            raise _missing_backend(location, parameter, exc) from exc
+        raise
+
+
+def join(location, *parts: str) -> str | Path:
+    """``location / part / ...`` for a path (a Path) or a URL (a string with ``/``)."""
+    path = local_path(location)
+    if path is not None:
+        return path.joinpath(*parts)
+    return "/".join([str(location).rstrip("/"), *(p.strip("/") for p in parts)])
