@@ -213,12 +213,14 @@ def block_edges(counts, block_tiles: int) -> np.ndarray:
     return offsets[starts]
 
 
-def reduce_pieces(client, counts, pieces, *, block_tiles: int = BLOCK_TILES, fanout: int = FANOUT,
+def reduce_pieces(client, counts, pieces, *, block_tiles: int | None = None, fanout: int | None = None,
                   prefix: str = "patchworks-reduce") -> Reduced:
     """The reduction over pairs held on the cluster: ``pieces`` are futures of ``(k, 2)`` uint64 arrays.
 
     Each piece is split by block on its worker; a block gathers only its own parts.
+    ``block_tiles`` and ``fanout`` default to the module's ``BLOCK_TILES`` and ``FANOUT``.
     """
+    block_tiles, fanout = block_tiles or BLOCK_TILES, fanout or FANOUT
     edges = block_edges(counts, block_tiles)
     splits = [client.submit(split, p, edges, pure=False) for p in pieces]
     touched = client.gather([client.submit(_blocks_of, s, pure=False) for s in splits])
@@ -244,8 +246,8 @@ def finals(boundary: np.ndarray, root: np.ndarray, *, sequential: bool) -> tuple
     return absorbed, final
 
 
-def reduce_plan(client, counts, pieces, *, sequential: bool, block_tiles: int = BLOCK_TILES,
-                fanout: int = FANOUT) -> MergePlan:
+def reduce_plan(client, counts, pieces, *, sequential: bool, block_tiles: int | None = None,
+                fanout: int | None = None) -> MergePlan:
     """:func:`patchworks.labels._merge.plan_relabel`'s plan, from pairs left on the cluster.
 
     The driver receives the boundary ids and their final ids (what the
