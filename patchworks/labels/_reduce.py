@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._merge import MergePlan, components, index_pairs, plan_from
+from ._merge import MergePlan, index_pairs, plan_from, root_positions
 
 # Above this many tiles, on a distributed client, tile_process plans by this reduction instead of on the
 # driver (the driver then never holds the seam pairs); measured in benchmarks/bench_planner.py.
@@ -50,8 +50,7 @@ def _union(labels: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """Sorted distinct ``labels`` (and the ends of ``edges``) and the root of each: the smallest id joined to it."""
     loops = np.stack([labels, labels], axis=1)  # every label a node, even one on no inner edge
     ids, ends = index_pairs(np.concatenate([edges.astype(np.uint64, copy=False), loops]))
-    first, component = components(ids.size, ends)
-    return ids, ids[first][component]
+    return ids, ids[root_positions(ids.size, ends)]
 
 
 def _root_of(ids, root, x):
@@ -171,12 +170,24 @@ def _n_absorbed(resolved) -> int:
     return int(np.count_nonzero(ids != final))
 
 
-def reduce_tree(client, edges, leaf_inputs, *, fanout: int = FANOUT, prefix: str = "patchworks-reduce") -> Reduced:
-    """Run the reduction: ``leaf_inputs[b]`` is a future (or value) of block ``b``'s ``parts`` for :func:`leaf`."""
+def reduce_tree(client, edges, leaf_inputs, *, fanout: int = FANOUT, prefix: str = "patchworks-reduce",
+                make_leaf=None) -> Reduced:
+    """Run the reduction: ``leaf_inputs[b]`` holds futures (or values) of block ``b``'s ``parts`` for :func:`leaf`.
+
+    The list is emptied as the leaves are submitted, so that each block's
+    pairs are let go once its leaf has run. ``make_leaf(b, lo, hi)``, if
+    given, submits block ``b``'s leaf itself instead (inputs made inside it).
+    """
     edges = np.asarray(edges, dtype=np.uint64)
     prefix = f"{prefix}-{uuid.uuid4().hex[:8]}"  # keys of two calls never meet
-    level = [client.submit(leaf, int(edges[b]), int(edges[b + 1]), leaf_inputs[b], pure=False,
-                           key=f"{prefix}-leaf-{b}") for b in range(len(edges) - 1)]
+    level = []
+    for b in range(len(edges) - 1):
+        lo, hi = int(edges[b]), int(edges[b + 1])
+        if make_leaf is not None:
+            level.append(make_leaf(b, lo, hi, key=f"{prefix}-leaf-{b}"))
+        else:
+            level.append(client.submit(leaf, lo, hi, leaf_inputs[b], pure=False, key=f"{prefix}-leaf-{b}"))
+            leaf_inputs[b] = None
     bounds = [(int(edges[b]), int(edges[b + 1])) for b in range(len(edges) - 1)]
     tree = [(level, bounds, None)]  # per level: results, bounds, children per node
     while len(level) > 1:
@@ -217,12 +228,14 @@ def reduce_pieces(client, counts, pieces, *, block_tiles: int | None = None, fan
                   prefix: str = "patchworks-reduce") -> Reduced:
     """The reduction over pairs held on the cluster: ``pieces`` are futures of ``(k, 2)`` uint64 arrays.
 
-    Each piece is split by block on its worker; a block gathers only its own parts.
+    Each piece is split by block on its worker; a block gathers only its own parts. The list
+    is emptied (the pieces are let go once split).
     ``block_tiles`` and ``fanout`` default to the module's ``BLOCK_TILES`` and ``FANOUT``.
     """
     block_tiles, fanout = block_tiles or BLOCK_TILES, fanout or FANOUT
     edges = block_edges(counts, block_tiles)
     splits = [client.submit(split, p, edges, pure=False) for p in pieces]
+    pieces.clear()  # consumed: each piece's pairs go once split
     touched = client.gather([client.submit(_blocks_of, s, pure=False) for s in splits])
     inputs = [[] for _ in range(len(edges) - 1)]
     for s, blocks in zip(splits, touched):
@@ -287,19 +300,23 @@ def synthetic_block(n_tiles: int, block_tiles: int, b: int, *, per_tile: int = 1
     return np.concatenate(owned), incoming
 
 
-def _synthetic_parts(n_tiles, block_tiles, b, per_tile, pairs_per_tile, seed):
-    return [synthetic_block(n_tiles, block_tiles, b, per_tile=per_tile, pairs_per_tile=pairs_per_tile, seed=seed)]
+def _synthetic_leaf(n_tiles, block_tiles, b, lo, hi, per_tile, pairs_per_tile, seed):
+    return leaf(lo, hi, [synthetic_block(n_tiles, block_tiles, b, per_tile=per_tile, pairs_per_tile=pairs_per_tile,
+                                         seed=seed)])
 
 
 def reduce_synthetic(client, n_tiles: int, *, block_tiles: int = BLOCK_TILES, fanout: int = FANOUT,
                      per_tile: int = 100, pairs_per_tile: int = 20, seed: int = 0) -> Reduced:
-    """The reduction over synthetic pairs drawn on the workers (the driver never holds them)."""
+    """The reduction over synthetic pairs drawn inside the leaf tasks (the driver never holds them)."""
     n_blocks = -(-n_tiles // block_tiles)
     edges = np.minimum(np.arange(n_blocks + 1, dtype=np.uint64) * np.uint64(block_tiles), np.uint64(n_tiles))
     edges = edges * np.uint64(per_tile)
-    inputs = [client.submit(_synthetic_parts, n_tiles, block_tiles, b, per_tile, pairs_per_tile, seed, pure=False)
-              for b in range(n_blocks)]
-    return reduce_tree(client, edges, inputs, fanout=fanout)
+
+    def make_leaf(b, lo, hi, key):
+        return client.submit(_synthetic_leaf, n_tiles, block_tiles, b, lo, hi, per_tile, pairs_per_tile, seed,
+                             pure=False, key=key)
+
+    return reduce_tree(client, edges, None, fanout=fanout, make_leaf=make_leaf)
 
 
 def synthetic_pairs(n_tiles: int, block_tiles: int = BLOCK_TILES, **kw) -> np.ndarray:
