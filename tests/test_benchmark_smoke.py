@@ -71,11 +71,12 @@ def test_bench_zstack_smoke():
 
 
 def test_bench_planner_smoke():
-    """The planner benchmark runs; its plan names one object per label less the joined ones."""
+    """The planner benchmark runs both planners; they name the same objects, one per label less the joined ones."""
     script = BENCH.parent / "bench_planner.py"
-    proc = subprocess.run([sys.executable, str(script), "--tiles", "1e3"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, str(script), "--tiles", "1e3", "--block-tiles", "256"],
+                          capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     row = proc.stdout.splitlines()[-1].split()
-    tiles, pairs, objects = int(row[0]), int(row[1]), int(row[4])
+    tiles, pairs, objects, depth = int(row[0]), int(row[1]), int(row[-1]), int(row[-3])
     assert tiles == 1000 and pairs == 20 * 999 and 100 * 1000 - pairs <= objects < 100 * 1000
+    assert depth == 2  # 4 blocks under one node

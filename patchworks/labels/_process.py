@@ -27,6 +27,7 @@ from ._count import count_labels
 from ._iou import bridge_planes, join_planes
 from ..grid import TileGrid
 from ..io._sources import LazySource, open_image
+from . import _reduce
 from ._merge import (PLANE_SEAMS_PER_TASK, ArrayOutput, iou_pairs_for_tile, plan_relabel, plane_axes,
                      plane_links_for_seams, relabel_tile,
                      touch_pairs_for_seam)
@@ -285,14 +286,24 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             seam_tasks = graph_tasks(f"patchworks-seam-{token}", _seam_task,
                                      _SeamJob(staging, grid, offsets, connectivity),
                                      [(a, r) for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)])
-            pairs = run_tasks(seam_tasks, client=client, progress=False)
-            pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
+            cluster = active_client(client)
+            if cluster is not None and grid.n_tiles >= _reduce.REDUCE_MIN_TILES and seam_tasks[1]:
+                # 3'. many tiles on a cluster: the pairs stay on the workers and a tree reduction there
+                #     resolves them; the driver gets the boundary labels' final ids only
+                pieces = cluster.get(*seam_tasks, sync=False)
+                plan = _reduce.reduce_plan(cluster, counts, pieces, sequential=sequential)
+                pairs = None
+                del pieces
+            else:
+                pairs = run_tasks(seam_tasks, client=client, progress=False)
+                pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
 
         # 3. plan on the driver: union-find over boundary labels only
-        plan = plan_relabel(counts, pairs, sequential=sequential)
-        logger.info("patchworks: %d tiles (%d skipped as empty), %d labels, %d seam pairs, %d boundary labels "
-                    "-> %d objects", grid.n_tiles, n_skipped, int(counts.sum()), len(pairs),
-                    plan.n_boundary_labels, plan.n_objects)
+        if pairs is not None:
+            plan = plan_relabel(counts, pairs, sequential=sequential)
+        logger.info("patchworks: %d tiles (%d skipped as empty), %d labels, %s seam pairs, %d boundary labels "
+                    "-> %d objects", grid.n_tiles, n_skipped, int(counts.sum()),
+                    "(on the cluster)" if pairs is None else len(pairs), plan.n_boundary_labels, plan.n_objects)
 
         # 4. relabel: each task builds its own small look-up table and writes every level of its
         #    tile; idempotent, so a resumed or retried run simply writes the same chunks again
