@@ -347,3 +347,24 @@ def test_local_cluster_reads_s3_input(tmp_path, s3_server, s3_input, blobs):
     assert ran and ran <= workers and os.getpid() not in ran
     assert_labels_equivalent(labels, ndimage.label(blobs > 0.5)[0])
     assert _listing(fs, bucket) == before
+
+
+# -- what a run costs in requests, counted by the servers ---------------------------------
+
+
+def test_one_get_per_chunk_read_from_s3(tmp_path, s3_server, s3_input):
+    # tiles = the input's chunks (12x20x20 over 24x40x40: 8 tiles); counted on the server, by kind
+    s3_server.requests.reset()
+    tile_process(s3_input, threshold(0.5), write_to=tmp_path / "o.zarr", storage_options=s3_server.storage_options)
+    counts = s3_server.requests.snapshot()
+    assert counts.get("list", 0) == 0 and counts.get("write", 0) == 0
+    assert counts.get("head", 0) <= 2                # opening: zarr.json looked up once, not once per tile
+    assert 8 <= counts["read"] <= 8 + 4              # one GET per chunk, plus the metadata
+
+
+def test_one_get_per_chunk_read_over_http(tmp_path, http_server, blobs):
+    write_ome_zarr(http_server.root_path / "img.ome.zarr", blobs, axes="zyx", chunks=(12, 20, 20))
+    http_server.requests.reset()
+    tile_process(f"{http_server.url}/img.ome.zarr", threshold(0.5), write_to=tmp_path / "o.zarr")
+    counts = http_server.requests.snapshot()
+    assert 8 <= counts["read"] <= 8 + 3 and counts.get("head", 0) <= 3  # zarr.json twice, level 0 once

@@ -20,7 +20,7 @@ from zarr.storage import LocalStore
 
 from patchworks.io._ngff import parse_multiscales
 from ._npy import RemoteNpy, load_npy
-from ._urls import explain_remote_error, filesystem, is_remote, local_path, protocol_of, zarr_store
+from ._urls import explain_remote_error, filesystem, is_remote, local_path, protocol_of, read_options, zarr_store
 
 __all__ = ["LazySource", "create_output", "open_image", "same_location"]
 
@@ -180,14 +180,15 @@ def _kind_of(name_lower: str) -> str | None:
 
 def _open_url(url, *, component, level, channel, name, storage_options):
     """A LazySource for a remote URL, after one cheap look that it exists and can be read."""
-    fs, path = filesystem(url, storage_options, parameter=name)
+    fs, path = filesystem(url, read_options(url, storage_options), parameter=name)
     path = path.rstrip("/")
-    kind = _kind_of(path.lower())
+    kind, zarr_format = _kind_of(path.lower()), None
     try:
         if kind is not None:
             fs.info(path)  # missing, refused or unreachable: said here, before any tile runs
         else:
-            kind = "zarr" if _remote_zarr_meta(fs, path, url) else None
+            zarr_format = _remote_zarr_meta(fs, path, url)
+            kind = "zarr" if zarr_format else None
     except Exception as exc:
         err = explain_remote_error(url, exc, storage_options, parameter=name)
         if err is None:
@@ -199,22 +200,27 @@ def _open_url(url, *, component, level, channel, name, storage_options):
             raise FileNotFoundError(f"{name}={url!r}: no zarr store there (no zarr.json, .zarray or .zgroup); "
                                     "check the URL (zarr stores are the prefix that holds zarr.json)")
         raise _unknown_format(name, url, suffix)
-    return LazySource(url, kind=kind, component=component, level=level, channel=channel, name=name,
-                      storage_options=storage_options)
+    source = LazySource.__new__(LazySource)
+    # the format found here spares zarr's guessing: it tries both formats' metadata keys, a
+    # request each (7 GETs to open an OME-Zarr group over HTTP, 2 with the format known)
+    source._zarr_format = zarr_format
+    source.__init__(url, kind=kind, component=component, level=level, channel=channel, name=name,
+                    storage_options=storage_options)
+    return source
 
 
-def _remote_zarr_meta(fs, path, url) -> bool:
-    """True when ``path`` holds zarr metadata (v3 first); a missing bucket raises FileNotFoundError."""
-    for meta in ("zarr.json", ".zgroup", ".zarray"):
+def _remote_zarr_meta(fs, path, url) -> int | None:
+    """The zarr format of the metadata at ``path`` (None if none); a missing bucket raises FileNotFoundError."""
+    for meta, fmt in (("zarr.json", 3), (".zgroup", 2), (".zarray", 2)):
         try:
             fs.info(f"{path}/{meta}")
-            return True
+            return fmt
         except FileNotFoundError:
             continue
     root = path.split("/", 1)[0]
     if protocol_of(url) not in ("http", "https") and not fs.exists(root):
         raise FileNotFoundError(f"bucket or container {root!r} does not exist")
-    return False
+    return None
 
 
 def _fsspec_store_url(store) -> str | None:
@@ -325,14 +331,15 @@ class LazySource:
         """A path for a local file; a seekable file object for a URL (read in ranges, never whole)."""
         if not self.remote:
             return self.path
-        fs, path = filesystem(self.path, self.storage_options)
+        fs, path = filesystem(self.path, read_options(self.path, self.storage_options))
         # small blocks: a window of a tiled TIFF / HDF5 reads scattered ranges, not the whole object
         return fs.open(path, "rb", block_size=1 << 21, cache_type="readahead")
 
     def _resolve_zarr(self, name):
         store = self._zarr_store()
         try:
-            node = zarr.open(store=store, mode="r", path=self.component or "")
+            node = zarr.open(store=store, mode="r", path=self.component or "",
+                             zarr_format=getattr(self, "_zarr_format", None))
         except (FileNotFoundError, KeyError) as exc:
             if self.component is None:
                 raise self._could_not_read(name, exc) from exc
@@ -376,6 +383,7 @@ class LazySource:
         if axes is None:
             axes = _zarr_dimension_axes(node)
         self._handle = node
+        self._zarr_format = node.metadata.zarr_format  # a worker's reopen reads one metadata key
         desc = f"zarr v{node.metadata.zarr_format} array {self.path}"
         desc += f"[{self._array_path}]" if self._array_path else ""
         desc += f" (level {self.level})" if self.level else ""
@@ -448,7 +456,7 @@ class LazySource:
         self._check_no_component(name)
         self._check_level0(name, self.path)
         try:
-            mm = RemoteNpy(*filesystem(self.path, self.storage_options)) if self.remote else \
+            mm = RemoteNpy(*filesystem(self.path, read_options(self.path, self.storage_options))) if self.remote else \
                 load_npy(self.path, mmap_mode="r")
         except Exception as exc:
             raise self._could_not_read(name, exc) from exc
@@ -478,7 +486,8 @@ class LazySource:
 
     def _reopen(self):
         if self.kind == "zarr":
-            return zarr.open_array(store=self._zarr_store(), mode="r", path=self._array_path)
+            return zarr.open_array(store=self._zarr_store(), mode="r", path=self._array_path,
+                                   zarr_format=getattr(self, "_zarr_format", None))
         if self.kind == "zarr-array":
             return self._array
         if self.kind == "tiff":
@@ -491,7 +500,7 @@ class LazySource:
             return (f, f[self.component])
         if self.kind == "npy":
             if self.remote:
-                return RemoteNpy(*filesystem(self.path, self.storage_options))
+                return RemoteNpy(*filesystem(self.path, read_options(self.path, self.storage_options)))
             return load_npy(self.path, mmap_mode="r")
         raise AssertionError(self.kind)
 

@@ -19,6 +19,7 @@ __all__ = [
     "join",
     "local_path",
     "protocol_of",
+    "read_options",
     "zarr_store",
 ]
 
@@ -86,6 +87,19 @@ def filesystem(location: str, storage_options: dict | None = None, *, parameter:
         raise
 
 
+def read_options(location, storage_options: dict | None = None) -> dict | None:
+    """``storage_options`` for reading ``location``, with defaults that save requests.
+
+    s3fs (>= 2025) sends a HEAD before every whole-object GET to decide
+    whether to fetch it in parallel parts (``max_concurrency`` > 1); zarr
+    chunks are far below its part size, so that HEAD doubled the requests
+    per chunk read. ``max_concurrency=1`` skips it, unless the caller chose.
+    """
+    if protocol_of(location) in ("s3", "s3a") and "max_concurrency" not in (storage_options or {}):
+        return {**(storage_options or {}), "max_concurrency": 1}
+    return storage_options
+
+
 def zarr_store(location, storage_options: dict | None = None, *, read_only: bool, parameter: str = "path"):
     """A zarr v3 store for a path or URL: :class:`~zarr.storage.LocalStore` locally, ``FsspecStore`` remotely."""
     from zarr.storage import FsspecStore, LocalStore
@@ -98,6 +112,8 @@ def zarr_store(location, storage_options: dict | None = None, *, read_only: bool
         raise ValueError(
             f"{parameter}={location!r}: {protocol}:// is read-only; write to a local path or an object store "
             "(s3://, gs://, az://) instead")
+    if read_only:
+        storage_options = read_options(location, storage_options)
     try:
         return FsspecStore.from_url(location, storage_options=storage_options or None, read_only=read_only)
     except ImportError as exc:
