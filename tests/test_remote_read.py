@@ -368,3 +368,19 @@ def test_one_get_per_chunk_read_over_http(tmp_path, http_server, blobs):
     tile_process(f"{http_server.url}/img.ome.zarr", threshold(0.5), write_to=tmp_path / "o.zarr")
     counts = http_server.requests.snapshot()
     assert 8 <= counts["read"] <= 8 + 3 and counts.get("head", 0) <= 3  # zarr.json twice, level 0 once
+
+
+def test_unreachable_http_endpoint_named():
+    url = f"http://127.0.0.1:{_free_port()}/img.zarr"
+    with pytest.raises(ConnectionError, match=f"image='{url}': cannot reach the http:// endpoint"):
+        open_image(url)
+
+
+def test_same_location_of_urls(s3_server, s3_input):
+    from patchworks.io._sources import same_location
+
+    src = open_image(s3_input, storage_options=s3_server.storage_options)
+    assert same_location(src, s3_input + "/")                        # one spelling
+    assert same_location(s3_input, s3_input.replace("s3://", "S3://") + "/labels/cells")  # inside it
+    assert not same_location(s3_input, s3_input + "2")
+    assert not same_location(s3_input, "in.zarr")                     # a URL is never a local path

@@ -20,7 +20,8 @@ from zarr.storage import LocalStore
 
 from patchworks.io._ngff import parse_multiscales
 from ._npy import RemoteNpy, load_npy
-from ._urls import explain_remote_error, filesystem, is_remote, local_path, protocol_of, read_options, zarr_store
+from ._urls import (explain_remote_error, filesystem, hides_connection_error, is_remote, local_path, protocol_of,
+                    read_options, zarr_store)
 
 __all__ = ["LazySource", "create_output", "open_image", "same_location"]
 
@@ -202,7 +203,7 @@ def _open_url(url, *, component, level, channel, name, storage_options):
         raise _unknown_format(name, url, suffix)
     source = LazySource.__new__(LazySource)
     # the format found here spares zarr's guessing: it tries both formats' metadata keys, a
-    # request each (7 GETs to open an OME-Zarr group over HTTP, 2 with the format known)
+    # request each (8 GETs to open an OME-Zarr and its level over HTTP, 3 with the format known)
     source._zarr_format = zarr_format
     source.__init__(url, kind=kind, component=component, level=level, channel=channel, name=name,
                     storage_options=storage_options)
@@ -215,7 +216,9 @@ def _remote_zarr_meta(fs, path, url) -> int | None:
         try:
             fs.info(f"{path}/{meta}")
             return fmt
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            if hides_connection_error(exc):
+                raise
             continue
     root = path.split("/", 1)[0]
     if protocol_of(url) not in ("http", "https") and not fs.exists(root):

@@ -140,6 +140,12 @@ _CONNECTION_ERRORS = frozenset({
 })
 
 
+def hides_connection_error(exc: BaseException) -> bool:
+    """True for a FileNotFoundError raised over a refused connection (fsspec's HTTP ``info`` does that)."""
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and bool({cls.__name__ for cls in type(cause).__mro__} & _CONNECTION_ERRORS)
+
+
 def _endpoint(storage_options: dict | None) -> str | None:
     """The endpoint a URL's requests go to, when ``storage_options`` names one (never the credentials)."""
     so = storage_options or {}
@@ -156,6 +162,9 @@ def explain_remote_error(location: str, exc: BaseException, storage_options: dic
     """
     protocol = protocol_of(location) or "file"
     names = {cls.__name__ for cls in type(exc).__mro__}
+    if isinstance(exc, FileNotFoundError) and hides_connection_error(exc):
+        exc = exc.__cause__ or exc.__context__
+        names = {cls.__name__ for cls in type(exc).__mro__}
     where = f"{parameter}={location!r}"
     endpoint = _endpoint(storage_options)
     if isinstance(exc, FileNotFoundError):
