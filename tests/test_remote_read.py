@@ -384,3 +384,16 @@ def test_same_location_of_urls(s3_server, s3_input):
     assert same_location(s3_input, s3_input.replace("s3://", "S3://") + "/labels/cells")  # inside it
     assert not same_location(s3_input, s3_input + "2")
     assert not same_location(s3_input, "in.zarr")                     # a URL is never a local path
+
+
+def test_bench_remote_read_smoke():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_remote_read.py"
+    proc = subprocess.run([sys.executable, str(script), "--smoke", "--repeat", "1"], capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ratio s3 / local" in proc.stdout and "identical labels: yes" in proc.stdout
+    assert "list" not in proc.stdout.split("requests of one S3 run:")[1].splitlines()[0]
