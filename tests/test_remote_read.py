@@ -140,6 +140,13 @@ def test_lazy_source_pickles_as_strings(s3_server, s3_bucket, tmp_path, blobs):
     again = pickle.loads(blob)
     assert again._handle is None and again.storage_options == s3_server.storage_options
     np.testing.assert_array_equal(again[3:9, 5:30, :], blobs[3:9, 5:30, :])
+    # a zarr.Array opened on an FsspecStore becomes the same: URL and the filesystem's options
+    from zarr.storage import FsspecStore
+    arr = zarr.open_array(store=FsspecStore.from_url(url, storage_options=s3_server.storage_options,
+                                                     read_only=True), mode="r")
+    wrapped = open_image(arr)
+    assert wrapped.kind == "zarr" and wrapped.remote and len(pickle.dumps(wrapped)) < 2000
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(wrapped))[...], blobs)
 
 
 def test_env_vars_without_storage_options(monkeypatch, s3_server, s3_bucket, tmp_path, blobs):

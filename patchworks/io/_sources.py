@@ -201,13 +201,8 @@ def _open_url(url, *, component, level, channel, name, storage_options):
             raise FileNotFoundError(f"{name}={url!r}: no zarr store there (no zarr.json, .zarray or .zgroup); "
                                     "check the URL (zarr stores are the prefix that holds zarr.json)")
         raise _unknown_format(name, url, suffix)
-    source = LazySource.__new__(LazySource)
-    # the format found here spares zarr's guessing: it tries both formats' metadata keys, a
-    # request each (8 GETs to open an OME-Zarr and its level over HTTP, 3 with the format known)
-    source._zarr_format = zarr_format
-    source.__init__(url, kind=kind, component=component, level=level, channel=channel, name=name,
-                    storage_options=storage_options)
-    return source
+    return LazySource(url, kind=kind, component=component, level=level, channel=channel, name=name,
+                      storage_options=storage_options, _zarr_format=zarr_format)
 
 
 def _remote_zarr_meta(fs, path, url) -> int | None:
@@ -263,8 +258,11 @@ class LazySource:
     """
 
     def __init__(self, path, *, kind, component=None, level=0, channel=None, name="image", _array=None,
-                 storage_options=None):
+                 storage_options=None, _zarr_format=None):
         self.path = path
+        # a format known beforehand spares zarr's guessing: it tries both formats' metadata keys, a
+        # request each (8 GETs to open an OME-Zarr and its level over HTTP, 3 with the format known)
+        self._zarr_format = _zarr_format
         self.storage_options = dict(storage_options) if storage_options else None
         self.remote = is_remote(path)
         self.kind = kind
@@ -342,7 +340,7 @@ class LazySource:
         store = self._zarr_store()
         try:
             node = zarr.open(store=store, mode="r", path=self.component or "",
-                             zarr_format=getattr(self, "_zarr_format", None))
+                             zarr_format=self._zarr_format)
         except (FileNotFoundError, KeyError) as exc:
             if self.component is None:
                 raise self._could_not_read(name, exc) from exc
@@ -490,7 +488,7 @@ class LazySource:
     def _reopen(self):
         if self.kind == "zarr":
             return zarr.open_array(store=self._zarr_store(), mode="r", path=self._array_path,
-                                   zarr_format=getattr(self, "_zarr_format", None))
+                                   zarr_format=self._zarr_format)
         if self.kind == "zarr-array":
             return self._array
         if self.kind == "tiff":
@@ -514,6 +512,7 @@ class LazySource:
         return state
 
     def __setstate__(self, state):
+        state.setdefault("_zarr_format", None)
         self.__dict__.update(state)
         self._lock = threading.RLock()
 
