@@ -404,3 +404,15 @@ def test_bench_remote_read_smoke():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "ratio s3 / local" in proc.stdout and "identical labels: yes" in proc.stdout
     assert "list" not in proc.stdout.split("requests of one S3 run:")[1].splitlines()[0]
+
+
+def test_measure_remote_labels_into_a_local_table(tmp_path, s3_server, s3_bucket, blobs):
+    so = s3_server.storage_options
+    tile_process(blobs, threshold(0.5), tile_shape=(12, 20, 20), write_to=tmp_path / "cells.zarr", table=False)
+    url = _upload(s3_server, tmp_path / "cells.zarr", s3_bucket, "cells.zarr")
+    table = measure(url, storage_options=so, out=tmp_path / "t.zarr")
+    # the local table remembers its labels by URL and checks them there
+    pd.testing.assert_frame_equal(read_table(tmp_path / "t.zarr", storage_options=so), table)
+    s3_server.filesystem().rm(f"{s3_bucket}/cells.zarr", recursive=True)
+    with pytest.raises(ValueError, match="are gone"):
+        read_table(tmp_path / "t.zarr", storage_options=so)

@@ -167,7 +167,7 @@ def stamp_matches(recorded: dict, now: dict | None) -> bool:
     if now.get("digest_of") == "unlisted":  # over HTTP: no listing to digest, the run's fingerprint decides
         return all(recorded.get(k) == now.get(k) for k in keys)
     if recorded.get("digest_of", "mtime") == now.get("digest_of"):
-        return all(recorded.get(k) == now.get(k) for k in recorded if k != "chunk_sizes" or k in now)
+        return all(recorded.get(k) == now.get(k) for k in recorded)
     return all(recorded.get(k) == now.get(k) for k in keys) and \
         recorded.get("chunk_sizes", now.get("chunk_sizes")) == now.get("chunk_sizes")
 
@@ -331,8 +331,8 @@ def read_table(path, *, check: bool = True, storage_options=None):
         raise ValueError(f"the table at {str(table)!r} is incomplete (its run was interrupted); re-run the call "
                          f"that wrote it to resume, or compute it again with patchworks.measure")
     if check and record.get("stamp") is not None and record.get("labels") is not None:
-        if remote:
-            labels = _resolve_against(table, record["labels"])
+        if remote or is_remote(record["labels"]):  # a table of remote labels keeps their URL
+            labels = _resolve_against(str(table), record["labels"])
             try:
                 now = labels_stamp(labels, storage_options=storage_options)
             except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
