@@ -14,7 +14,9 @@ from typing import Any
 
 __all__ = [
     "READ_ONLY_PROTOCOLS",
+    "explain_remote_error",
     "filesystem",
+    "hides_connection_error",
     "is_remote",
     "join",
     "local_path",
