@@ -114,7 +114,7 @@ def _sizes_digest(array_dir: Path) -> str | None:
     return hashlib.sha1("\n".join(entries).encode()).hexdigest()
 
 
-def labels_stamp(labels_path, *, storage_options=None) -> dict:
+def labels_stamp(labels_path, storage_options: dict | None = None) -> dict:
     """What makes a table stale: the labels' run fingerprint, level-0 metadata and chunk files.
 
     ``labels_path`` is a zarr array directory or URL (level 0 of a label
