@@ -78,6 +78,67 @@ def _positive(text: str) -> int:
     return value
 
 
+def storage_options_arg(text: str) -> dict:
+    """Parse ``--storage-options``: a JSON object, or ``key=value`` pairs separated by commas.
+
+    Dotted keys nest (``client_kwargs.endpoint_url=...``); values are read as
+    JSON where they can be (``anon=true``, ``timeout=10``), else kept as text.
+
+    Examples
+    --------
+    >>> storage_options_arg('{"anon": true}')
+    {'anon': True}
+    >>> storage_options_arg("key=a,secret=b,client_kwargs.endpoint_url=http://127.0.0.1:9000")
+    {'key': 'a', 'secret': 'b', 'client_kwargs': {'endpoint_url': 'http://127.0.0.1:9000'}}
+    """
+    import json
+
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not a JSON object ({exc}); e.g. '{{\"anon\": true}}'") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError("give a JSON object, e.g. '{\"anon\": true}'")
+        return value
+    out: dict = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"{pair!r}: give key=value pairs (e.g. anon=true,"
+                                             "client_kwargs.endpoint_url=http://host:9000) or a JSON object")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return out
+
+
+class _MergeOptions(argparse.Action):
+    """``--storage-options`` given several times: the dicts are merged, later keys win."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        merged = dict(getattr(namespace, self.dest) or {})
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                value = {**merged[key], **value}
+            merged[key] = value
+        setattr(namespace, self.dest, merged)
+
+
+def _add_storage_options(p) -> None:
+    p.add_argument("--storage-options", type=storage_options_arg, action=_MergeOptions, default=None,
+                   metavar="OPTS", help="fsspec options for URL inputs (s3://, gs://, az://, http(s)://): a JSON "
+                   "object or key=value pairs, e.g. client_kwargs.endpoint_url=http://host:9000,anon=true "
+                   "(default: the backend's environment variables, AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...)")
+
+
 def _shape(text: str) -> tuple[int, ...]:
     value = per_axis(text)
     shape = (value,) if isinstance(value, int) else value
@@ -141,7 +202,8 @@ def build_method(args, out=None):
             raise CLIError("--method threshold needs a value: add --threshold V (foreground is image > V)")
         return patchworks.threshold(args.threshold)
     if method == "otsu":
-        fn = patchworks.otsu(args.input, component=args.component, level=args.level, channel=args.channel)
+        fn = patchworks.otsu(args.input, component=args.component, level=args.level, channel=args.channel,
+                             storage_options=args.storage_options)
         print(f"otsu threshold: {fn.value:.6g}", file=out or sys.stdout)
         return fn
     if ":" in method:
@@ -180,7 +242,8 @@ def _segmenter(args, method: str, out=None):
     import patchworks
 
     # image first, as every built-in factory: it checks the channel and estimates what is not given
-    source = {"component": args.component, "level": args.level, "channel": args.channel}
+    source = {"component": args.component, "level": args.level, "channel": args.channel,
+              "storage_options": args.storage_options}
     if method == "watershed":
         fn = patchworks.watershed(args.input, threshold=args.threshold, min_distance=args.min_distance,
                                   diameter=args.diameter, **source)
@@ -200,7 +263,8 @@ def _plugin(args, method: str):
     """cellpose / stardist from patchworks.plugins; the heavy package loads in the tile tasks."""
     # one intensity range for the whole input, never per tile (that would draw seams)
     source = {"image": args.input, "channel_axis": args.channel_axis,
-              "open_kwargs": {"component": args.component, "level": args.level, "channel": args.channel}}
+              "open_kwargs": {"component": args.component, "level": args.level, "channel": args.channel,
+                              "storage_options": args.storage_options}}
     if method == "cellpose":
         from patchworks.plugins.cellpose import cellpose_fn
 
@@ -218,7 +282,8 @@ def cmd_label(args) -> int:
 
     # Check the input before the Otsu estimate, which reads a sample of the image. An existing
     # output is tile_process's call: the same command re-run resumes or is a no-op.
-    source = patchworks.open_image(args.input, component=args.component, level=args.level, channel=args.channel)
+    source = patchworks.open_image(args.input, component=args.component, level=args.level, channel=args.channel,
+                                   storage_options=args.storage_options)
     axes = getattr(source, "axes", None) or ""
     if _method_name(args) in (*_BUILTIN_METHODS, *_SEGMENTERS) and "c" in axes:
         # the built-in methods threshold a single-channel image; say so before any work
@@ -252,7 +317,7 @@ def cmd_label(args) -> int:
             max_workers=args.max_workers, stage_dir=args.stage_dir, keep_stage=args.keep_stage,
             dry_run=args.dry_run, skip_empty=args.skip_empty, **_table_kwargs(args),
             output_format=args.format, pyramid_levels=args.pyramid_levels, voxel_size=voxel_size,
-            labels_into=args.into, name=args.name)
+            labels_into=args.into, name=args.name, storage_options=args.storage_options)
         elapsed = time.perf_counter() - start
     finally:
         if client is not None:
@@ -283,23 +348,23 @@ def _print_table_location(args) -> None:
         print(f"table:   patchworks.read_table({where!r})")
 
 
-def _print_table_info(path) -> None:
+def _print_table_info(path, storage_options=None) -> None:
     """The object table's size and columns, for ``patchworks info`` (nothing when there is none)."""
     from pathlib import Path
 
-    if not Path(path).is_dir():
-        return
-    import zarr
+    from patchworks.io._table_store import _find_table, _open_group, table_columns_of
+    from patchworks.io._urls import is_remote
 
-    from patchworks.io._table_store import _find_table, table_columns_of
+    if not is_remote(path) and not Path(path).is_dir():
+        return
     try:
-        where = _find_table(Path(path))
+        where = _find_table(path, storage_options)
     except FileNotFoundError:
         return
-    record = dict(zarr.open_group(str(where), mode="r").attrs).get("patchworks") or {}
+    record = dict(_open_group(where, storage_options).attrs).get("patchworks") or {}
     print(f"{'table:':<9}{where} ({record.get('n_objects', '?')} objects"
           f"{'' if record.get('complete', True) else ', incomplete'})")
-    print(f"{'columns:':<9}{', '.join(table_columns_of(where))}")
+    print(f"{'columns:':<9}{', '.join(table_columns_of(where, storage_options))}")
 
 
 def cmd_measure(args) -> int:
@@ -314,7 +379,8 @@ def cmd_measure(args) -> int:
         table = patchworks.measure(args.labels, args.image, tile_shape=args.tile, voxel_size=args.voxel_size,
                                    component=args.component, level=args.level,
                                    image_component=args.image_component, channel_axis=args.channel_axis,
-                                   client=client, progress=args.progress, out=args.out)
+                                   client=client, progress=args.progress, out=args.out,
+                                   storage_options=args.storage_options)
     finally:
         if client is not None:
             client.close()
@@ -353,7 +419,7 @@ def _add_table_commands(sub) -> None:
                        description="One row per object: voxel count, centroid, bounding box, border contact, "
                                    "and with --image the intensity mean / std / min / max per channel; equal "
                                    "to scikit-image's regionprops_table on the whole image, computed tile by tile.")
-    p.add_argument("labels", metavar="LABELS", help="label image: zarr / OME-Zarr, TIFF, HDF5 or .npy")
+    p.add_argument("labels", metavar="LABELS", help="label image: zarr / OME-Zarr, TIFF, HDF5 or .npy (a path or a URL)")
     p.add_argument("--image", metavar="IMAGE", help="intensity image of the same spatial shape")
     p.add_argument("--image-component", metavar="NAME", help="array inside IMAGE's zarr group / HDF5 file")
     p.add_argument("--out", metavar="FILE", help="write the table: .csv, .tsv, .parquet or .zarr")
@@ -365,6 +431,7 @@ def _add_table_commands(sub) -> None:
     p.add_argument("--scheduler", metavar="ADDRESS", help="dask.distributed scheduler address")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     _add_source_options(p)
+    _add_storage_options(p)
     p.set_defaults(run=cmd_measure)
 
     p = sub.add_parser("view", help="open napari with an image and its label images",
@@ -377,14 +444,15 @@ def _add_table_commands(sub) -> None:
     p.set_defaults(run=cmd_view)
 
 
-def _label_levels(path):
+def _label_levels(path, storage_options=None):
     """``[(path, shape, scale)]`` of each level of an OME-Zarr group, or [] when it is not one."""
     import zarr
 
     from patchworks.io._ngff import parse_multiscales
+    from patchworks.io._urls import zarr_store
 
     try:
-        group = zarr.open_group(store=str(path), mode="r")
+        group = zarr.open_group(store=zarr_store(path, storage_options, read_only=True), mode="r")
     except Exception:
         return []
     ms = parse_multiscales(group.attrs)
@@ -393,16 +461,18 @@ def _label_levels(path):
     return [(p, tuple(group[p].shape), None if ms.scales is None else ms.scales[k]) for k, p in enumerate(ms.paths)]
 
 
-def _patchworks_attrs(path, component):
+def _patchworks_attrs(path, component, storage_options=None):
     """The ``patchworks`` attributes of a zarr array (written by ``tile_process``), or None."""
     from pathlib import Path
 
     import zarr
 
-    if not Path(path).is_dir():
+    from patchworks.io._urls import is_remote, zarr_store
+
+    if not is_remote(path) and not Path(path).is_dir():
         return None
     try:  # a label image (group) or a plain array
-        node = zarr.open(store=str(path), mode="r", path=component or "")
+        node = zarr.open(store=zarr_store(path, storage_options, read_only=True), mode="r", path=component or "")
     except Exception:  # not zarr at all: nothing to show
         return None
     attrs = node.attrs.get("patchworks")
@@ -412,7 +482,8 @@ def _patchworks_attrs(path, component):
 def cmd_info(args) -> int:
     import patchworks
 
-    source = patchworks.open_image(args.path, component=args.component, level=args.level)
+    so = args.storage_options
+    source = patchworks.open_image(args.path, component=args.component, level=args.level, storage_options=so)
     rows = [("path", args.path), ("shape", source.shape), ("dtype", source.dtype),
             ("chunks", getattr(source, "chunks", None))]
     axes = getattr(source, "axes", None)
@@ -424,12 +495,12 @@ def cmd_info(args) -> int:
         rows.append(("voxel", " x ".join(f"{v:g}" + (f" {u}" if u else "") for v, u in zip(voxel, units))))
     for key, value in rows:
         print(f"{key + ':':<9}{value}")
-    levels = _label_levels(os.path.join(args.path, args.component) if args.component else args.path)
+    levels = _label_levels(_join(args.path, args.component), so)
     if levels:
         print(f"{'levels:':<9}{len(levels)}")
         for path, shape, scale in levels:
             print(f"  {path}: shape {shape}" + (f", scale {tuple(scale)}" if scale is not None else ""))
-    attrs = _patchworks_attrs(args.path, args.component)
+    attrs = _patchworks_attrs(args.path, args.component, so)
     recorded = attrs.get("n_objects") if attrs and attrs.get("complete") else None
     if recorded is not None:
         print(f"{'objects:':<9}{recorded}")
@@ -437,7 +508,7 @@ def cmd_info(args) -> int:
         from patchworks.labels._count import count_labels
 
         print(f"{'objects:':<9}{count_labels(source)}")
-    _print_table_info(os.path.join(args.path, args.component) if args.component else args.path)
+    _print_table_info(_join(args.path, args.component), so)
     if attrs:
         print("patchworks attributes:")
         for key, value in attrs.items():
@@ -449,12 +520,21 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _join(path, component):
+    """``path/component`` for a path or a URL (``component`` may be None)."""
+    if not component:
+        return path
+    from patchworks.io._urls import join
+
+    return str(join(path, component))
+
+
 def cmd_seams(args) -> int:
     import patchworks
 
     try:
         report = patchworks.seam_report(args.path, tile_shape=args.tile, component=args.component,
-                                        tolerance=args.tolerance)
+                                        tolerance=args.tolerance, storage_options=args.storage_options)
     except ValueError as exc:
         raise CLIError(str(exc).replace("pass tile_shape=", "pass --tile")) from None
     if args.json:
@@ -495,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Threshold INPUT and label its connected components tile by tile; the result in OUTPUT "
                     "(an OME-NGFF label image with a pyramid) is the same partition as labelling the whole image "
                     "at once. With --into IMAGE --name NAME the labels go into IMAGE/labels/NAME instead.")
-    p.add_argument("input", metavar="INPUT", help="zarr / OME-Zarr store, TIFF, HDF5 or .npy")
+    p.add_argument("input", metavar="INPUT", help="zarr / OME-Zarr store, TIFF, HDF5 or .npy: a path or a URL (s3://, gs://, az://, http(s)://)")
     p.add_argument("output", metavar="OUTPUT", nargs="?", help="label image to write, e.g. cells.ome.zarr "
                    "(omit with --into)")
     p.add_argument("--into", metavar="IMAGE", help="write the labels into this OME-Zarr image, as IMAGE/labels/NAME "
@@ -558,6 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zarr-format", type=int, choices=(3, 2), default=None,
                    help="output zarr format: 3 (NGFF 0.5, default) or 2 (NGFF 0.4); with --into, the image's")
     p.add_argument("--no-table", action="store_true", help="do not measure the objects (no table in OUTPUT)")
+    _add_storage_options(p)
     p.set_defaults(run=cmd_label)
 
     p = sub.add_parser("info", help="describe an image or label store",
@@ -566,6 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH")
     _add_source_options(p)
     p.add_argument("--no-count", action="store_true", help="skip counting labels (it reads the whole image)")
+    _add_storage_options(p)
     p.set_defaults(run=cmd_info)
 
     p = sub.add_parser("seams", help="check stitching quality of a label image without ground truth",
@@ -582,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flag an axis whose seam / control change ratio leaves [1/F, F], or whose "
                         "object-end ratio exceeds F (default 2)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (SeamReport.to_dict())")
+    _add_storage_options(p)
     p.set_defaults(run=cmd_seams)
 
     _add_table_commands(sub)

@@ -5,11 +5,55 @@ Both are started by the tests themselves and listen on loopback only.
 
 from __future__ import annotations
 
+import collections
 import functools
 import http.server
 import threading
 import uuid
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs
+
+
+class RequestCounter:
+    """Requests a server answered, by kind: ``read`` (GET of an object), ``head``, ``list``, ``write``.
+
+    Counted on the server side, so the client under test is not touched.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counts: collections.Counter = collections.Counter()
+
+    def add(self, kind: str) -> None:
+        with self._lock:
+            self.counts[kind] += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.counts.clear()
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self.counts)
+
+
+def _s3_kind(environ) -> str:
+    method = environ.get("REQUEST_METHOD", "GET")
+    if method in ("PUT", "POST", "DELETE"):
+        return "write"
+    if method == "HEAD":
+        return "head"
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    key = environ.get("PATH_INFO", "/").strip("/").partition("/")[2]
+    return "list" if "list-type" in query or "prefix" in query or not key else "read"
+
+
+def _counting(app, counter: RequestCounter):
+    """A WSGI middleware around moto's app that counts every request by kind."""
+    def wrapped(environ, start_response):
+        counter.add(_s3_kind(environ))
+        return app(environ, start_response)
+    return wrapped
 
 
 @dataclass
@@ -21,6 +65,7 @@ class S3Server:
     secret: str = "testing"
     region: str = "us-west-2"  # not us-east-1: s3fs sends it as a LocationConstraint, which S3 refuses for us-east-1
     _server: object = field(default=None, repr=False)
+    requests: RequestCounter = field(default_factory=RequestCounter, repr=False)
 
     @property
     def storage_options(self) -> dict:
@@ -52,12 +97,23 @@ def start_s3() -> S3Server:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    return S3Server(endpoint=f"http://{host}:{port}", _server=server)
+    s3 = S3Server(endpoint=f"http://{host}:{port}", _server=server)
+    # werkzeug's handler looks the app up on its server at each request: wrap it to count them
+    server._server.app = _counting(server._server.app, s3.requests)
+    return s3
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):  # keep the test output clean
         pass
+
+    def do_GET(self):
+        self.server.requests.add("read")
+        super().do_GET()
+
+    def do_HEAD(self):
+        self.server.requests.add("head")
+        super().do_HEAD()
 
 
 @dataclass
@@ -68,6 +124,10 @@ class HTTPServer:
     url: str
     _server: object = field(default=None, repr=False)
 
+    @property
+    def requests(self) -> RequestCounter:
+        return self._server.requests
+
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
@@ -76,6 +136,7 @@ class HTTPServer:
 def start_http(root) -> HTTPServer:
     handler = functools.partial(_QuietHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.requests = RequestCounter()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     host, port = server.server_address[:2]
     return HTTPServer(root=str(root), url=f"http://{host}:{port}", _server=server)

@@ -80,3 +80,20 @@ def http_root(tmp_path):
         yield root, server.url
     finally:
         server.stop()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """The server object of ``http_root`` (``.url``, ``.root_path``, ``.requests`` counted by kind)."""
+    from pathlib import Path
+
+    from _servers import start_http
+
+    root = tmp_path / "www-counted"
+    root.mkdir()
+    server = start_http(root)
+    server.root_path = Path(root)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -102,7 +102,7 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
              out_dtype="float32", finalize=None, write_to=None, compute=False, overwrite=False,
              progress=None, client=None, component=None, level=0, channel=None, channel_axis=None,
              axes=None, output_component=None, zarr_format=3, scratch_dir=None, memory_budget=None,
-             patch_size=None, edge=None, pad_mode="constant", batch_size=None):
+             patch_size=None, edge=None, pad_mode="constant", batch_size=None, storage_options=None):
     """Run ``fn`` on every window of ``image`` and blend its dense outputs into one map.
 
     ``fn`` receives each window (a tile's core plus ``overlap`` voxels per
@@ -170,8 +170,8 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
         tqdm progress bar; default only on a terminal.
     client : distributed.Client or False, optional
         Cluster to run on; default the active client, else threads.
-    component, level, channel, channel_axis, axes, output_component, zarr_format, scratch_dir :
-        As for :func:`patchworks.tile_process`.
+    component, level, channel, channel_axis, axes, output_component, zarr_format, scratch_dir, storage_options :
+        As for :func:`patchworks.tile_process` (``image`` may be a URL).
     memory_budget : int, optional
         Bytes the float32 accumulators of blocks still waiting for windows
         may hold (on threads). Beyond it, those needed last are spilled to
@@ -246,7 +246,8 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
         raise ValueError(f"tile_shape={tile_shape!r} and patch_size={patch_size!r} were both given; give the "
                          f"core size (tile_shape, with overlap per side) or the window size (patch_size)")
 
-    source = open_image(_as_input(image), component=component, level=level, channel=channel)
+    source = open_image(_as_input(image), component=component, level=level, channel=channel,
+                        storage_options=storage_options)
     if axes is None and isinstance(source, LazySource):
         axes = source.axes
     spatial = TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes).spatial_axes

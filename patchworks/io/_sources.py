@@ -19,7 +19,9 @@ import zarr
 from zarr.storage import LocalStore
 
 from patchworks.io._ngff import parse_multiscales
-from ._npy import load_npy
+from ._npy import RemoteNpy, load_npy
+from ._urls import (explain_remote_error, filesystem, hides_connection_error, is_remote, local_path, protocol_of,
+                    read_options, zarr_store)
 
 __all__ = ["LazySource", "create_output", "open_image", "same_location"]
 
@@ -70,14 +72,15 @@ def _axes_from_tifffile(axes: str) -> str:
     return axes.lower()
 
 
-def open_image(source, *, component=None, level=0, channel=None, name="image"):
+def open_image(source, *, component=None, level=0, channel=None, name="image", storage_options=None):
     """Open an image for lazy, window-by-window reading; never writes to it.
 
     Parameters
     ----------
     source : str, os.PathLike, numpy.ndarray, dask.array.Array, zarr.Array or h5py.Dataset
-        A path to a zarr / OME-Zarr store, a TIFF / OME-TIFF, an HDF5 or a ``.npy``
-        file, or an array object.
+        A path or URL (``s3://``, ``gs://``, ``az://``, ``http(s)://``,
+        ``file://``) to a zarr / OME-Zarr store, a TIFF / OME-TIFF, an HDF5
+        or a ``.npy`` file, or an array object.
     component : str, optional
         Array inside a zarr group or dataset inside an HDF5 file, e.g. ``"a/b"``.
     level : int
@@ -86,11 +89,26 @@ def open_image(source, *, component=None, level=0, channel=None, name="image"):
         Pick one index along the ``c`` axis and drop that axis.
     name : str
         Parameter name used in error messages.
+    storage_options : dict, optional
+        Passed to the fsspec backend of a URL (credentials, endpoint, ...);
+        without it the backend's own defaults and environment variables
+        apply (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...). It travels
+        with the source to worker processes.
 
     Returns
     -------
     numpy.ndarray, dask.array.Array or LazySource
         Arrays are returned unchanged; everything else becomes a :class:`LazySource`.
+
+    Raises
+    ------
+    FileNotFoundError, PermissionError, ConnectionError
+        A URL whose object is missing, whose credentials are refused or whose
+        endpoint cannot be reached, naming the URL; raised here, before any
+        tile runs.
+    ImportError
+        A URL whose fsspec backend is not installed, naming the extra
+        (``patchworks[s3]``, ``[gcs]``, ``[azure]``, ``[http]``).
     """
     if isinstance(source, np.ndarray) or _is_dask(source):
         if component is not None or level != 0 or channel is not None:
@@ -105,10 +123,13 @@ def open_image(source, *, component=None, level=0, channel=None, name="image"):
         return source
     if isinstance(source, zarr.Array):
         store = source.store
+        comp = "/".join(p for p in (source.path, component) if p) or None
         if isinstance(store, LocalStore):  # reopen by path: pickles cheaply, read-only
-            root = str(store.root)
-            comp = "/".join(p for p in (source.path, component) if p) or None
-            return LazySource(root, kind="zarr", component=comp, level=level, channel=channel, name=name)
+            return LazySource(str(store.root), kind="zarr", component=comp, level=level, channel=channel, name=name)
+        url = _fsspec_store_url(store)
+        if url is not None:  # reopen by URL and the filesystem's own options
+            return LazySource(url, kind="zarr", component=comp, level=level, channel=channel, name=name,
+                              storage_options=dict(store.fs.storage_options))
         if component is not None:
             raise ValueError(f"{name}: component= cannot be used with a zarr.Array; pass the group or store path")
         return LazySource(None, kind="zarr-array", level=level, channel=channel, name=name, _array=source)
@@ -118,6 +139,11 @@ def open_image(source, *, component=None, level=0, channel=None, name="image"):
         return LazySource(source.file.filename, kind="hdf5", component=source.name, level=level, channel=channel, name=name)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"{name}: got {type(source).__module__}.{type(source).__qualname__}; expected {_ACCEPTED}")
+    if is_remote(source):
+        return _open_url(source, component=component, level=level, channel=channel, name=name,
+                         storage_options=storage_options)
+    if protocol_of(source) is not None:  # file://
+        source = str(local_path(source))
 
     path = Path(os.fspath(source)).expanduser()
     if not path.exists():
@@ -143,11 +169,72 @@ def open_image(source, *, component=None, level=0, channel=None, name="image"):
     return LazySource(str(path.resolve()), kind=kind, component=component, level=level, channel=channel, name=name)
 
 
-class LazySource:
-    """Picklable, read-only, window-by-window view of an image on disk.
+def _kind_of(name_lower: str) -> str | None:
+    if name_lower.endswith(_TIFF_SUFFIXES):
+        return "tiff"
+    if name_lower.endswith(_HDF5_SUFFIXES):
+        return "hdf5"
+    if name_lower.endswith(".npy"):
+        return "npy"
+    return None
 
-    Create it with :func:`open_image`. Only the location (path, component, level,
-    channel, kind) is pickled; the file is reopened lazily in each process.
+
+def _open_url(url, *, component, level, channel, name, storage_options):
+    """A LazySource for a remote URL, after one cheap look that it exists and can be read."""
+    fs, path = filesystem(url, read_options(url, storage_options), parameter=name)
+    path = path.rstrip("/")
+    kind, zarr_format = _kind_of(path.lower()), None
+    try:
+        if kind is not None:
+            fs.info(path)  # missing, refused or unreachable: said here, before any tile runs
+        else:
+            zarr_format = _remote_zarr_meta(fs, path, url)
+            kind = "zarr" if zarr_format else None
+    except Exception as exc:
+        err = explain_remote_error(url, exc, storage_options, parameter=name)
+        if err is None:
+            raise
+        raise err from exc
+    if kind is None:
+        suffix = os.path.splitext(path)[1]
+        if path.lower().endswith(".zarr"):
+            raise FileNotFoundError(f"{name}={url!r}: no zarr store there (no zarr.json, .zarray or .zgroup); "
+                                    "check the URL (zarr stores are the prefix that holds zarr.json)")
+        raise _unknown_format(name, url, suffix)
+    return LazySource(url, kind=kind, component=component, level=level, channel=channel, name=name,
+                      storage_options=storage_options, _zarr_format=zarr_format)
+
+
+def _remote_zarr_meta(fs, path, url) -> int | None:
+    """The zarr format of the metadata at ``path`` (None if none); a missing bucket raises FileNotFoundError."""
+    for meta, fmt in (("zarr.json", 3), (".zgroup", 2), (".zarray", 2)):
+        try:
+            fs.info(f"{path}/{meta}")
+            return fmt
+        except FileNotFoundError as exc:
+            if hides_connection_error(exc):
+                raise
+            continue
+    root = path.split("/", 1)[0]
+    if protocol_of(url) not in ("http", "https") and not fs.exists(root):
+        raise FileNotFoundError(f"bucket or container {root!r} does not exist")
+    return None
+
+
+def _fsspec_store_url(store) -> str | None:
+    from zarr.storage import FsspecStore
+
+    if not isinstance(store, FsspecStore):
+        return None
+    return store.fs.unstrip_protocol(store.path)
+
+
+class LazySource:
+    """Picklable, read-only, window-by-window view of an image on disk or behind a URL.
+
+    Create it with :func:`open_image`. Only the location (path or URL,
+    ``storage_options``, component, level, channel, kind) is pickled; the
+    file is reopened lazily in each process.
 
     Attributes
     ----------
@@ -170,8 +257,14 @@ class LazySource:
         Human-readable location for messages.
     """
 
-    def __init__(self, path, *, kind, component=None, level=0, channel=None, name="image", _array=None):
+    def __init__(self, path, *, kind, component=None, level=0, channel=None, name="image", _array=None,
+                 storage_options=None, _zarr_format=None):
         self.path = path
+        # a format known beforehand spares zarr's guessing: it tries both formats' metadata keys, a
+        # request each (8 GETs to open an OME-Zarr and its level over HTTP, 3 with the format known)
+        self._zarr_format = _zarr_format
+        self.storage_options = dict(storage_options) if storage_options else None
+        self.remote = is_remote(path)
         self.kind = kind
         self.component = component
         self.level = level
@@ -224,12 +317,30 @@ class LazySource:
     # -- per-kind resolution (runs once, in the process that calls open_image) --------
 
     def _could_not_read(self, name, exc):
+        if self.remote:
+            err = explain_remote_error(self.path, exc, self.storage_options, parameter=name)
+            if err is not None:
+                return err
         return ValueError(f"could not read {name}={self.path!r}: {type(exc).__name__}: {exc}")
 
+    def _zarr_store(self):
+        if self.remote:
+            return zarr_store(self.path, self.storage_options, read_only=True)
+        return LocalStore(self.path, read_only=True)
+
+    def _open_file(self):
+        """A path for a local file; a seekable file object for a URL (read in ranges, never whole)."""
+        if not self.remote:
+            return self.path
+        fs, path = filesystem(self.path, read_options(self.path, self.storage_options))
+        # small blocks: a window of a tiled TIFF / HDF5 reads scattered ranges, not the whole object
+        return fs.open(path, "rb", block_size=1 << 21, cache_type="readahead")
+
     def _resolve_zarr(self, name):
-        store = LocalStore(self.path, read_only=True)
+        store = self._zarr_store()
         try:
-            node = zarr.open(store=store, mode="r", path=self.component or "")
+            node = zarr.open(store=store, mode="r", path=self.component or "",
+                             zarr_format=self._zarr_format)
         except (FileNotFoundError, KeyError) as exc:
             if self.component is None:
                 raise self._could_not_read(name, exc) from exc
@@ -273,6 +384,7 @@ class LazySource:
         if axes is None:
             axes = _zarr_dimension_axes(node)
         self._handle = node
+        self._zarr_format = node.metadata.zarr_format  # a worker's reopen reads one metadata key
         desc = f"zarr v{node.metadata.zarr_format} array {self.path}"
         desc += f"[{self._array_path}]" if self._array_path else ""
         desc += f" (level {self.level})" if self.level else ""
@@ -290,7 +402,7 @@ class LazySource:
         self._check_no_component(name)
         tif = None
         try:
-            tif = tifffile.TiffFile(self.path)
+            tif = tifffile.TiffFile(self._open_file())
             levels = tif.series[0].levels
         except Exception as exc:
             if tif is not None:
@@ -319,7 +431,7 @@ class LazySource:
     def _resolve_hdf5(self, name):
         h5py = _import_h5py()
         try:
-            f = h5py.File(self.path, "r")
+            f = h5py.File(self._open_file(), "r")
         except Exception as exc:
             raise self._could_not_read(name, exc) from exc
         if self.component is None:
@@ -345,10 +457,11 @@ class LazySource:
         self._check_no_component(name)
         self._check_level0(name, self.path)
         try:
-            mm = load_npy(self.path, mmap_mode="r")
+            mm = RemoteNpy(*filesystem(self.path, read_options(self.path, self.storage_options))) if self.remote else \
+                load_npy(self.path, mmap_mode="r")
         except Exception as exc:
             raise self._could_not_read(name, exc) from exc
-        if not isinstance(mm, np.ndarray):
+        if not isinstance(mm, (np.ndarray, RemoteNpy)):
             raise ValueError(f"could not read {name}={self.path!r}: not a single .npy array")
         self._handle = mm
         return mm.shape, mm.dtype, None, None, f"npy file {self.path}"
@@ -374,18 +487,21 @@ class LazySource:
 
     def _reopen(self):
         if self.kind == "zarr":
-            return zarr.open_array(store=LocalStore(self.path, read_only=True), mode="r", path=self._array_path)
+            return zarr.open_array(store=self._zarr_store(), mode="r", path=self._array_path,
+                                   zarr_format=self._zarr_format)
         if self.kind == "zarr-array":
             return self._array
         if self.kind == "tiff":
             import tifffile
 
-            tif = tifffile.TiffFile(self.path)
+            tif = tifffile.TiffFile(self._open_file())
             return (tif, self._open_tiff(tif))
         if self.kind == "hdf5":
-            f = _import_h5py().File(self.path, "r")
+            f = _import_h5py().File(self._open_file(), "r")
             return (f, f[self.component])
         if self.kind == "npy":
+            if self.remote:
+                return RemoteNpy(*filesystem(self.path, read_options(self.path, self.storage_options)))
             return load_npy(self.path, mmap_mode="r")
         raise AssertionError(self.kind)
 
@@ -396,6 +512,7 @@ class LazySource:
         return state
 
     def __setstate__(self, state):
+        state.setdefault("_zarr_format", None)
         self.__dict__.update(state)
         self._lock = threading.RLock()
 
@@ -424,7 +541,9 @@ class LazySource:
                 return np.asarray(h[1][key])
         if self.kind == "tiff":
             return np.asarray(h[1][key])
-        return np.array(h[key], copy=True) if self.kind == "npy" else np.asarray(h[key])
+        if self.kind == "npy" and not self.remote:
+            return np.array(h[key], copy=True)  # not a view of the memory map
+        return np.asarray(h[key])
 
     def __repr__(self):
         return f"LazySource({self.description}, shape={self.shape}, dtype={self.dtype}, axes={self.axes!r})"
@@ -593,12 +712,21 @@ def create_output(
     )
 
 
-def _location(obj) -> Path | None:
-    """Resolved on-disk location of a user-given source / target, or None if in memory."""
+def _url_key(url: str, *parts) -> str:
+    """A URL in one spelling (scheme lowercased, no trailing or doubled slashes) for comparisons."""
+    protocol, _, rest = url.partition("://")
+    segments = [p for part in (rest, *parts) for p in str(part).split("/") if p]
+    return f"{protocol.lower()}://" + "/".join(segments)
+
+
+def _location(obj) -> Path | str | None:
+    """Resolved location of a user-given source / target (a Path, or a URL key), or None if in memory."""
     if isinstance(obj, LazySource):
         if obj.path is None:
             return _location(obj._array)
         comp = getattr(obj, "_array_path", None) if obj.kind == "zarr" else None
+        if obj.remote:
+            return _url_key(obj.path, comp or "")
         return Path(obj.path).resolve() / comp if comp else Path(obj.path).resolve()
     if isinstance(obj, np.memmap):
         return Path(obj.filename).resolve() if obj.filename else None
@@ -606,11 +734,14 @@ def _location(obj) -> Path | None:
         if isinstance(obj.store, LocalStore):
             root = Path(obj.store.root).resolve()
             return root / obj.path if obj.path else root
-        return None
+        url = _fsspec_store_url(obj.store)
+        return None if url is None else _url_key(url, obj.path)
     if _is_h5py_dataset(obj):
         return Path(obj.file.filename).resolve()
     if isinstance(obj, (str, os.PathLike)):
-        return Path(os.fspath(obj)).expanduser().resolve()
+        if is_remote(obj):
+            return _url_key(obj)
+        return local_path(obj).expanduser().resolve()
     return None
 
 
@@ -622,6 +753,8 @@ def same_location(a, b) -> bool:
     different arrays of one store do not. In-memory arrays are never the same location.
     """
     la, lb = _location(a), _location(b)
-    if la is None or lb is None:
+    if la is None or lb is None or type(la) is not type(lb):  # a URL is never a local path
         return False
+    if isinstance(la, str):
+        return la == lb or lb.startswith(la + "/") or la.startswith(lb + "/")
     return la == lb or la in lb.parents or lb in la.parents

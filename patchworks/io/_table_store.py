@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import shutil
 from pathlib import Path
 
 import numpy as np
 import zarr
+
+from ._urls import READ_ONLY_PROTOCOLS, filesystem, is_remote, join, protocol_of, zarr_store
 
 __all__ = ["TableWriter", "labels_stamp", "read_table", "table_location", "write_table_file"]
 
@@ -70,23 +73,103 @@ def _chunk_digest(array_dir: Path) -> str | None:
     return hashlib.sha1("\n".join(entries).encode()).hexdigest()
 
 
-def labels_stamp(labels_path) -> dict:
+def _remote_chunks(url, storage_options) -> tuple[list[str], list[str]]:
+    """``(name:size:etag, name:size)`` of every chunk object of a remote array, one listing for all."""
+    fs, root = filesystem(url, storage_options)
+    root = root.rstrip("/")
+    children = set()  # child nodes (their own zarr.json / .zarray) are not chunks
+    found = fs.find(root, detail=True)
+    for name in found:
+        rel = name[len(root) + 1:]
+        head, _, tail = rel.rpartition("/")
+        if head and tail in ("zarr.json", ".zarray", ".zgroup"):
+            children.add(head + "/")
+    full, sizes = [], []
+    for name, info in found.items():
+        rel = name[len(root) + 1:]
+        tail = rel.rpartition("/")[2]
+        if tail in _META_FILES or tail.endswith(".part") or rel.startswith(".patchworks") \
+                or any(rel.startswith(c) for c in children):
+            continue
+        size = info.get("size")
+        tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("mtime") or ""
+        full.append(f"{rel}:{size}:{str(tag).strip(chr(34))}")
+        sizes.append(f"{rel}:{size}")
+    return sorted(full), sorted(sizes)
+
+
+def _sizes_digest(array_dir: Path) -> str | None:
+    """Digest of the names and sizes of an array's chunk files (comparable across stores, unlike mtimes)."""
+    if not array_dir.is_dir():
+        return None
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(array_dir):
+        dirnames[:] = [d for d in dirnames
+                       if not _is_node(Path(dirpath) / d) and not d.startswith(".patchworks")]
+        for f in filenames:
+            if f not in _META_FILES and not f.endswith(".part"):
+                p = os.path.join(dirpath, f)
+                entries.append(f"{os.path.relpath(p, array_dir)}:{os.path.getsize(p)}")
+    entries.sort()
+    return hashlib.sha1("\n".join(entries).encode()).hexdigest()
+
+
+def labels_stamp(labels_path, storage_options: dict | None = None) -> dict:
     """What makes a table stale: the labels' run fingerprint, level-0 metadata and chunk files.
 
-    ``labels_path`` is a zarr array directory (level 0 of a label image).
-    Any rewrite of a chunk (a new run, an edit in a viewer) changes the
-    chunk digest; a different run also changes the fingerprint.
+    ``labels_path`` is a zarr array directory or URL (level 0 of a label
+    image). Any rewrite of a chunk (a new run, an edit in a viewer) changes
+    the chunk digest (of names, sizes and modification times locally, of
+    names, sizes and ETags in an object store); a different run also changes
+    the fingerprint. ``chunk_sizes`` (names and sizes only) lets a table
+    whose label image was copied to another store be checked there.
     """
-    path = Path(os.fspath(labels_path))
-    arr = zarr.open_array(str(path), mode="r")
+    remote = is_remote(labels_path)
+    if remote:
+        arr = zarr.open_array(store=zarr_store(labels_path, storage_options, read_only=True), mode="r")
+        parent = str(labels_path).rstrip("/").rpartition("/")[0]
+        parent_store = lambda: zarr_store(parent, storage_options, read_only=True)  # noqa: E731
+    else:
+        path = Path(os.fspath(labels_path))
+        arr = zarr.open_array(str(path), mode="r")
+        parent_store = lambda: str(path.parent)  # noqa: E731
     record = dict(arr.attrs).get("patchworks") or {}
     if not record.get("fingerprint"):  # an NGFF label image keeps the run record on its group
         try:
-            record = dict(zarr.open_group(str(path.parent), mode="r").attrs).get("patchworks") or {}
+            record = dict(zarr.open_group(store=parent_store(), mode="r").attrs).get("patchworks") or {}
         except Exception:
             record = {}
+    listable = protocol_of(labels_path) not in READ_ONLY_PROTOCOLS
+    if remote and not listable:  # HTTP servers need not list anything: the run record decides
+        digest = sizes_digest = None
+    elif remote:
+        full, sizes = _remote_chunks(labels_path, storage_options)
+        digest = hashlib.sha1("\n".join(full).encode()).hexdigest()
+        sizes_digest = hashlib.sha1("\n".join(sizes).encode()).hexdigest()
+    else:
+        digest, sizes_digest = _chunk_digest(path), _sizes_digest(path)
     return {"fingerprint": record.get("fingerprint"), "shape": list(arr.shape), "dtype": str(arr.dtype),
-            "chunks": list(arr.chunks), "chunk_digest": _chunk_digest(path)}
+            "chunks": list(arr.chunks), "chunk_digest": digest, "chunk_sizes": sizes_digest,
+            "digest_of": "mtime" if not remote else "etag" if listable else "unlisted"}
+
+
+def stamp_matches(recorded: dict, now: dict | None) -> bool:
+    """Whether labels stamped ``now`` are those ``recorded``.
+
+    Stamps taken on the same kind of store compare whole. Across kinds (a
+    label image copied from disk to a bucket, or back) modification times
+    and ETags mean nothing: the chunk names and sizes decide. Over HTTP,
+    which lists nothing, the run fingerprint and the array's metadata do.
+    """
+    if now is None:
+        return False
+    keys = ("fingerprint", "shape", "dtype", "chunks")
+    if now.get("digest_of") == "unlisted":  # over HTTP: no listing to digest, the run's fingerprint decides
+        return all(recorded.get(k) == now.get(k) for k in keys)
+    if recorded.get("digest_of", "mtime") == now.get("digest_of"):
+        return all(recorded.get(k) == now.get(k) for k in recorded)
+    return all(recorded.get(k) == now.get(k) for k in keys) and \
+        recorded.get("chunk_sizes", now.get("chunk_sizes")) == now.get("chunk_sizes")
 
 
 def _array_attrs():
@@ -160,7 +243,38 @@ class TableWriter:
         self.group.attrs["patchworks"] = {**self.record, "complete": True}
 
 
-def _find_table(path: Path) -> Path:
+def _open_group(location, storage_options=None):
+    if is_remote(location):
+        return zarr.open_group(store=zarr_store(location, storage_options, read_only=True), mode="r")
+    return zarr.open_group(str(location), mode="r")
+
+
+def _find_remote_table(url: str, storage_options) -> str:
+    for candidate in (url.rstrip("/"), join(url, "table")):
+        try:
+            attrs = dict(_open_group(candidate, storage_options).attrs)
+        except Exception:
+            continue
+        if attrs.get("encoding-type") == "dataframe":
+            return candidate
+    raise FileNotFoundError(
+        f"path={url!r} holds no object table (looked for a dataframe group there and at {join(url, 'table')!r}); "
+        f"label images written with table=False or by other tools have none: compute one with "
+        f"patchworks.measure(labels, image=...)")
+
+
+def _resolve_against(table: str, rel: str) -> str:
+    """The labels a remote table describes: ``rel`` (``..``, ``../0``) against its URL, or an absolute URL."""
+    if is_remote(rel):
+        return rel
+    protocol, _, rest = table.partition("://")
+    return f"{protocol}://" + posixpath.normpath(posixpath.join(rest, rel))
+
+
+def _find_table(path, storage_options=None):
+    if is_remote(path):
+        return _find_remote_table(str(path), storage_options)
+    path = Path(os.fspath(path))
     for candidate in (path, path / "table"):
         if _is_node(candidate):
             try:
@@ -175,16 +289,20 @@ def _find_table(path: Path) -> Path:
         f"compute one with patchworks.measure(labels, image=...)")
 
 
-def read_table(path, *, check: bool = True):
+def read_table(path, *, check: bool = True, storage_options=None):
     """Read the object table of a label image as a pandas DataFrame indexed by label.
 
     Parameters
     ----------
-    path : path
-        A label image written by patchworks (or its ``table`` group).
+    path : path or URL
+        A label image written by patchworks (or its ``table`` group), on
+        disk or behind a URL (``s3://``, ``http(s)://``, ...).
     check : bool, default True
         Refuse a table whose labels changed since it was written (a new run
-        over them, an edit). ``False`` reads it anyway.
+        over them, an edit). ``False`` reads it anyway. A label image copied
+        to another kind of store is checked by its chunks' names and sizes.
+    storage_options : dict, optional
+        Options of the fsspec backend of a URL (credentials, endpoint).
 
     Returns
     -------
@@ -204,17 +322,25 @@ def read_table(path, *, check: bool = True):
     """
     import pandas as pd
 
-    table = _find_table(Path(os.fspath(path)))
-    group = zarr.open_group(str(table), mode="r")
+    remote = is_remote(path)
+    table = _find_table(path, storage_options)
+    group = _open_group(table, storage_options)
     attrs = dict(group.attrs)
     record = attrs.get("patchworks") or {}
     if record and not record.get("complete"):
         raise ValueError(f"the table at {str(table)!r} is incomplete (its run was interrupted); re-run the call "
                          f"that wrote it to resume, or compute it again with patchworks.measure")
     if check and record.get("stamp") is not None and record.get("labels") is not None:
-        labels = (table / record["labels"]).resolve()
-        now = labels_stamp(labels) if labels.exists() else None
-        if now != record["stamp"]:
+        if remote or is_remote(record["labels"]):  # a table of remote labels keeps their URL
+            labels = _resolve_against(str(table), record["labels"])
+            try:
+                now = labels_stamp(labels, storage_options=storage_options)
+            except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
+                now = None
+        else:
+            labels = (table / record["labels"]).resolve()
+            now = labels_stamp(labels) if labels.exists() else None
+        if not stamp_matches(record["stamp"], now):
             what = "are gone" if now is None else "changed since the table was written"
             raise ValueError(
                 f"the table at {str(table)!r} is stale: the labels it describes ({str(labels)!r}) {what}; "
@@ -243,9 +369,9 @@ def write_table_file(df, path) -> Path:
     return path
 
 
-def table_columns_of(path) -> list[str]:
+def table_columns_of(path, storage_options=None) -> list[str]:
     """Column names of a stored table (for ``patchworks info``), index first."""
-    group = zarr.open_group(str(_find_table(Path(os.fspath(path)))), mode="r")
+    group = _open_group(_find_table(path, storage_options), storage_options)
     attrs = dict(group.attrs)
     return [attrs.get("_index", "label"), *attrs.get("column-order", [])]
 

@@ -14,11 +14,14 @@ from typing import Any
 
 __all__ = [
     "READ_ONLY_PROTOCOLS",
+    "explain_remote_error",
     "filesystem",
+    "hides_connection_error",
     "is_remote",
     "join",
     "local_path",
     "protocol_of",
+    "read_options",
     "zarr_store",
 ]
 
@@ -86,6 +89,19 @@ def filesystem(location: str, storage_options: dict | None = None, *, parameter:
         raise
 
 
+def read_options(location, storage_options: dict | None = None) -> dict | None:
+    """``storage_options`` for reading ``location``, with defaults that save requests.
+
+    s3fs (>= 2025) sends a HEAD before every whole-object GET to decide
+    whether to fetch it in parallel parts (``max_concurrency`` > 1); zarr
+    chunks are far below its part size, so that HEAD doubled the requests
+    per chunk read. ``max_concurrency=1`` skips it, unless the caller chose.
+    """
+    if protocol_of(location) in ("s3", "s3a") and "max_concurrency" not in (storage_options or {}):
+        return {**(storage_options or {}), "max_concurrency": 1}
+    return storage_options
+
+
 def zarr_store(location, storage_options: dict | None = None, *, read_only: bool, parameter: str = "path"):
     """A zarr v3 store for a path or URL: :class:`~zarr.storage.LocalStore` locally, ``FsspecStore`` remotely."""
     from zarr.storage import FsspecStore, LocalStore
@@ -98,6 +114,8 @@ def zarr_store(location, storage_options: dict | None = None, *, read_only: bool
         raise ValueError(
             f"{parameter}={location!r}: {protocol}:// is read-only; write to a local path or an object store "
             "(s3://, gs://, az://) instead")
+    if read_only:
+        storage_options = read_options(location, storage_options)
     try:
         return FsspecStore.from_url(location, storage_options=storage_options or None, read_only=read_only)
     except ImportError as exc:
@@ -114,3 +132,58 @@ def join(location, *parts: str) -> str | Path:
     if path is not None:
         return path.joinpath(*parts)
     return "/".join([str(location).rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+# exception class names (anywhere in the MRO) that mean "the endpoint could not be reached":
+# botocore's, aiohttp's and the standard library's, matched by name so no backend is imported here
+_CONNECTION_ERRORS = frozenset({
+    "EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ClientConnectorError",
+    "ClientConnectionError", "ServerDisconnectedError", "ServerTimeoutError", "ConnectionError", "TimeoutError",
+})
+
+
+def hides_connection_error(exc: BaseException) -> bool:
+    """True for a FileNotFoundError raised over a refused connection (fsspec's HTTP ``info`` does that)."""
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and bool({cls.__name__ for cls in type(cause).__mro__} & _CONNECTION_ERRORS)
+
+
+def _endpoint(storage_options: dict | None) -> str | None:
+    """The endpoint a URL's requests go to, when ``storage_options`` names one (never the credentials)."""
+    so = storage_options or {}
+    return so.get("endpoint_url") or (so.get("client_kwargs") or {}).get("endpoint_url")
+
+
+def explain_remote_error(location: str, exc: BaseException, storage_options: dict | None = None, *,
+                         parameter: str = "path") -> BaseException | None:
+    """An error naming ``location`` and the fix for what went wrong reaching it; None if ``exc`` is not such a failure.
+
+    Missing objects keep FileNotFoundError, refused access PermissionError and
+    an unreachable endpoint becomes ConnectionError, so callers that catch
+    OSError still do. The message never shows ``storage_options``' values.
+    """
+    protocol = protocol_of(location) or "file"
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if isinstance(exc, FileNotFoundError) and hides_connection_error(exc):
+        exc = exc.__cause__ or exc.__context__
+        names = {cls.__name__ for cls in type(exc).__mro__}
+    where = f"{parameter}={location!r}"
+    endpoint = _endpoint(storage_options)
+    if isinstance(exc, FileNotFoundError):
+        return FileNotFoundError(f"{where}: not found ({exc or 'no such object'}); check the bucket and the key, "
+                                 f"and that the URL is spelled as the store lists it")
+    if isinstance(exc, PermissionError) or "NoCredentialsError" in names or "InvalidAccessKeyId" in str(exc):
+        creds = {"s3": "storage_options={'key': ..., 'secret': ...} (or 'profile': ...), or AWS_ACCESS_KEY_ID / "
+                       "AWS_SECRET_ACCESS_KEY / AWS_PROFILE in the environment of the driver and of every worker",
+                 "gs": "storage_options={'token': ...}, or GOOGLE_APPLICATION_CREDENTIALS",
+                 "az": "storage_options={'account_name': ..., 'account_key': ...} (or 'sas_token'), or "
+                       "AZURE_STORAGE_CONNECTION_STRING"}
+        fix = creds.get({"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az"}.get(protocol, protocol),
+                        "storage_options with the credentials the server expects")
+        return PermissionError(f"{where}: access denied ({type(exc).__name__}: {exc}); check the credentials: {fix}")
+    if names & _CONNECTION_ERRORS:
+        at = f" at {endpoint}" if endpoint else ""
+        return ConnectionError(f"{where}: cannot reach the {protocol}:// endpoint{at} ({type(exc).__name__}: {exc}); "
+                               "check the endpoint URL (storage_options={'client_kwargs': {'endpoint_url': ...}} "
+                               "or AWS_ENDPOINT_URL for S3), the network and any proxy")
+    return None

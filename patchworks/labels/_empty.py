@@ -31,7 +31,7 @@ def _window_max(source, grid: TileGrid, i: int, window=None) -> float:
 
 
 def estimate_empty_tiles(image, tile_shape=None, threshold=None, *, overlap=0, component=None, level=0, channel=None,
-                         channel_axis=None, axes=None, client=None, progress=None) -> dict:
+                         channel_axis=None, axes=None, client=None, progress=None, storage_options=None) -> dict:
     """How many tiles of ``image`` hold something above ``threshold``.
 
     A tile counts as empty only when its whole read window (core plus halo)
@@ -42,7 +42,8 @@ def estimate_empty_tiles(image, tile_shape=None, threshold=None, *, overlap=0, c
     Parameters
     ----------
     image : array-like or path
-        Anything :func:`patchworks.open_image` reads.
+        Anything :func:`patchworks.open_image` reads (a URL with
+        ``storage_options``).
     tile_shape, overlap, channel_axis, axes :
         The geometry ``tile_process`` will use (``tile_shape=None``: the
         input's chunks, else ``"auto"``, as there).
@@ -63,7 +64,7 @@ def estimate_empty_tiles(image, tile_shape=None, threshold=None, *, overlap=0, c
     >>> info["n_occupied"], info["empty_fraction"]
     (1, 0.75)
     """
-    source = open_image(image, component=component, level=level, channel=channel)
+    source = open_image(image, component=component, level=level, channel=channel, storage_options=storage_options)
     if axes is None and isinstance(source, LazySource):
         axes = source.axes
     tile_shape = resolve_tile_shape(tile_shape, source, overlap, client, channel_axis=channel_axis, axes=axes)

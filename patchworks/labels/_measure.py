@@ -23,6 +23,7 @@ import numpy as np
 from ..grid import TileGrid, normalize_per_axis
 from ..io._sources import LazySource, open_image
 from ..io._table_store import TableWriter, labels_stamp, write_table_file
+from ..io._urls import join
 from ..run._execute import active_client, graph_tasks, run_tasks, shared
 from ._table import Partials, column_dtypes, reduce_partials, table_columns, tile_partials
 from ._table_merge import spatial_voxel_size
@@ -80,7 +81,7 @@ def _measure_task(job: _MeasureJob, linear_index: int, labels=None, image=None) 
 
 def measure(labels, image=None, *, tile_shape=None, voxel_size=None, component=None, level=0,
             image_component=None, image_level=0, channel=None, channel_axis=None, client=None,
-            progress=None, out=None):
+            progress=None, out=None, storage_options=None):
     """Measure every object of a label array, tile by tile: the table :func:`read_table` returns.
 
     One row per label: ``area`` (voxels), ``centroid-k``, ``bbox-k``
@@ -92,10 +93,10 @@ def measure(labels, image=None, *, tile_shape=None, voxel_size=None, component=N
 
     Parameters
     ----------
-    labels : array-like or path
+    labels : array-like, path or URL
         Integer labels (0 = background): numpy, dask, zarr / OME-Zarr, TIFF,
-        HDF5, ``.npy``.
-    image : array-like or path, optional
+        HDF5, ``.npy``, locally or behind a URL (``s3://``, ``http(s)://``, ...).
+    image : array-like, path or URL, optional
         Intensities of the same spatial shape, optionally with channel axes
         (measured per channel).
     tile_shape : int or tuple, optional
@@ -115,6 +116,9 @@ def measure(labels, image=None, *, tile_shape=None, voxel_size=None, component=N
         Also write the table: ``.csv``, ``.tsv``, ``.parquet`` (needs
         ``pyarrow``), or ``.zarr`` (a table group :func:`read_table` reads,
         refused as stale once the labels change).
+    storage_options : dict, optional
+        Options of the fsspec backend for the URLs among ``labels`` and
+        ``image`` (credentials, endpoint), as for :func:`patchworks.open_image`.
 
     Returns
     -------
@@ -132,9 +136,9 @@ def measure(labels, image=None, *, tile_shape=None, voxel_size=None, component=N
     """
     import pandas as pd
 
-    lab = open_image(labels, component=component, level=level, name="labels")
+    lab = open_image(labels, component=component, level=level, name="labels", storage_options=storage_options)
     img = None if image is None else open_image(image, component=image_component, level=image_level,
-                                                channel=channel, name="image")
+                                                channel=channel, name="image", storage_options=storage_options)
     chunks = getattr(lab, "chunks", None)
     if _is_dask(lab):
         chunks = lab.chunksize
@@ -192,8 +196,11 @@ def _write_out(df, cols, out, labels, lab, vs, units, n_channels):
         write_table_file(df, path)
         return
     stamp = rel = None
-    if isinstance(lab, LazySource) and lab.kind == "zarr" and isinstance(labels, (str, os.PathLike)):
-        level0 = Path(os.fspath(labels)) / getattr(lab, "_array_path", "")
+    if isinstance(lab, LazySource) and lab.kind == "zarr" and lab.remote:  # a URL is kept as it is
+        level0 = join(lab.path, getattr(lab, "_array_path", ""))
+        stamp, rel = labels_stamp(level0, storage_options=lab.storage_options), str(level0)
+    elif isinstance(lab, LazySource) and lab.kind == "zarr" and isinstance(labels, (str, os.PathLike)):
+        level0 = Path(lab.path) / getattr(lab, "_array_path", "")
         stamp, rel = labels_stamp(level0), os.path.relpath(level0.resolve(), path.resolve())
     record = {"labels": rel, "stamp": stamp, "n_objects": len(df), "n_channels": n_channels,
               "voxel_size": None if vs is None else list(vs), "units": None if units is None else list(units)}

@@ -399,7 +399,7 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
                  output_component=None, zarr_format=None, scratch_dir=None, return_count=False, max_workers=None,
                  stage_dir=None, keep_stage=False, dry_run=False, gpus=None, table=None,
                  output_format="ngff", pyramid_levels=None, voxel_size=None, labels_into=None, name=None,
-                 **unknown):
+                 storage_options=None, **unknown):
     """Run ``fn`` on every tile of ``image`` and merge the labels into one consistent array.
 
     ``fn`` receives each tile with its halo (``overlap`` voxels per side, as
@@ -416,7 +416,9 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
     ----------
     image : array-like or path
         numpy or dask array, zarr array or path (v2/v3, OME-Zarr), TIFF,
-        HDF5 or ``.npy``; see :func:`patchworks.open_image`. Never written to.
+        HDF5 or ``.npy``, or a URL to one of them (``s3://``, ``gs://``,
+        ``az://``, ``http(s)://``, ``file://``); see
+        :func:`patchworks.open_image`. Never written to.
     fn : callable
         ``fn(window) -> labels`` with labels of the window's spatial shape.
     tile_shape : None, "auto", int, tuple or dict, default None
@@ -521,6 +523,12 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
         default next to ``write_to`` (a hidden ``.patchworks-*`` directory),
         else the system temp dir. Removed when the run completes, kept after
         a failure so that the run can resume.
+    storage_options : dict, optional
+        Options for the fsspec backend of every URL of the call (credentials,
+        endpoint, ...), e.g. ``{"key": ..., "secret": ..., "client_kwargs":
+        {"endpoint_url": ...}}`` for S3; without it the backend reads its
+        environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``,
+        ...). It travels to the workers with the input.
     return_count : bool, default False
         Also return the number of objects.
     max_workers : int, optional
@@ -573,7 +581,7 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
     if not callable(fn):
         raise TypeError(f"fn={fn!r} is not callable; pass a function tile -> labels, e.g. patchworks.threshold(0.5)")
     scratch_dir = stage_dir_option(scratch_dir, stage_dir)
-    source = open_image(image, component=component, level=level, channel=channel)
+    source = open_image(image, component=component, level=level, channel=channel, storage_options=storage_options)
     if axes is None and isinstance(source, LazySource):
         axes = source.axes
     devices = None
@@ -677,7 +685,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
                       progress=False, client=None, overwrite=False, resume=True, compute=False,
                       zarr_format=None, scratch_dir=None, max_workers=None, stage_dir=None, keep_stage=False,
                       dry_run=False, table=None, output_format="ngff", pyramid_levels=None, voxel_size=None,
-                      labels_into=None, name=None, **unknown):
+                      labels_into=None, name=None, storage_options=None, **unknown):
     """Merge per-tile labels that someone else computed into globally consistent labels.
 
     Each block of ``labeled`` (dask chunks, or the chunks of a zarr array)
@@ -687,7 +695,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
 
     Parameters
     ----------
-    labeled : dask.array.Array, zarr array or path
+    labeled : dask.array.Array, zarr array, path or URL
         Per-tile integer labels (0 = background).
     write_to : path, optional
         Output OME-NGFF label image (as for :func:`tile_process`); default
@@ -713,7 +721,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         block (saves the renumbering; ``stitch="iou"`` numbers blocks itself).
     return_count : bool, default False
         Also return the number of objects.
-    progress, client, overwrite, resume, compute, zarr_format, scratch_dir :
+    progress, client, overwrite, resume, compute, zarr_format, scratch_dir, storage_options :
         As for :func:`tile_process`.
     max_workers, stage_dir, keep_stage, dry_run :
         As for :func:`tile_process` (the plan's window is a block's).
@@ -744,7 +752,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
     if isinstance(labeled, np.ndarray):
         raise TypeError("labeled is a numpy array, which has no tiles; wrap it as "
                         "dask.array.from_array(labels, chunks=tile_shape) or pass a zarr array")
-    source = open_image(labeled, component=input_component, name="labeled")
+    source = open_image(labeled, component=input_component, name="labeled", storage_options=storage_options)
     windows = blocks = None
     if isinstance(source, da.Array):
         # map_overlap(..., trim=False) keeps the core sizes in .chunks while each

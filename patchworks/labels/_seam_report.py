@@ -33,6 +33,7 @@ import numpy as np
 
 from ..grid import TileGrid
 from ..io._sources import open_image
+from ..io._urls import is_remote, local_path, zarr_store
 
 __all__ = ["SeamAxis", "SeamReport", "seam_report"]
 
@@ -199,7 +200,7 @@ class SeamReport:
 
 
 def seam_report(labels, tile_shape=None, *, component=None, tolerance: float = 2.0, min_pairs: int = 32,
-                alpha: float = 1e-3) -> SeamReport:
+                alpha: float = 1e-3, storage_options=None) -> SeamReport:
     """Check a tiled label image for objects cut, fused or cut off at the tile seams.
 
     Per spatial axis, compares across the seam planes and across control
@@ -214,9 +215,9 @@ def seam_report(labels, tile_shape=None, *, component=None, tolerance: float = 2
 
     Parameters
     ----------
-    labels : array-like or path
-        Integer labels (0 = background): numpy, dask, zarr array or path
-        (see :func:`patchworks.open_image`).
+    labels : array-like, path or URL
+        Integer labels (0 = background): numpy, dask, zarr array, path or
+        URL (see :func:`patchworks.open_image`).
     tile_shape : int, tuple or dict, optional
         Tile core shape the labels were made with. Default: the
         ``tile_shape`` that :func:`patchworks.tile_process` records in the
@@ -247,6 +248,9 @@ def seam_report(labels, tile_shape=None, *, component=None, tolerance: float = 2
         changes many neighbouring pairs); for single faces, times the number
         of faces tested. Guards small images; ``alpha=1`` judges on the
         ratio alone.
+    storage_options : dict, optional
+        For a URL ``labels``: options of its fsspec backend (credentials,
+        endpoint), as for :func:`patchworks.open_image`.
 
     Returns
     -------
@@ -264,12 +268,12 @@ def seam_report(labels, tile_shape=None, *, component=None, tolerance: float = 2
     >>> report.ok, [row.verdict for row in report.axes]
     (False, ['cut', 'cut'])
     """
-    source = open_image(labels, component=component, name="labels")
+    source = open_image(labels, component=component, name="labels", storage_options=storage_options)
     dtype = np.dtype(source.dtype)
     if dtype.kind not in "iub":
         raise TypeError(f"labels: dtype {dtype} is not an integer label image; pass the labels, not the image")
     if tile_shape is None:
-        tile_shape = _recorded_tile_shape(labels, component)
+        tile_shape = _recorded_tile_shape(labels, component, storage_options)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 1:
         raise ValueError(f"tolerance={tolerance!r}: use a number > 1, e.g. 2.0 (flag ratios above 2 or below 1/2)")
     if isinstance(min_pairs, bool) or not isinstance(min_pairs, (int, np.integer)) or min_pairs < 1:
@@ -287,16 +291,22 @@ def seam_report(labels, tile_shape=None, *, component=None, tolerance: float = 2
                       worst_tile_p_value=1.0 if worst is None else float(worst[2]))
 
 
-def _recorded_tile_shape(labels, component):
+def _recorded_tile_shape(labels, component, storage_options=None):
     """``tile_shape`` from the ``patchworks`` attributes of a zarr array written by tile_process."""
     import zarr
 
     array = None
     if isinstance(labels, zarr.Array):
         array = labels
-    elif isinstance(labels, (str, os.PathLike)) and os.path.isdir(labels):
+    elif is_remote(labels):
+        try:
+            array = zarr.open(store=zarr_store(labels, storage_options, read_only=True), mode="r",
+                              path=component or "")
+        except Exception:  # not zarr (open_image has already said whether it can be read)
+            array = None
+    elif isinstance(labels, (str, os.PathLike)) and os.path.isdir(local_path(labels)):
         try:  # a plain array, or a label image (group) whose run record holds the tile shape
-            array = zarr.open(store=os.fspath(labels), mode="r", path=component or "")
+            array = zarr.open(store=str(local_path(labels)), mode="r", path=component or "")
         except Exception:  # not zarr: no attributes to read
             array = None
     attrs = array.attrs.get("patchworks") if array is not None else None

@@ -63,11 +63,12 @@ def _check_ndim(ndim) -> int | None:
     return ndim
 
 
-def _open_source(image, *, who: str, ndim, component, level, channel):
+def _open_source(image, *, who: str, ndim, component, level, channel, storage_options=None):
     """Open the image a factory estimates from; return (source, its number of spatial axes)."""
     from ..io._sources import open_image
 
-    source = open_image(image, component=component, level=level, channel=channel, name="image")
+    source = open_image(image, component=component, level=level, channel=channel, name="image",
+                        storage_options=storage_options)
     axes = getattr(source, "axes", None) or ""
     if "c" in axes:
         raise ValueError(f"{who}: image has a channel axis (axes {axes!r}); it segments one channel: "
@@ -218,7 +219,7 @@ def _int_at_least_1(name, value, what):
 def watershed(image=None, *, threshold: float | None = None, diameter: float | None = None,
               min_distance: int | None = None, sigma: float | None = None, compactness: float = 0.0,
               exclude_border: bool | int = False, ndim: int | None = None, n_voxels: int = 1 << 22,
-              component=None, level: int = 0, channel=None) -> Watershed:
+              component=None, level: int = 0, channel=None, storage_options=None) -> Watershed:
     """Tile function splitting touching round objects with a distance-transform watershed.
 
     Foreground is ``window > threshold`` after a Gaussian of ``sigma``. Seeds
@@ -271,8 +272,9 @@ def watershed(image=None, *, threshold: float | None = None, diameter: float | N
         refused. Default: the image's when ``image`` is given, else 2 or 3.
     n_voxels : int
         Size of the sample the estimates are made from.
-    component, level, channel :
-        Which array of ``image`` to read, as in :func:`patchworks.open_image`.
+    component, level, channel, storage_options :
+        Which array of ``image`` to read (and the fsspec options of a URL),
+        as in :func:`patchworks.open_image`.
 
     Returns
     -------
@@ -310,7 +312,7 @@ def watershed(image=None, *, threshold: float | None = None, diameter: float | N
     ndim = _check_ndim(ndim)
     if image is not None:
         source, ndim = _open_source(image, who="watershed", ndim=ndim, component=component, level=level,
-                                    channel=channel)
+                                    channel=channel, storage_options=storage_options)
         blocks = sample_blocks(source, n_voxels=n_voxels)
         if threshold is None:
             threshold = otsu_threshold(np.concatenate([b.ravel() for b in blocks]))
@@ -427,7 +429,8 @@ def _sigmas(name: str, value) -> float | tuple:
 def log_blobs(image=None, *, threshold: float | None = None, min_sigma=1.0, max_sigma=4.0, num_sigma: int = 5,
               method: str = "log", sigma_ratio: float = 1.6, overlap: float = 0.5, radius=None,
               exclude_border: bool | int = False, snr: float = 3.0, ndim: int | None = None,
-              n_voxels: int = 1 << 22, component=None, level: int = 0, channel=None) -> LogBlobs:
+              n_voxels: int = 1 << 22, component=None, level: int = 0, channel=None,
+              storage_options=None) -> LogBlobs:
     """Tile function detecting bright spots (Laplacian or Difference of Gaussians) and labelling each as a ball.
 
     Spots are found with ``skimage.feature.blob_log`` (``method="log"``) or
@@ -479,7 +482,7 @@ def log_blobs(image=None, *, threshold: float | None = None, min_sigma=1.0, max_
     ndim : {2, 3}, optional
         Spatial axes of a window; a window with more (a channel axis) is
         refused. Default: the image's when ``image`` is given, else 2 or 3.
-    n_voxels, component, level, channel :
+    n_voxels, component, level, channel, storage_options :
         Sample size and which array of ``image`` to read, as for :func:`watershed`.
 
     Returns
@@ -529,7 +532,7 @@ def log_blobs(image=None, *, threshold: float | None = None, min_sigma=1.0, max_
     ndim = _check_ndim(ndim)
     if image is not None:
         source, ndim = _open_source(image, who=method, ndim=ndim, component=component, level=level,
-                                    channel=channel)
+                                    channel=channel, storage_options=storage_options)
         if threshold is None:
             blocks = sample_blocks(source, n_voxels=n_voxels)
             noise = noise_sigma(blocks)
