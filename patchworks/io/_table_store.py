@@ -24,25 +24,27 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from ._urls import filesystem, is_remote, join, zarr_store
+
 __all__ = ["TableWriter", "labels_stamp", "read_table", "table_location", "write_table_file"]
 
 _CHUNK_ROWS = 1 << 16
 _META_FILES = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
 
 
-def table_location(write_to, output_component=None) -> tuple[Path, str]:
+def table_location(write_to, output_component=None) -> tuple:
     """Where :func:`patchworks.tile_process` writes the table of a label output, and the labels seen from it.
 
     Returns ``(table group path, labels path relative to the table)``. The
     one place that decides it: an NGFF label image group ``G`` keeps it at
     ``G/table``; a bare array keeps it in its own directory.
     """
-    root = Path(os.fspath(write_to))
+    root = write_to if is_remote(write_to) else Path(os.fspath(write_to))
     if output_component:
         parent, _, name = output_component.strip("/").rpartition("/")
-        group = root / parent if parent else root
-        return group / "table", f"../{name}"
-    return root / "table", ".."
+        group = join(root, parent) if parent else root
+        return join(group, "table"), f"../{name}"
+    return join(root, "table"), ".."
 
 
 def _is_node(path: Path) -> bool:
@@ -70,23 +72,56 @@ def _chunk_digest(array_dir: Path) -> str | None:
     return hashlib.sha1("\n".join(entries).encode()).hexdigest()
 
 
-def labels_stamp(labels_path) -> dict:
+def _remote_digest(url: str, storage_options) -> str | None:
+    """Digest of the names, sizes and ETags of an array's chunk objects (one recursive listing)."""
+    fs, root = filesystem(url, storage_options, parameter="write_to")
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
+    try:
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        return None
+    entries = []
+    nodes = {k.rsplit("/", 1)[0] for k in found if k.rsplit("/", 1)[-1] in ("zarr.json", ".zarray", ".zgroup")}
+    nodes.discard(root)
+    for key, info in found.items():
+        name = key.rsplit("/", 1)[-1]
+        rel = key[len(root) + 1:]
+        if name in _META_FILES or any(key.startswith(n + "/") for n in nodes) or ".patchworks" in rel:
+            continue
+        tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+        entries.append(f"{rel}:{info.get('size')}:{tag}")
+    entries.sort()
+    return hashlib.sha1("\n".join(entries).encode()).hexdigest()
+
+
+def labels_stamp(labels_path, storage_options: dict | None = None) -> dict:
     """What makes a table stale: the labels' run fingerprint, level-0 metadata and chunk files.
 
     ``labels_path`` is a zarr array directory (level 0 of a label image).
     Any rewrite of a chunk (a new run, an edit in a viewer) changes the
     chunk digest; a different run also changes the fingerprint.
     """
-    path = Path(os.fspath(labels_path))
-    arr = zarr.open_array(str(path), mode="r")
+    if is_remote(labels_path):
+        url = str(labels_path).rstrip("/")
+        arr = zarr.open_array(store=zarr_store(url, storage_options, read_only=True), mode="r")
+        parent = url.rsplit("/", 1)[0]
+        open_parent = lambda: zarr.open_group(store=zarr_store(parent, storage_options, read_only=True),  # noqa: E731
+                                              mode="r")
+        digest = _remote_digest(url, storage_options)
+    else:
+        path = Path(os.fspath(labels_path))
+        arr = zarr.open_array(str(path), mode="r")
+        open_parent = lambda: zarr.open_group(str(path.parent), mode="r")  # noqa: E731
+        digest = _chunk_digest(path)
     record = dict(arr.attrs).get("patchworks") or {}
     if not record.get("fingerprint"):  # an NGFF label image keeps the run record on its group
         try:
-            record = dict(zarr.open_group(str(path.parent), mode="r").attrs).get("patchworks") or {}
+            record = dict(open_parent().attrs).get("patchworks") or {}
         except Exception:
             record = {}
     return {"fingerprint": record.get("fingerprint"), "shape": list(arr.shape), "dtype": str(arr.dtype),
-            "chunks": list(arr.chunks), "chunk_digest": _chunk_digest(path)}
+            "chunks": list(arr.chunks), "chunk_digest": digest}
 
 
 def _array_attrs():
@@ -110,13 +145,18 @@ class TableWriter:
     """
 
     def __init__(self, path, n_rows: int, dtypes: dict, *, record: dict, zarr_format: int = 3,
-                 chunk_rows: int = _CHUNK_ROWS):
-        self.path = Path(os.fspath(path))
-        if self.path.exists():
-            shutil.rmtree(self.path)
+                 chunk_rows: int = _CHUNK_ROWS, storage_options: dict | None = None):
+        if is_remote(path):  # mode="w" below clears the prefix of an object store
+            self.path = str(path)
+            store = zarr_store(self.path, storage_options, read_only=False, parameter="write_to")
+        else:
+            self.path = Path(os.fspath(path))
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            store = str(self.path)
         names = list(dtypes)
         self.index = names[0]
-        self.group = zarr.open_group(str(self.path), mode="w", zarr_format=zarr_format)
+        self.group = zarr.open_group(store=store, mode="w", zarr_format=zarr_format)
         self.group.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.2.0", "_index": self.index,
                                  "column-order": names[1:],
                                  "patchworks": {**record, "complete": False}})
