@@ -400,7 +400,7 @@ def register_label(image, name: str, *, remove: bool = False, storage_options: d
     The lock is an exclusive ``flock`` on the ``labels`` directory itself, so
     two runs adding label images to one image never lose each other's entry
     and no lock file is left in the user's store. An object store has no
-    ``flock``: there the lock is an object ``labels/.patchworks-lock``
+    ``flock``: there the lock is an object ``.patchworks-labels-lock`` in the image
     created with an exclusive write (S3's ``If-None-Match: *``), held for
     the read-modify-write of ``labels``'s metadata and deleted after; the
     write is read back and checked. A lock older than ``_LOCK_STALE_S``
@@ -465,20 +465,20 @@ def _register_remote(image: str, name: str, *, remove: bool, storage_options, ti
     """:func:`register_label` on an object store: an exclusive lock object around a read-modify-write."""
     store = zarr_store(image, storage_options, read_only=False, parameter="labels_into")
     fmt = zarr.open_group(store=store, mode="r").metadata.zarr_format
-    lock = Scratch(join(image, "labels"), storage_options)
+    lock = Scratch(image, storage_options)  # beside labels/, not in it: the group may not exist yet
     me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
                      "nonce": os.urandom(8).hex()}).encode()
     deadline, wait = time.monotonic() + timeout, 0.02
-    while not lock.create(".patchworks-lock", me):
+    while not lock.create(".patchworks-labels-lock", me):
         try:
-            held = json.loads(lock.get(".patchworks-lock"))
+            held = json.loads(lock.get(".patchworks-labels-lock"))
         except (FileNotFoundError, ValueError):
             continue  # released meanwhile (or half-read): try again at once
         if time.time() - float(held.get("time", 0)) > _LOCK_STALE_S:
-            lock.remove(".patchworks-lock")
+            lock.remove(".patchworks-labels-lock")
             continue
         if time.monotonic() > deadline:
-            raise TimeoutError(f"labels_into={image!r}: another run has held {lock}/.patchworks-lock for "
+            raise TimeoutError(f"labels_into={image!r}: another run has held {lock}/.patchworks-labels-lock for "
                                f"{timeout:.0f} s; if no other run is writing labels into this image, delete "
                                f"that object and re-run")
         time.sleep(wait)
@@ -489,7 +489,7 @@ def _register_remote(image: str, name: str, *, remove: bool, storage_options, ti
             raise RuntimeError(f"labels_into={image!r}: the labels list does not show {name!r} after the update; "
                                f"another writer ignored the lock")
     finally:
-        lock.remove(".patchworks-lock")
+        lock.remove(".patchworks-labels-lock")
 
 
 def resolve_voxel_size(voxel_size, source, spatial_axes, ndim):
