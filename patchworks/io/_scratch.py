@@ -162,7 +162,8 @@ class Scratch:
     def get(self, key: str) -> bytes:
         """The bytes under ``key``; FileNotFoundError when absent."""
         if self.remote:
-            return self.fs.cat_file(self._full(key))
+            # a ranged GET from 0: s3fs answers a plain cat_file with a HEAD (for its size) and then a GET
+            return self.fs.cat_file(self._full(key), start=0)
         with open(self._file(key), "rb") as f:
             return f.read()
 

@@ -163,9 +163,9 @@ class TableWriter:
         self.n_rows, self.chunk = int(n_rows), int(max(1, min(chunk_rows, max(n_rows, 1))))
         self.arrays = {}
         for name, dtype in dtypes.items():
+            # attributes at creation: one metadata write per column, not two (each a request remotely)
             a = self.group.create_array(name, shape=(self.n_rows,), chunks=(self.chunk,), dtype=np.dtype(dtype),
-                                        fill_value=0)
-            a.attrs.update(_array_attrs())
+                                        fill_value=0, attributes=_array_attrs())
             self.arrays[name] = a
         self.buffer = {name: [] for name in names}
         self.buffered = 0
