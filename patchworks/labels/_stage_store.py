@@ -167,27 +167,45 @@ class TileStaging:
         header with the band lengths, then the span of the bands asked for
         (a neighbour's other bands and the core are not read).
         """
-        boxes = self.band_boxes(tile)
-        key = self._key(tile.linear_index)
-        nb = len(boxes)
-        head = self.scratch.get_ranges([key], [0], [32 + 8 * nb])[0]
-        if head is None:
-            raise FileNotFoundError(f"tile {tile.index} is not staged in {self.scratch}")
-        if len(head) < 32 or int(np.frombuffer(head[:8], dtype=np.uint64)[0]) == 0:
-            return None
-        lengths = np.frombuffer(head[32:32 + 8 * nb], dtype=np.uint64).astype(np.int64)
-        starts = 32 + 8 * nb + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        wanted = [j for j, k in enumerate(boxes) if keys is None or k in keys]
-        if not wanted:
-            return {}
-        lo, hi = int(starts[wanted[0]]), int(starts[wanted[-1]] + lengths[wanted[-1]])
-        span = self.scratch.get_ranges([key], [lo], [hi])[0]
-        out = {}
-        for j, (k, box) in enumerate(boxes.items()):
-            if j in wanted:
-                shape = tuple(s.stop - s.start for s in box)
-                blob = span[int(starts[j]) - lo:int(starts[j] + lengths[j]) - lo]
-                out[k] = np.frombuffer(_CODEC.decode(blob), dtype=np.uint32).reshape(shape)
+        return self.read_bands_many([(tile, keys)])[0]
+
+    def read_bands_many(self, requests) -> list:
+        """:meth:`read_bands` for several ``(tile, keys)`` at once: two batched reads in all, not two per tile."""
+        boxes = [self.band_boxes(tile) for tile, _ in requests]
+        names = [self._key(tile.linear_index) for tile, _ in requests]
+        heads = self.scratch.get_ranges(names, [0] * len(names), [32 + 8 * len(b) for b in boxes])
+        plans, spans = [], []
+        for (tile, keys), box, head in zip(requests, boxes, heads):
+            if head is None:
+                raise FileNotFoundError(f"tile {tile.index} is not staged in {self.scratch}")
+            if len(head) < 32 or int(np.frombuffer(head[:8], dtype=np.uint64)[0]) == 0:
+                plans.append(None)
+                continue
+            nb = len(box)
+            lengths = np.frombuffer(head[32:32 + 8 * nb], dtype=np.uint64).astype(np.int64)
+            starts = 32 + 8 * nb + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            wanted = [j for j, k in enumerate(box) if keys is None or k in keys]
+            plans.append((lengths, starts, wanted))
+            if wanted:
+                spans.append((len(plans) - 1, int(starts[wanted[0]]),
+                              int(starts[wanted[-1]] + lengths[wanted[-1]])))
+        data = dict(zip((i for i, _, _ in spans),
+                        self.scratch.get_ranges([names[i] for i, _, _ in spans], [a for _, a, _ in spans],
+                                                [b for _, _, b in spans])))
+        lows = {i: a for i, a, _ in spans}
+        out = []
+        for i, (plan, box) in enumerate(zip(plans, boxes)):
+            if plan is None:
+                out.append(None)
+                continue
+            lengths, starts, wanted = plan
+            views = {}
+            for j, (k, b) in enumerate(box.items()):
+                if j in wanted:
+                    shape = tuple(s.stop - s.start for s in b)
+                    blob = data[i][int(starts[j]) - lows[i]:int(starts[j] + lengths[j]) - lows[i]]
+                    views[k] = np.frombuffer(_CODEC.decode(blob), dtype=np.uint32).reshape(shape)
+            out.append(views)
         return out
 
     def read_plane(self, axis: int, plane_index: int, lo: int, hi: int) -> np.ndarray:
