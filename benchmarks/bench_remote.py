@@ -41,7 +41,7 @@ import patchworks  # noqa: E402
 from patchworks.io._urls import zarr_store  # noqa: E402
 from patchworks.testing import random_blobs  # noqa: E402
 
-SIZES = {"small": [((64, 64, 64), 16), ((1024, 1024), 128)],
+SIZES = {"small": [((32, 32, 32), 16), ((256, 256), 64)],
          "medium": [((256, 256, 256), 128), ((4096, 4096), 512)],
          "full": [((512, 512, 512), 128), ((16384, 16384), 512)]}
 
