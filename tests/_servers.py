@@ -87,20 +87,114 @@ class S3Server:
         self._server.stop()
 
 
-def start_s3() -> S3Server:
+class RequestCounter:
+    """WSGI middleware counting S3 requests by kind: read (GET of an object), write (PUT / POST),
+    list (GET of a bucket), head, delete. ``GET /__counts__`` answers the counts as JSON and
+    ``POST /__reset__`` sets them to zero, so a benchmark in another process can read them."""
+
+    KINDS = ("read", "write", "list", "head", "delete")
+
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.counts = dict.fromkeys(self.KINDS, 0)
+
+    def kind(self, environ) -> str:
+        method = environ["REQUEST_METHOD"]
+        path = environ.get("PATH_INFO", "").strip("/")
+        query = environ.get("QUERY_STRING", "")
+        if method == "HEAD":
+            return "head"
+        if method == "DELETE" or (method == "POST" and "delete" in query):
+            return "delete"
+        if method in ("PUT", "POST"):
+            return "write"
+        return "list" if "/" not in path or "list-type" in query else "read"
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == "/__counts__":
+            import json
+            with self.lock:
+                body = json.dumps(self.counts).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        if path == "/__reset__":
+            with self.lock:
+                self.counts = dict.fromkeys(self.KINDS, 0)
+            start_response("200 OK", [("Content-Length", "0")])
+            return [b""]
+        with self.lock:
+            self.counts[self.kind(environ)] += 1
+        return self.app(environ, start_response)
+
+
+class _CountingMotoServer:
+    """moto's ThreadedMotoServer, with its app wrapped in a :class:`RequestCounter`."""
+
+    def __init__(self, ip_address: str, port: int):
+        self.ip_address, self.port = ip_address, port
+        self.counter = None
+        self._server = None
+        self._ready = threading.Event()
+
+    def _entry(self):
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
+
+        self.counter = RequestCounter(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(self.ip_address, self.port, self.counter, True)
+        self._ready.set()
+        self._server.serve_forever()
+
+    def start(self):
+        self._thread = threading.Thread(target=self._entry, daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def get_host_and_port(self):
+        host, port = self._server.server_address[:2]
+        return str(host), port
+
+    def stop(self):
+        self._server.shutdown()
+        self._thread.join()
+
+
+def start_s3(*, counting: bool = False) -> S3Server:
+    """A moto S3 server in a thread of this process; ``counting=True`` counts its requests (``_server.counter``)."""
     import logging
 
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = _CountingMotoServer("127.0.0.1", 0) if counting else \
+        ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     s3 = S3Server(endpoint=f"http://{host}:{port}", _server=server)
     # werkzeug's handler looks the app up on its server at each request: wrap it to count them
     server._server.app = _counting(server._server.app, s3.requests)
     return s3
+
+
+def serve_s3(port_file: str) -> None:
+    """Run a counting moto server in this process until killed, writing its port to ``port_file``.
+
+    A benchmark starts it as ``python tests/_servers.py s3 PORTFILE`` so that the server does not share
+    the measured process's GIL (it is then "as fast as a disk", which is what the comparison needs).
+    """
+    import os
+    import time
+
+    server = start_s3(counting=True)
+    tmp = port_file + ".part"
+    with open(tmp, "w") as f:
+        f.write(server.endpoint)
+    os.replace(tmp, port_file)
+    while True:
+        time.sleep(3600)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -140,3 +234,12 @@ def start_http(root) -> HTTPServer:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     host, port = server.server_address[:2]
     return HTTPServer(root=str(root), url=f"http://{host}:{port}", _server=server)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "s3":
+        serve_s3(sys.argv[2])
+    else:
+        raise SystemExit("usage: python tests/_servers.py s3 PORTFILE")

@@ -80,3 +80,21 @@ def test_bench_planner_smoke():
     tiles, pairs, objects, depth = int(row[0]), int(row[1]), int(row[-1]), int(row[-3])
     assert tiles == 1000 and pairs == 20 * 999 and 100 * 1000 - pairs <= objects < 100 * 1000
     assert depth == 2  # 4 blocks under one node
+
+
+def test_bench_remote_smoke():
+    """Local disk vs the moto S3 server, threads only at the smoke size: identical labels, request counts."""
+    import pytest
+    pytest.importorskip("moto")
+    pytest.importorskip("s3fs")
+    script = BENCH.parent / "bench_remote.py"
+    proc = subprocess.run([sys.executable, str(script), "--size", "small", "--executors", "threads"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    header = next(line.split() for line in proc.stdout.splitlines() if line.strip().startswith("executor"))
+    for column in ("remote/local", "read/t", "write/t", "list/t"):
+        assert column in header, header
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith("threads")]
+    assert len(rows) == 2 and all(r[-1] == "yes" for r in rows), proc.stdout
+    assert all(float(r[header.index("list/t")]) < 2 for r in rows), "no listing per tile"
+    assert "identical labels remote vs local: yes" in proc.stdout

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+
+from patchworks.io._scratch import Scratch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from skimage.measure import regionprops_table
@@ -268,6 +270,7 @@ def test_synthetic_merge_memory_grows_with_boundary_objects_only(tmp_path):
     n_tiles = 1000
     per_tile = N_SYNTH // n_tiles
     grid = TileGrid((n_tiles * 4, 4), (4, 4))
+    scratch = Scratch(tmp_path)
     counts = np.full(n_tiles, per_tile)
     for t in range(n_tiles):  # partials of per_tile one-voxel objects, stored as a tile task would
         local = np.arange(1, per_tile + 1, dtype=np.uint64)
@@ -275,7 +278,7 @@ def test_synthetic_merge_memory_grows_with_boundary_objects_only(tmp_path):
         coords = np.zeros((n, 2), np.int64)
         coords[:, 0] = 4 * t + 3 * (local == per_tile)   # the last label sits on the tile's seam
         Partials(local, np.ones(n, np.int64), coords, coords, coords + 1, *(np.zeros((n, 0)),) * 4).save(
-            partials_stem(tmp_path, t))
+            scratch, partials_stem(t))
     offsets = np.concatenate([[0], np.cumsum(counts)])
     # the last label of tile t joins the first of tile t+1
     pairs = np.stack([offsets[1:-1], offsets[1:-1] + 1], axis=1).astype(np.uint64)
@@ -286,7 +289,7 @@ def test_synthetic_merge_memory_grows_with_boundary_objects_only(tmp_path):
     # while tracemalloc traces (seen once here); the driver's memory is what is measured either way
     tracemalloc.start()
     with dask.config.set(scheduler="synchronous"):
-        n_rows = write_object_table(root=tmp_path, grid=grid, plan=plan, table_path=tmp_path / "table",
+        n_rows = write_object_table(scratch=scratch, grid=grid, plan=plan, table_path=tmp_path / "table",
                                     labels_path=labels, labels_rel="../labels.zarr", n_channels=0, client=False)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

@@ -30,6 +30,7 @@ from ..io._sources import LazySource, open_image
 from ..run._execute import (_want_progress, active_client, local_threads, new_token, resolve_tile_shape, run_tasks,
                             shared, tile_windows)
 from ..run._resources import available_memory
+from ..run._reach import check_workers_reach
 from ..run._rundir import RunDir, describe_source, fn_token, source_token
 from ..run._windows import make_window
 from ._job import _INFER, MapJob, block_task, fold_task, predict_task, unit_task, validate_map
@@ -171,7 +172,8 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
     client : distributed.Client or False, optional
         Cluster to run on; default the active client, else threads.
     component, level, channel, channel_axis, axes, output_component, zarr_format, scratch_dir, storage_options :
-        As for :func:`patchworks.tile_process` (``image`` may be a URL).
+        As for :func:`patchworks.tile_process`: ``image`` may be a URL, and
+        ``write_to`` and ``scratch_dir`` object-store URLs (``s3://``, ``gs://``, ``az://``).
     memory_budget : int, optional
         Bytes the float32 accumulators of blocks still waiting for windows
         may hold (on threads). Beyond it, those needed last are spilled to
@@ -286,12 +288,13 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
         str(out_dtype), zarr_format, batch_size)
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
                  resume=True, zarr_format=zarr_format, scratch_dir=scratch_dir, inputs=(image,),
-                 temporary_name="map.zarr")
+                 temporary_name="map.zarr", storage_options=storage_options)
     if run.finished:  # this very run is complete already: a no-op
         output = run.open_existing()
         return np.asarray(output[...]) if compute else da.from_zarr(output)
 
     cluster = active_client(client)
+    check_workers_reach(cluster, run.shared_locations())  # before any window runs
     source, windows = tile_windows(source, grid, client)
     job = MapJob(layout=layout, fn=fn, source=source, weights=weights,
                  out_channels=_INFER if out_channels is None else int(out_channels), finalize=finalize,
@@ -323,7 +326,9 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
         logger.info("patchworks: blending %d windows (%s window, edge=%s) into %s", grid.n_tiles, window_name,
                     edge, "memory" if in_memory else run.path)
         if cluster is None:
-            _run_locally(job, first, windows, progress, memory_budget, run.scratch)
+            # spilled accumulators never leave this process: a local directory even when the scratch is remote
+            _run_locally(job, first, windows, progress, memory_budget,
+                         None if run.scratch.remote else run.scratch.path)
         else:
             tasks, prefix = _graph(job, windows, first, new_token())
             run_tasks(tasks, client=client, progress=progress, desc="blending tiles", prefix=prefix)

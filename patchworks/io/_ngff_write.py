@@ -22,14 +22,20 @@ reads level 0 back.
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
 from ._npy import load_npz
+from ._scratch import Scratch
+from ._urls import is_remote, join, zarr_store
 
 __all__ = ["LabelImageWriter", "LevelPlan", "NGFF_VERSIONS", "default_level_count", "ngff_unit", "plan_levels",
            "register_label"]
@@ -196,16 +202,19 @@ class LabelImageWriter:
         For each spatial axis of the labels, its axis in the arrays.
     transforms : list of list of dict
         Each level's ``coordinateTransformations``.
-    scratch : path
+    scratch : Scratch or path
         Where the parts of shared chunks wait for their assembling task.
+    storage_options : dict, optional
+        For a ``store`` that is an object-store URL.
     """
 
     def __init__(self, store, path, *, levels, zarr_format, dtype, axes, embed, transforms, scratch,
-                 name="labels", source_image=None, multiscale_transforms=None):
+                 name="labels", source_image=None, multiscale_transforms=None, storage_options=None):
         self.store, self.path = str(store), path or ""
         self.levels, self.zarr_format, self.dtype = levels, int(zarr_format), np.dtype(dtype)
         self.axes, self.embed, self.transforms = axes, tuple(embed), transforms
-        self.scratch = Path(scratch)
+        self.scratch = scratch if isinstance(scratch, Scratch) else Scratch(scratch)
+        self.storage_options = storage_options
         self.name, self.source_image, self.multiscale_transforms = name, source_image, multiscale_transforms
         self._arrays = None
 
@@ -214,10 +223,17 @@ class LabelImageWriter:
         state["_arrays"] = None
         return state
 
-    def locate(self, store, path, scratch, dtype) -> None:
+    def locate(self, store, path, scratch, dtype, storage_options=None) -> None:
         """Where the label image goes and its dtype, known once the run and its plan exist."""
-        self.store, self.path, self.scratch, self.dtype = str(store), path or "", Path(scratch), np.dtype(dtype)
+        self.store, self.path, self.dtype = str(store), path or "", np.dtype(dtype)
+        self.scratch = scratch if isinstance(scratch, Scratch) else Scratch(scratch)
+        self.storage_options = storage_options
         self._arrays = None
+
+    def _zarr_store(self, mode: str):
+        if not is_remote(self.store):
+            return self.store
+        return zarr_store(self.store, self.storage_options, read_only=mode == "r", parameter="write_to")
 
     def record(self) -> dict:
         """What our run record says about the layout (``G.attrs["patchworks"]``)."""
@@ -264,7 +280,7 @@ class LabelImageWriter:
         """Create the group (replacing one there) and its level arrays, all zeros."""
         from ._sources import output_compressors
 
-        group = zarr.open_group(store=self.store, path=self.path, mode="w", zarr_format=self.zarr_format,
+        group = zarr.open_group(store=self._zarr_store("w"), path=self.path, mode="w", zarr_format=self.zarr_format,
                                 attributes=self.attributes(record))
         names = [a["name"] for a in self.axes]
         for k, level in enumerate(self.levels):
@@ -279,18 +295,17 @@ class LabelImageWriter:
             group.create_array(str(k), shape=self.array_shape(k), chunks=chunks, dtype=self.dtype,
                                compressors=output_compressors(self.zarr_format), fill_value=0,
                                config={"write_empty_chunks": True}, **extra)
-        self.scratch.mkdir(parents=True, exist_ok=True)
 
     def arrays(self) -> list:
         if self._arrays is None:
-            group = zarr.open_group(store=self.store, path=self.path, mode="r+")
+            group = zarr.open_group(store=self._zarr_store("r+"), path=self.path, mode="r+")
             # the run-time config is not stored with the array: without it zarr scans every chunk for
             # all-zero content before writing it (measured ~35 % of the relabel)
             self._arrays = [group[str(k)].with_config({"write_empty_chunks": True}) for k in range(len(self.levels))]
         return self._arrays
 
     def group(self, mode="r"):
-        return zarr.open_group(store=self.store, path=self.path, mode=mode)
+        return zarr.open_group(store=self._zarr_store(mode), path=self.path, mode=mode)
 
     def _key(self, spatial_slices):
         return self._place(spatial_slices, slice(0, 1))
@@ -324,13 +339,13 @@ class LabelImageWriter:
                     name = f"L{k}_" + "_".join(f"{b[0]}-{b[1]}" for b in box)
                     pieces[name] = np.ascontiguousarray(sub[local])
         if pieces:
-            path = self._piece_path(linear_index)
-            tmp = path.with_name(path.name + ".part.npz")
-            np.savez(tmp, **pieces)
-            os.replace(tmp, path)
+            buffer = io.BytesIO()
+            np.savez(buffer, **pieces)
+            self.scratch.put(self._piece_key(linear_index), buffer.getvalue())
 
-    def _piece_path(self, linear_index: int) -> Path:
-        return self.scratch / f"tile{linear_index}.npz"
+    @staticmethod
+    def _piece_key(linear_index: int) -> str:
+        return f"tile{linear_index}.npz"
 
     def shared_chunks(self, grid) -> list[tuple[int, tuple]]:
         """``(level, chunk index)`` of every chunk that holds voxels of more than one tile."""
@@ -362,11 +377,12 @@ class LabelImageWriter:
             rows.append([r for r in range(len(b) - 1)
                          if max(s, min(_ceil_div(int(b[r]), q), n)) < min(e, min(_ceil_div(int(b[r + 1]), q), n))])
         for index in itertools.product(*rows):
-            path = self._piece_path(grid.tile(index).linear_index)
-            if not path.exists():
+            try:
+                raw = self.scratch.get(self._piece_key(grid.tile(index).linear_index))
+            except FileNotFoundError:
                 continue  # a tile without labels: zeros
             prefix = f"L{level_index}_"
-            pieces = load_npz(path, prefix)  # only this level's pieces are read
+            pieces = load_npz(io.BytesIO(raw), prefix)  # only this level's pieces are decoded
             for name in pieces:
                 bounds = [tuple(int(v) for v in part.split("-")) for part in name[len(prefix):].split("_")]
                 cut = [(max(p0, s), min(p1, e)) for (p0, p1), (s, e) in zip(bounds, box)]
@@ -378,13 +394,22 @@ class LabelImageWriter:
         self._put(level_index, tuple(slice(s, e) for s, e in box), out)
 
 
-def register_label(image, name: str, *, remove: bool = False) -> None:
+def register_label(image, name: str, *, remove: bool = False, storage_options: dict | None = None) -> None:
     """Add ``name`` to (or remove it from) the ``labels`` list of the OME-Zarr ``image``, under a lock.
 
     The lock is an exclusive ``flock`` on the ``labels`` directory itself, so
     two runs adding label images to one image never lose each other's entry
-    and no lock file is left in the user's store.
+    and no lock file is left in the user's store. An object store has no
+    ``flock``: there the lock is an object ``.patchworks-labels-lock`` in the image
+    created with an exclusive write (S3's ``If-None-Match: *``), held for
+    the read-modify-write of ``labels``'s metadata and deleted after; the
+    write is read back and checked. A lock older than ``_LOCK_STALE_S``
+    (its holder crashed) is taken over.
     """
+    if is_remote(image):
+        _register_remote(str(image).rstrip("/"), name, remove=remove, storage_options=storage_options)
+        return
+
     import fcntl
 
     root = zarr.open_group(store=str(image), mode="r")
@@ -397,26 +422,74 @@ def register_label(image, name: str, *, remove: bool = False) -> None:
     fd = os.open(labels_dir, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            group = zarr.open_group(store=str(image), path="labels", mode="r+", zarr_format=fmt)
-        except FileNotFoundError:
-            if remove:
-                return
-            group = zarr.open_group(store=str(image), path="labels", mode="w-", zarr_format=fmt)
-        attrs = group.attrs.asdict()
-        holder = attrs.get("ome", {}) if fmt == 3 else attrs
-        if (name in holder.get("labels", [])) != remove:
-            return  # already as asked: a finished run re-run rewrites nothing
-        names = [n for n in holder.get("labels", []) if n != name]
-        if not remove:
-            names.append(name)
-        if fmt == 3:
-            group.attrs["ome"] = {**holder, "version": holder.get("version", NGFF_VERSIONS[3]), "labels": names}
-        else:
-            group.attrs["labels"] = names
+        _update_labels_list(str(image), fmt, name, remove)
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+_LOCK_STALE_S = 120.0  # a list update takes milliseconds; a lock this old belongs to a crashed run
+
+
+def _update_labels_list(store, fmt: int, name: str, remove: bool) -> bool:
+    """Add ``name`` to / remove it from ``labels``'s list (the caller holds the lock); False when already so."""
+    try:
+        group = zarr.open_group(store=store, path="labels", mode="r+", zarr_format=fmt)
+    except FileNotFoundError:
+        if remove:
+            return False
+        group = zarr.open_group(store=store, path="labels", mode="w-", zarr_format=fmt)
+    attrs = group.attrs.asdict()
+    holder = attrs.get("ome", {}) if fmt == 3 else attrs
+    if (name in holder.get("labels", [])) != remove:
+        return False  # already as asked: a finished run re-run rewrites nothing
+    names = [n for n in holder.get("labels", []) if n != name]
+    if not remove:
+        names.append(name)
+    if fmt == 3:
+        group.attrs["ome"] = {**holder, "version": holder.get("version", NGFF_VERSIONS[3]), "labels": names}
+    else:
+        group.attrs["labels"] = names
+    return True
+
+
+def _listed(store, fmt: int) -> list:
+    try:
+        attrs = zarr.open_group(store=store, path="labels", mode="r", zarr_format=fmt).attrs.asdict()
+    except FileNotFoundError:
+        return []
+    return (attrs.get("ome", {}) if fmt == 3 else attrs).get("labels", [])
+
+
+def _register_remote(image: str, name: str, *, remove: bool, storage_options, timeout: float = 60.0) -> None:
+    """:func:`register_label` on an object store: an exclusive lock object around a read-modify-write."""
+    store = zarr_store(image, storage_options, read_only=False, parameter="labels_into")
+    fmt = zarr.open_group(store=store, mode="r").metadata.zarr_format
+    lock = Scratch(image, storage_options)  # beside labels/, not in it: the group may not exist yet
+    me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
+                     "nonce": os.urandom(8).hex()}).encode()
+    deadline, wait = time.monotonic() + timeout, 0.02
+    while not lock.create(".patchworks-labels-lock", me):
+        try:
+            held = json.loads(lock.get(".patchworks-labels-lock"))
+        except (FileNotFoundError, ValueError):
+            continue  # released meanwhile (or half-read): try again at once
+        if time.time() - float(held.get("time", 0)) > _LOCK_STALE_S:
+            lock.remove(".patchworks-labels-lock")
+            continue
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"labels_into={image!r}: another run has held {lock}/.patchworks-labels-lock for "
+                               f"{timeout:.0f} s; if no other run is writing labels into this image, delete "
+                               f"that object and re-run")
+        time.sleep(wait)
+        wait = min(wait * 2, 0.5)
+    try:
+        _update_labels_list(store, fmt, name, remove)
+        if (name in _listed(store, fmt)) == remove:  # read back: the entry must be as asked
+            raise RuntimeError(f"labels_into={image!r}: the labels list does not show {name!r} after the update; "
+                               f"another writer ignored the lock")
+    finally:
+        lock.remove(".patchworks-labels-lock")
 
 
 def resolve_voxel_size(voxel_size, source, spatial_axes, ndim):
@@ -484,7 +557,8 @@ def check_ngff_labels(axes, spatial_axes) -> str | None:
 
 
 def build_label_image(store, path, *, grid, source, dtype, zarr_format, scratch, voxel_size=None,
-                      pyramid_levels=None, shard=None, into=None, name="labels") -> LabelImageWriter:
+                      pyramid_levels=None, shard=None, into=None, name="labels",
+                      storage_options=None) -> LabelImageWriter:
     """The writer of a standalone label image, or of ``into/labels/<name>`` matching that image's levels.
 
     Parameters
@@ -520,13 +594,14 @@ def build_label_image(store, path, *, grid, source, dtype, zarr_format, scratch,
         transforms = [[{"type": "scale", "scale": [s * f for s, f in zip(sizes, fk)]}] for fk in factors]
     else:
         axes, embed, factors, level_shapes, transforms, multiscale_transforms = _follow_image(
-            into, names, grid, pyramid_levels)
+            into, names, grid, pyramid_levels, storage_options)
         source_image = "../../"
     plans = plan_levels(grid.spatial_shape, grid.boundaries, factors=factors, level_shapes=level_shapes,
                         shard=shard, plane_axes=tuple(i for i, a in enumerate(names) if a not in "yx"))
     return LabelImageWriter(store, path, levels=plans, zarr_format=zarr_format, dtype=dtype, axes=axes,
                             embed=embed, transforms=transforms, scratch=scratch, name=name,
-                            source_image=source_image, multiscale_transforms=multiscale_transforms)
+                            source_image=source_image, multiscale_transforms=multiscale_transforms,
+                            storage_options=storage_options)
 
 
 def _check_levels(pyramid_levels) -> int:
@@ -536,12 +611,14 @@ def _check_levels(pyramid_levels) -> int:
     return int(pyramid_levels)
 
 
-def image_multiscales(image):
+def image_multiscales(image, storage_options: dict | None = None):
     """``(zarr format, Multiscales, level shapes)`` of an OME-Zarr image, with errors naming ``labels_into``."""
     from ._ngff import parse_multiscales
 
     try:
-        group = zarr.open_group(store=str(image), mode="r")
+        store = zarr_store(str(image), storage_options, read_only=True, parameter="labels_into") \
+            if is_remote(image) else str(image)
+        group = zarr.open_group(store=store, mode="r")
     except Exception as exc:
         raise ValueError(f"labels_into={str(image)!r} is not an OME-Zarr image (no zarr group there: "
                          f"{type(exc).__name__}); pass the path of an .ome.zarr image") from exc
@@ -552,9 +629,9 @@ def image_multiscales(image):
     return group.metadata.zarr_format, ms, [tuple(group[p].shape) for p in ms.paths]
 
 
-def _follow_image(image, names, grid, pyramid_levels):
+def _follow_image(image, names, grid, pyramid_levels, storage_options=None):
     """Axes, placement, factors, shapes and transforms of labels that follow ``image``'s levels."""
-    _, ms, shapes = image_multiscales(image)
+    _, ms, shapes = image_multiscales(image, storage_options)
     raw_axes = [dict(a) for a in ms.raw.get("axes") or []]
     image_names = [a.get("name", "").lower() for a in raw_axes] if raw_axes else list(ms.axes or "")
     if not image_names or len(image_names) != len(shapes[0]):

@@ -659,6 +659,7 @@ def create_output(
     overwrite=False,
     attributes=None,
     fill_value=0,
+    storage_options=None,
 ):
     """Create a new zarr array at ``path`` (or ``path/component`` inside a group).
 
@@ -676,6 +677,8 @@ def create_output(
     attributes : dict, optional
         Written to the array's attributes.
     fill_value : scalar
+    storage_options : dict, optional
+        For a ``path`` that is an object-store URL (``s3://``, ``gs://``, ``az://``).
 
     Returns
     -------
@@ -688,15 +691,29 @@ def create_output(
     if chunks is None or len(tuple(chunks)) != len(shape):
         raise ValueError(f"chunks={chunks!r} must give one chunk size per dimension of shape={shape}")
     chunks = tuple(int(c) for c in chunks)
-    path = Path(os.fspath(path)).expanduser()
-    target = path / component if component else path
-    if target.exists() and not overwrite:
+    from ._urls import is_remote, zarr_store
+
+    if is_remote(path):
+        store = zarr_store(str(path), storage_options, read_only=False, parameter="write_to")
+        exists = False
+        if not overwrite:
+            try:
+                zarr.open(store=store, path=component or "", mode="r")
+                exists = True
+            except (FileNotFoundError, KeyError, ValueError):
+                pass
+        target = f"{str(path).rstrip('/')}/{component}" if component else str(path)
+    else:
+        path = Path(os.fspath(path)).expanduser()
+        target, store = (path / component if component else path), str(path)
+        exists = target.exists()
+    if exists and not overwrite:
         raise FileExistsError(
             f"output {str(target)!r} already exists; pass overwrite=True to replace it, or choose another path"
         )
     compressors = output_compressors(zarr_format)
     return zarr.create_array(
-        store=str(path),
+        store=store,
         name=component,
         shape=shape,
         chunks=chunks,

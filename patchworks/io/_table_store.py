@@ -33,19 +33,19 @@ _CHUNK_ROWS = 1 << 16
 _META_FILES = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
 
 
-def table_location(write_to, output_component=None) -> tuple[Path, str]:
+def table_location(write_to, output_component=None) -> tuple:
     """Where :func:`patchworks.tile_process` writes the table of a label output, and the labels seen from it.
 
     Returns ``(table group path, labels path relative to the table)``. The
     one place that decides it: an NGFF label image group ``G`` keeps it at
     ``G/table``; a bare array keeps it in its own directory.
     """
-    root = Path(os.fspath(write_to))
+    root = write_to if is_remote(write_to) else Path(os.fspath(write_to))
     if output_component:
         parent, _, name = output_component.strip("/").rpartition("/")
-        group = root / parent if parent else root
-        return group / "table", f"../{name}"
-    return root / "table", ".."
+        group = join(root, parent) if parent else root
+        return join(group, "table"), f"../{name}"
+    return join(root, "table"), ".."
 
 
 def _is_node(path: Path) -> bool:
@@ -77,8 +77,12 @@ def _remote_chunks(url, storage_options) -> tuple[list[str], list[str]]:
     """``(name:size:etag, name:size)`` of every chunk object of a remote array, one listing for all."""
     fs, root = filesystem(url, storage_options)
     root = root.rstrip("/")
+    fs.invalidate_cache(root)  # a listing cached before the run wrote its chunks would stamp the old ones
     children = set()  # child nodes (their own zarr.json / .zarray) are not chunks
-    found = fs.find(root, detail=True)
+    try:
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        found = {}
     for name in found:
         rel = name[len(root) + 1:]
         head, _, tail = rel.rpartition("/")
@@ -193,22 +197,27 @@ class TableWriter:
     """
 
     def __init__(self, path, n_rows: int, dtypes: dict, *, record: dict, zarr_format: int = 3,
-                 chunk_rows: int = _CHUNK_ROWS):
-        self.path = Path(os.fspath(path))
-        if self.path.exists():
-            shutil.rmtree(self.path)
+                 chunk_rows: int = _CHUNK_ROWS, storage_options: dict | None = None):
+        if is_remote(path):  # mode="w" below clears the prefix of an object store
+            self.path = str(path)
+            store = zarr_store(self.path, storage_options, read_only=False, parameter="write_to")
+        else:
+            self.path = Path(os.fspath(path))
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            store = str(self.path)
         names = list(dtypes)
         self.index = names[0]
-        self.group = zarr.open_group(str(self.path), mode="w", zarr_format=zarr_format)
+        self.group = zarr.open_group(store=store, mode="w", zarr_format=zarr_format)
         self.group.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.2.0", "_index": self.index,
                                  "column-order": names[1:],
                                  "patchworks": {**record, "complete": False}})
         self.n_rows, self.chunk = int(n_rows), int(max(1, min(chunk_rows, max(n_rows, 1))))
         self.arrays = {}
         for name, dtype in dtypes.items():
+            # attributes at creation: one metadata write per column, not two (each a request remotely)
             a = self.group.create_array(name, shape=(self.n_rows,), chunks=(self.chunk,), dtype=np.dtype(dtype),
-                                        fill_value=0)
-            a.attrs.update(_array_attrs())
+                                        fill_value=0, attributes=_array_attrs())
             self.arrays[name] = a
         self.buffer = {name: [] for name in names}
         self.buffered = 0

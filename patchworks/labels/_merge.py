@@ -137,9 +137,8 @@ def iou_pairs_for_tile(staging, grid: TileGrid, linear_index: int, counts: np.nd
         return np.zeros((0, 2), np.uint64)
     tile = grid.tile(linear_index)
     boxes = staging.band_boxes(tile)
-    mine = staging.read_bands(tile, [key for key in boxes if key[1] == 1])
     planar = plane_axes(grid)
-    found = []
+    found, neighbours = [], []
     for d in _forward_neighbours(len(grid.grid_shape)):
         if any(d[k] for k in planar):
             continue
@@ -149,9 +148,14 @@ def iou_pairs_for_tile(staging, grid: TileGrid, linear_index: int, counts: np.nd
         other = grid.tile(index)
         if counts[other.linear_index] == 0:
             continue  # no core labels there: nothing to join
-        a = next(k for k, v in enumerate(d) if v)  # the band axis: the first one the tiles differ on
+        neighbours.append((other, next(k for k, v in enumerate(d) if v)))  # the band axis: the first that differs
+    # this tile's bands and every neighbour's in one batch (one round trip each way on an object store)
+    views = staging.read_bands_many([(tile, [key for key in boxes if key[1] == 1])] +
+                                    [(other, [(a, 0)]) for other, a in neighbours])
+    mine = views[0]
+    for (other, a), theirs in zip(neighbours, views[1:]):
         my_box, my_view = boxes[(a, 1)], mine[(a, 1)]
-        its_box, its_view = staging.band_boxes(other)[(a, 0)], staging.read_bands(other, [(a, 0)])[(a, 0)]
+        its_box, its_view = staging.band_boxes(other)[(a, 0)], theirs[(a, 0)]
         my_cut, its_cut = [], []
         for k, (m, o) in enumerate(zip(my_box, its_box)):
             lo, hi = max(m.start, o.start), min(m.stop, o.stop)

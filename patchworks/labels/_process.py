@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import shutil
 from dataclasses import dataclass
 
 import dask
@@ -22,12 +21,14 @@ from dask.base import tokenize
 from ..run._cluster import check_client, gpu_devices, make_local_cluster
 from ..run._options import max_workers_option, refuse_unknown, stage_dir_option, workers_text
 from ..run._plan import RunPlan
+from ..run._reach import check_workers_reach
 from ..run._resources import gpu_free_memory
 from ._count import count_labels
 from ._iou import bridge_planes, join_planes
 from ..grid import TileGrid
 from ..io._sources import LazySource, open_image
 from . import _reduce
+from ..io._urls import join
 from ._merge import (PLANE_SEAMS_PER_TASK, ArrayOutput, iou_pairs_for_tile, plan_relabel, plane_axes,
                      plane_links_for_seams, relabel_tile,
                      touch_pairs_for_seam)
@@ -177,7 +178,7 @@ _FORMATS = ("ngff", "array")
 
 
 def _prepare_output(*, write_to, labels_into, name, output_format, output_component, zarr_format, grid, source,
-                    voxel_size, pyramid_levels):
+                    voxel_size, pyramid_levels, storage_options=None):
     """Where and how the labels are written: ``(write_to, component, zarr_format, writer, into)``.
 
     ``writer`` describes the label image (None for a plain array); it is
@@ -197,7 +198,7 @@ def _prepare_output(*, write_to, labels_into, name, output_format, output_compon
         if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or name != name.strip():
             raise ValueError(f"name={name!r}: labels_into= needs the label image's name, a plain non-empty string "
                              f"such as name='cells'")
-        image_format = image_multiscales(labels_into)[0]
+        image_format = image_multiscales(labels_into, storage_options)[0]
         if zarr_format not in (None, image_format):
             raise ValueError(f"zarr_format={zarr_format!r}: {str(labels_into)!r} is zarr v{image_format} and its "
                              f"labels must be too (NGFF never mixes formats); drop zarr_format=")
@@ -217,11 +218,17 @@ def _prepare_output(*, write_to, labels_into, name, output_format, output_compon
         else:
             writer = build_label_image(None, None, grid=grid, source=source, dtype=np.uint32,
                                        zarr_format=zarr_format, scratch=".", voxel_size=voxel_size,
-                                       pyramid_levels=pyramid_levels, into=into, name=name or "labels")
+                                       pyramid_levels=pyramid_levels, into=into, name=name or "labels",
+                                       storage_options=storage_options)
     elif voxel_size is not None or pyramid_levels is not None:
         raise ValueError("voxel_size= and pyramid_levels= describe an NGFF label image; a plain array "
                          "(output_format='array') has neither: drop them")
     return write_to, output_component, zarr_format, writer, into
+
+
+def _label_name(run) -> str:
+    """The name under ``labels/`` of a label image written into an image."""
+    return run.component.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _level0(node):
@@ -244,13 +251,16 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         if n_objects is None and return_count:  # that run was not asked to count
             n_objects = count_labels(_level0(output)[0])
         if into is not None:  # a run stopped between completion and registration: register now
-            register_label(into, run.target.name)
+            register_label(into, _label_name(run), storage_options=run.storage_options)
         return _result(output, run, compute, return_count, n_objects)
+    # a cluster whose workers do not share the scratch (or a local output) with the driver is refused
+    # here, before any tile runs, instead of losing staged tiles to another machine's disk
+    check_workers_reach(active_client(client), run.shared_locations())
     token = new_token()
     spatial_shape, chunks = grid.spatial_shape, grid.chunks
     try:
         iou = stitch == "iou"
-        staging = TileStaging(grid, run.scratch / "tiles", bands=iou)
+        staging = TileStaging(grid, run.scratch.child("tiles"), bands=iou)
         # 1. stage: fn once per tile, local ids + seam planes kept, counts back; a resumed run
         #    skips the tiles it already staged
         counts = np.zeros(grid.n_tiles, dtype=np.int64)
@@ -263,7 +273,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
                         grid.n_tiles)
         job = StageJob(grid=grid, staging=staging, fn=job_fn, source=source,
                        label_counts=None if iou else label_counts, compact=sequential,
-                       empty_threshold=empty_threshold, table_root=staging.root if table else None,
+                       empty_threshold=empty_threshold, table_scratch=staging.scratch if table else None,
                        intensity=bool(table and intensity))
         prefix = f"patchworks-stage-{token}"
         if windows is None:
@@ -311,8 +321,9 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             output = ArrayOutput(run.create(shape=spatial_shape, dtype=plan.dtype, chunks=chunks))
         else:
             if into is not None:  # an unfinished or replaced label image is never listed in the image
-                register_label(into, run.target.name, remove=True)
-            writer.locate(run.path, run.component, run.scratch / "pyramid", plan.dtype)
+                register_label(into, _label_name(run), remove=True, storage_options=run.storage_options)
+            writer.locate(run.path, run.component, run.scratch.child("pyramid"), plan.dtype,
+                          storage_options=run.storage_options)
             run.create_label_image(writer)
             output = writer
         prefix = f"patchworks-relabel-{token}"
@@ -339,14 +350,14 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         # 5. the object table from the staged partials, through the same plan (no read of the labels);
         #    a label image keeps it at G/table, next to its levels
         if writer is not None:
-            table_path, labels_rel, labels_path = run.target / "table", "../0", run.target / "0"
+            table_path, labels_rel, labels_path = join(run.target, "table"), "../0", join(run.target, "0")
         else:
             (table_path, labels_rel), labels_path = table_location(run.path, run.component), run.target
         if table:
             n_objects = _write_table(staging, grid, plan, run, table_path, labels_rel, labels_path, source,
                                      intensity, client, progress, token)
-        elif table_path.exists():  # a replaced run's table would describe labels that are gone
-            shutil.rmtree(table_path, ignore_errors=True)
+        elif run.exists(table_path):  # a replaced run's table would describe labels that are gone
+            run.remove_output(table_path)
         output = writer.group("r+") if writer is not None else output.array
         run.mark_complete(output, {**record, "n_objects": n_objects, "max_label": plan.max_label,
                                    "sequential_labels": bool(sequential),
@@ -355,7 +366,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
                                    "tile_shape": list(grid.tile_shape), "overlap": list(grid.overlap),
                                    "n_skipped": int(n_skipped)})
         if into is not None:  # listed in the image last, once complete
-            register_label(into, run.target.name)
+            register_label(into, _label_name(run), storage_options=run.storage_options)
     except BaseException:
         run.fail()
         raise
@@ -369,10 +380,10 @@ def _write_table(staging, grid, plan, run, table_path, labels_rel, labels_path, 
     n_channels = 0
     if intensity:
         n_channels = int(np.prod([s for a, s in enumerate(grid.shape) if a not in grid.spatial_axes]))
-    return write_object_table(root=staging.root, grid=grid, plan=plan, table_path=table_path,
+    return write_object_table(scratch=staging.scratch, grid=grid, plan=plan, table_path=table_path,
                               labels_path=labels_path, labels_rel=labels_rel, n_channels=n_channels,
                               voxel_size=voxel_size, units=units, zarr_format=run.zarr_format, client=client,
-                              progress=progress, token=token)
+                              progress=progress, token=token, storage_options=run.storage_options)
 
 
 def _measures_intensity(source) -> bool:
@@ -456,8 +467,10 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
         Smallest IoU at which two mutual best matches are joined
         (``stitch="iou"``). Above 0.5 a match is unique by construction;
         lower values tolerate segmenters whose views of a cell differ more.
-    write_to : path, optional
-        Where the OME-NGFF label image goes (a zarr group; v3 unless
+    write_to : path or URL, optional
+        Where the OME-NGFF label image goes, a local path or an object-store
+        URL (``s3://``, ``gs://``, ``az://``, ``file://``; see
+        ``storage_options``) (a zarr group; v3 unless
         ``zarr_format=2``): levels ``"0"``, ``"1"``, ... with chunks aligned
         with the tile cores, ``multiscales`` with the voxel size and
         ``image-label``, our run record under ``"patchworks"``. Default: a
@@ -518,17 +531,20 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
         without this option nothing is ever written inside the input.
     name : str, optional
         The label image's name (required with ``labels_into``).
-    scratch_dir : path, optional
-        Where the run's scratch (staged tiles, one lz4 file per tile) lives;
-        default next to ``write_to`` (a hidden ``.patchworks-*`` directory),
-        else the system temp dir. Removed when the run completes, kept after
-        a failure so that the run can resume.
+    scratch_dir : path or URL, optional
+        Where the run's scratch (staged tiles, one lz4 object per tile) lives;
+        default next to ``write_to`` (a hidden ``.patchworks-*`` directory or
+        prefix, in the object store when ``write_to`` is a URL), else the
+        system temp dir. Removed when the run completes, kept after a failure
+        so that the run can resume. On a ``distributed`` cluster every worker
+        must share it with the driver (checked before any tile runs): on
+        workers that share no file system, pass a URL in an object store.
     storage_options : dict, optional
-        Options for the fsspec backend of every URL of the call (credentials,
-        endpoint, ...), e.g. ``{"key": ..., "secret": ..., "client_kwargs":
-        {"endpoint_url": ...}}`` for S3; without it the backend reads its
-        environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``,
-        ...). It travels to the workers with the input.
+        Options for the fsspec backend of every URL of the call
+        (the input, ``write_to``, ``labels_into``, ``scratch_dir``), e.g. ``{"key":
+        ..., "secret": ..., "client_kwargs": {"endpoint_url": ...}}`` for
+        S3; default: the backend's own configuration (environment
+        variables, config files). It travels to the workers with the input.
     return_count : bool, default False
         Also return the number of objects.
     max_workers : int, optional
@@ -622,7 +638,7 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
     write_to, output_component, zarr_format, writer, into = _prepare_output(
         write_to=write_to, labels_into=labels_into, name=name, output_format=output_format,
         output_component=output_component, zarr_format=zarr_format, grid=grid, source=source,
-        voxel_size=voxel_size, pyramid_levels=pyramid_levels)
+        voxel_size=voxel_size, pyramid_levels=pyramid_levels, storage_options=storage_options)
     table = write_to is not None if table is None else bool(table)
     # only a named output can be resumed; skip hashing (a full pass over a numpy input) otherwise
     image_token = "" if write_to is None else source_token(source)
@@ -640,7 +656,7 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
                  resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir,
                  inputs=(source,) if into is not None else (image,), keep_stage=keep_stage,
-                 into_image=into is not None)
+                 into_image=into is not None, storage_options=storage_options)
 
     with contextlib.ExitStack() as stack:
         if devices is not None:
@@ -782,7 +798,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
     write_to, output_component, zarr_format, writer, into = _prepare_output(
         write_to=write_to, labels_into=labels_into, name=name, output_format=output_format,
         output_component=output_component, zarr_format=zarr_format, grid=grid, source=source,
-        voxel_size=voxel_size, pyramid_levels=pyramid_levels)
+        voxel_size=voxel_size, pyramid_levels=pyramid_levels, storage_options=storage_options)
     table = write_to is not None if table is None else bool(table)
     labeled_token = "" if write_to is None else source_token(source if source is not None else blocks)
     describe = {"labeled": describe_source(labeled, source if source is not None else blocks),
@@ -801,7 +817,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
                  resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir,
                  inputs=(source if source is not None else labeled,) if into is not None else (labeled,),
-                 keep_stage=keep_stage, into_image=into is not None)
+                 keep_stage=keep_stage, into_image=into is not None, storage_options=storage_options)
     with dask.config.set(num_workers=n_workers) if n_workers else contextlib.nullcontext():
         return _label_pipeline(grid=grid, job_fn=None, source=source, windows=windows, run=run,
                                connectivity=connectivity, sequential=sequential_labels, label_counts=label_counts,

@@ -27,19 +27,23 @@ an interrupted run can resume:
 Files rather than memory keep the driver's and the workers' memory flat
 whatever the volume (the OS page cache makes them about as fast for a run
 that fits in RAM), let cluster workers share staging through the file system,
-and make a staged tile a durable fact of the run.
+and make a staged tile a durable fact of the run. The files are objects of a
+:class:`~patchworks.io._scratch.Scratch`: a local directory, or a prefix in an
+object store that workers sharing no file system all reach. Reads are
+batched for the object-store case: resume lists the tiles once, a seam task
+fetches its plane from every tile in one ``get_ranges`` call, a relabel task
+reads its tile in one GET, a band read is two ranged GETs.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-from pathlib import Path
 
 import numpy as np
 from numcodecs import Blosc
 
 from ..grid import Tile, TileGrid
+from ..io._scratch import Scratch
 
 # lz4 level 1 with byte shuffle: ~1.5 GB/s each way on label tiles at ~8x;
 # scratch is read once and deleted, so speed beats ratio here.
@@ -50,24 +54,21 @@ STAGING_FORMAT = 2
 _CODEC = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 class TileStaging:
-    """Staged tiles of one run, kept as files under ``root`` (picklable)."""
+    """Staged tiles of one run, one object per tile in ``scratch`` (a :class:`Scratch` or a path; picklable)."""
 
-    def __init__(self, grid: TileGrid, root, bands: bool = False):
+    def __init__(self, grid: TileGrid, scratch, bands: bool = False):
         self.grid = grid
-        self.root = Path(root)
+        self.scratch = scratch if isinstance(scratch, Scratch) else Scratch(scratch)
         self.bands = bands           # stage IoU bands instead of seam planes
-        self.root.mkdir(parents=True, exist_ok=True)
 
-    def _path(self, i: int) -> Path:
-        return self.root / f"tile-{i}.bin"
+    @property
+    def root(self):
+        return self.scratch.location
+
+    @staticmethod
+    def _key(i: int) -> str:
+        return f"tile-{i}.bin"
 
     def _plane_shapes(self, tile: Tile) -> dict[int, tuple[int, ...]]:
         """``{axis: shape of one seam plane}`` for every tiled axis (two planes each in the file)."""
@@ -97,9 +98,6 @@ class TileStaging:
                 boxes[(a, side)] = tile.spatial_window[:a] + (across,) + tile.spatial_window[a + 1:]
         return boxes
 
-    def _band_lengths(self, f, tile: Tile) -> np.ndarray:
-        """Compressed length of each band (file positioned after the header)."""
-        return np.frombuffer(f.read(8 * len(self.band_boxes(tile))), dtype=np.uint64).astype(np.int64)
 
     def put(self, tile: Tile, ids: np.ndarray | None, lut: np.ndarray | None, n: int, bands=None) -> None:
         """Stage a tile: ``n`` labels in its core ``ids``, ``lut[ids]`` local (``ids`` are when ``lut`` is None).
@@ -108,7 +106,7 @@ class TileStaging:
         (``stitch="iou"`` only).
         """
         if n == 0:
-            _atomic_write(self._path(tile.linear_index), np.zeros(4, np.uint64).tobytes())
+            self.scratch.put(self._key(tile.linear_index), np.zeros(4, np.uint64).tobytes())
             return
         ids = np.ascontiguousarray(ids, dtype=np.uint32)
         if self.bands:
@@ -124,33 +122,35 @@ class TileStaging:
         body = _CODEC.encode(ids)
         extra = b"" if lut is None else _CODEC.encode(np.ascontiguousarray(lut, dtype=np.uint32))
         header = np.array([n, len(body), len(extra), 0 if lut is None else lut.size], dtype=np.uint64)
-        _atomic_write(self._path(tile.linear_index), b"".join([header.tobytes(), plane_bytes, body, extra]))
+        self.scratch.put(self._key(tile.linear_index), b"".join([header.tobytes(), plane_bytes, body, extra]))
 
     def staged_counts(self) -> dict[int, int]:
-        """``{tile: n_labels}`` of every tile already staged (what a resumed run skips)."""
-        counts = {}
-        for path in self.root.glob("tile-*.bin"):
-            with open(path, "rb") as f:
-                counts[int(path.stem[5:])] = int(np.frombuffer(f.read(8), dtype=np.uint64)[0])
-        return counts
+        """``{tile: n_labels}`` of every tile already staged (what a resumed run skips).
+
+        One listing, then the 8-byte heads of the staged tiles in one batch.
+        """
+        found = [int(k[5:-4]) for k in self.scratch.keys("tile-") if k.endswith(".bin")]
+        heads = self.scratch.get_ranges([self._key(i) for i in found], [0] * len(found), [8] * len(found))
+        return {i: int(np.frombuffer(h, dtype=np.uint64)[0]) for i, h in zip(found, heads)
+                if h is not None and len(h) == 8}
 
     def take(self, tile: Tile):
-        """``(ids, lut)`` of a staged tile."""
-        with open(self._path(tile.linear_index), "rb") as f:
-            _, body_len, extra_len, lut_size = (int(v) for v in np.frombuffer(f.read(32), dtype=np.uint64))
-            if self.bands:
-                lengths = self._band_lengths(f, tile)
-                head = 32 + 8 * len(lengths) + int(lengths.sum())
-            else:
-                head = 32 + 8 * sum(int(np.prod(s)) for s in self._plane_shapes(tile).values())
-            f.seek(head)
-            body, extra = f.read(body_len), f.read(extra_len)
+        """``(ids, lut)`` of a staged tile (one read of its object)."""
+        data = self.scratch.get(self._key(tile.linear_index))
+        _, body_len, extra_len, lut_size = (int(v) for v in np.frombuffer(data[:32], dtype=np.uint64))
+        if self.bands:
+            nb = len(self.band_boxes(tile))
+            lengths = np.frombuffer(data[32:32 + 8 * nb], dtype=np.uint64).astype(np.int64)
+            head = 32 + 8 * nb + int(lengths.sum())
+        else:
+            head = 32 + 8 * sum(int(np.prod(s)) for s in self._plane_shapes(tile).values())
+        body, extra = data[head:head + body_len], data[head + body_len:head + body_len + extra_len]
         ids = np.frombuffer(_CODEC.decode(body), dtype=np.uint32).reshape(tile.core_shape)
         lut = np.frombuffer(_CODEC.decode(extra), dtype=np.uint32)[:lut_size] if extra_len else None
         return ids, lut
 
-    def _read_plane(self, tile: Tile, path: Path, axis: int, which: int) -> np.ndarray | None:
-        """One staged seam plane of a tile (``which``: 0 first, 1 last), or None for an empty tile."""
+    def _plane_range(self, tile: Tile, axis: int, which: int) -> tuple[int, int]:
+        """Byte range of one staged seam plane of a tile (``which``: 0 first, 1 last)."""
         shapes = self._plane_shapes(tile)
         offset = 32
         for a, shape in shapes.items():
@@ -158,33 +158,54 @@ class TileStaging:
                 offset += 4 * which * int(np.prod(shape))
                 break
             offset += 8 * int(np.prod(shape))
-        with open(path, "rb") as f:
-            head = f.read(32)
-            if len(head) < 32 or int(np.frombuffer(head[:8], dtype=np.uint64)[0]) == 0:
-                return None  # an empty or skipped tile has no planes
-            f.seek(offset)
-            return np.fromfile(f, dtype=np.uint32, count=int(np.prod(shapes[axis]))).reshape(shapes[axis])
+        return offset, offset + 4 * int(np.prod(shapes[axis]))
 
     def read_bands(self, tile: Tile, keys=None) -> dict[tuple[int, int], np.ndarray] | None:
         """The staged band views of a tile (``stitch="iou"``), or None for an empty tile.
 
-        ``keys``: only these ``(axis, side)`` bands (each read with a seek, so
-        a neighbour's other bands are not read).
+        ``keys``: only these ``(axis, side)`` bands. Two ranged reads: the
+        header with the band lengths, then the span of the bands asked for
+        (a neighbour's other bands and the core are not read).
         """
-        boxes = self.band_boxes(tile)
-        out = {}
-        with open(self._path(tile.linear_index), "rb") as f:
-            head = f.read(32)
+        return self.read_bands_many([(tile, keys)])[0]
+
+    def read_bands_many(self, requests) -> list:
+        """:meth:`read_bands` for several ``(tile, keys)`` at once: two batched reads in all, not two per tile."""
+        boxes = [self.band_boxes(tile) for tile, _ in requests]
+        names = [self._key(tile.linear_index) for tile, _ in requests]
+        heads = self.scratch.get_ranges(names, [0] * len(names), [32 + 8 * len(b) for b in boxes])
+        plans, spans = [], []
+        for (tile, keys), box, head in zip(requests, boxes, heads):
+            if head is None:
+                raise FileNotFoundError(f"tile {tile.index} is not staged in {self.scratch}")
             if len(head) < 32 or int(np.frombuffer(head[:8], dtype=np.uint64)[0]) == 0:
-                return None
-            lengths = self._band_lengths(f, tile)
-            start = 32 + 8 * len(lengths)
-            for (key, box), length in zip(boxes.items(), lengths):
-                if keys is None or key in keys:
-                    f.seek(start)
-                    shape = tuple(s.stop - s.start for s in box)
-                    out[key] = np.frombuffer(_CODEC.decode(f.read(length)), dtype=np.uint32).reshape(shape)
-                start += int(length)
+                plans.append(None)
+                continue
+            nb = len(box)
+            lengths = np.frombuffer(head[32:32 + 8 * nb], dtype=np.uint64).astype(np.int64)
+            starts = 32 + 8 * nb + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            wanted = [j for j, k in enumerate(box) if keys is None or k in keys]
+            plans.append((lengths, starts, wanted))
+            if wanted:
+                spans.append((len(plans) - 1, int(starts[wanted[0]]),
+                              int(starts[wanted[-1]] + lengths[wanted[-1]])))
+        data = dict(zip((i for i, _, _ in spans),
+                        self.scratch.get_ranges([names[i] for i, _, _ in spans], [a for _, a, _ in spans],
+                                                [b for _, _, b in spans])))
+        lows = {i: a for i, a, _ in spans}
+        out = []
+        for i, (plan, box) in enumerate(zip(plans, boxes)):
+            if plan is None:
+                out.append(None)
+                continue
+            lengths, starts, wanted = plan
+            views = {}
+            for j, (k, b) in enumerate(box.items()):
+                if j in wanted:
+                    shape = tuple(s.stop - s.start for s in b)
+                    blob = data[i][int(starts[j]) - lows[i]:int(starts[j] + lengths[j]) - lows[i]]
+                    views[k] = np.frombuffer(_CODEC.decode(blob), dtype=np.uint32).reshape(shape)
+            out.append(views)
         return out
 
     def read_plane(self, axis: int, plane_index: int, lo: int, hi: int) -> np.ndarray:
@@ -206,12 +227,15 @@ class TileStaging:
             first = int(np.searchsorted(b, lo, side="right") - 1)
             last = int(np.searchsorted(b, hi, side="left"))
             ranges[in_plane[0]] = range(first, last)
-        for index in itertools.product(*ranges):
-            tile = grid.tile(index)
-            path = self._path(tile.linear_index)
-            piece = self._read_plane(tile, path, axis, which) if path.exists() else None
-            if piece is None:
-                continue  # empty tile
+        tiles = [grid.tile(index) for index in itertools.product(*ranges)]
+        spans = [self._plane_range(tile, axis, which) for tile in tiles]
+        # one batch for every tile of the plane: an object store answers them concurrently
+        pieces = self.scratch.get_ranges([self._key(t.linear_index) for t in tiles],
+                                         [a for a, _ in spans], [b for _, b in spans])
+        for tile, (a, b), raw in zip(tiles, spans, pieces):
+            if raw is None or len(raw) < b - a:
+                continue  # an empty or skipped tile has no planes (its object is the 32-byte header)
+            piece = np.frombuffer(raw, dtype=np.uint32).reshape(self._plane_shapes(tile)[axis])
             dst = [tile.spatial_core[k] for k in in_plane]
             if in_plane:
                 core = dst[0]

@@ -14,9 +14,8 @@ on the whole image, one row per object.
 
 from __future__ import annotations
 
-import os
+import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -79,40 +78,28 @@ class Partials:
         out.label = np.asarray(labels, dtype=np.uint64)
         return out
 
-    def save(self, stem) -> None:
-        """One ``.npy`` per tile, written atomically: int64 columns, then the floats' bits."""
-        stem = Path(stem)
+    def save(self, scratch, key: str) -> None:
+        """One ``.npy`` object per tile in ``scratch``, written atomically: int64 columns, then the floats' bits."""
         data = np.column_stack([self.label.view(np.int64), self.count, self.csum, self.bmin, self.bmax,
                                 np.column_stack([self.isum, self.im2, self.imin, self.imax]).view(np.int64)])
-        tmp = stem.with_name(stem.name + ".npy.part")
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(data, dtype=np.int64))
-        os.replace(tmp, stem.with_name(stem.name + ".npy"))
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(data, dtype=np.int64))
+        scratch.put(key + ".npy", buffer.getvalue())
 
     @staticmethod
-    def load(stem, ndim: int, n_channels: int) -> "Partials":
-        """Read partials saved by :meth:`save`."""
-        stem = Path(stem)
-        data = load_npy(stem.with_name(stem.name + ".npy"))
+    def load(scratch, key: str, ndim: int, n_channels: int) -> "Partials | None":
+        """Read partials saved by :meth:`save`; None when ``key`` was never saved (one read, no existence check)."""
+        try:
+            raw = scratch.get(key + ".npy")
+        except FileNotFoundError:
+            return None
+        data = load_npy(io.BytesIO(raw))
         d, c = ndim, n_channels
         floats = np.ascontiguousarray(data[:, 2 + 3 * d:]).view(np.float64)
         return Partials(data[:, 0].view(np.uint64).copy(), data[:, 1].copy(), data[:, 2:2 + d].copy(),
                         data[:, 2 + d:2 + 2 * d].copy(), data[:, 2 + 2 * d:2 + 3 * d].copy(),
                         floats[:, :c].copy(), floats[:, c:2 * c].copy(), floats[:, 2 * c:3 * c].copy(),
                         floats[:, 3 * c:].copy())
-
-    @staticmethod
-    def exists(stem) -> bool:
-        stem = Path(stem)
-        return stem.with_name(stem.name + ".npy").exists()
-
-    @staticmethod
-    def remove(stem) -> None:
-        stem = Path(stem)
-        try:
-            stem.with_name(stem.name + ".npy").unlink()
-        except OSError:
-            pass
 
 
 _FIELDS = ("label", "count", "csum", "bmin", "bmax", "isum", "im2", "imin", "imax")

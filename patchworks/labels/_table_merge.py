@@ -18,8 +18,6 @@ the table's column arrays one chunk at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 
 from ..grid import TileGrid
@@ -28,18 +26,18 @@ from ..run._execute import graph_tasks, run_tasks
 from ._table import Partials, column_dtypes, reduce_partials, table_columns
 
 
-def partials_stem(root, linear_index: int) -> Path:
-    """Where a tile task stages its partials (next to the staged tile, same scratch)."""
-    return Path(root) / f"table-{linear_index}"
+def partials_stem(linear_index: int) -> str:
+    """The key under which a tile task stages its partials (next to the staged tile, same scratch)."""
+    return f"table-{linear_index}"
 
 
-def _own_stem(root, linear_index: int) -> Path:
-    return Path(root) / f"rows-{linear_index}"
+def _own_stem(linear_index: int) -> str:
+    return f"rows-{linear_index}"
 
 
 @dataclass
 class _TableJob:
-    root: Path
+    scratch: object              # the run's Scratch (staged tiles' objects)
     ndim: int
     n_channels: int
 
@@ -51,20 +49,19 @@ def _own_lower(plan) -> int:
 
 def table_task(job: _TableJob, linear_index: int, plan):
     """Map one tile's partials to final ids; keep its own objects' rows, return the others'."""
-    stem = partials_stem(job.root, linear_index)
-    if not Partials.exists(stem):  # a tile with no labels in its core (or skipped as empty)
+    parts = Partials.load(job.scratch, partials_stem(linear_index), job.ndim, job.n_channels)
+    if parts is None:  # a tile with no labels in its core (or skipped as empty)
         return linear_index, 0, Partials.empty(job.ndim, job.n_channels)
-    parts = Partials.load(stem, job.ndim, job.n_channels)
     final = plan.final_ids(parts.label)
     own = final > np.uint64(_own_lower(plan))
     mine = reduce_partials(parts.take(own).relabel(final[own]))  # two labels of the tile may be one object
-    mine.save(_own_stem(job.root, linear_index))
+    mine.save(job.scratch, _own_stem(linear_index))
     return linear_index, len(mine), parts.take(~own).relabel(final[~own])
 
 
-def write_object_table(*, root, grid: TileGrid, plan, table_path, labels_path, labels_rel: str, n_channels: int,
+def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path, labels_rel: str, n_channels: int,
                        voxel_size=None, units=None, zarr_format: int = 3, client=None, progress=None,
-                       token: str = "") -> int:
+                       token: str = "", storage_options: dict | None = None) -> int:
     """Build the run's table from the staged partials and write it at ``table_path``; returns its rows.
 
     ``labels_path`` is the finished level-0 array (stamped so that a later
@@ -72,7 +69,7 @@ def write_object_table(*, root, grid: TileGrid, plan, table_path, labels_path, l
     the table.
     """
     ndim = len(grid.spatial_axes)
-    job = _TableJob(Path(root), ndim, n_channels)
+    job = _TableJob(scratch, ndim, n_channels)
     prefix = f"patchworks-table-{token}"
     tasks = graph_tasks(prefix, table_task, job,
                         [(i, plan.tiles[i]) for i in range(grid.n_tiles) if plan.tiles[i].n_labels])
@@ -90,13 +87,14 @@ def write_object_table(*, root, grid: TileGrid, plan, table_path, labels_path, l
     foreign, owner = foreign.take(order), owner[order]
     bounds = np.searchsorted(owner, np.arange(grid.n_tiles + 1))
 
-    record = {"labels": labels_rel, "stamp": labels_stamp(labels_path), "n_objects": int(n_own.sum()),
+    record = {"labels": labels_rel, "stamp": labels_stamp(labels_path, storage_options), "n_objects": int(n_own.sum()),
               "voxel_size": None if voxel_size is None else [float(v) for v in voxel_size],
               "units": None if units is None else list(units), "n_channels": int(n_channels)}
     writer = TableWriter(table_path, int(n_own.sum()), column_dtypes(ndim, n_channels, voxel_size=voxel_size),
-                         record=record, zarr_format=zarr_format)
+                         record=record, zarr_format=zarr_format,
+                         storage_options=storage_options)
     for i in np.flatnonzero(n_own):
-        rows = Partials.load(_own_stem(root, i), ndim, n_channels)
+        rows = Partials.load(scratch, _own_stem(i), ndim, n_channels)
         lo, hi = bounds[i], bounds[i + 1]
         if hi > lo:
             rows = reduce_partials(Partials.concat([rows, foreign.take(slice(lo, hi))]))

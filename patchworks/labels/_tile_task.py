@@ -41,7 +41,7 @@ class StageJob:
     label_counts: Any = None     # per-tile counts the caller vouches for (labels already 1..n)
     compact: bool = True         # number 1..n without gaps (sequential output needs it)
     empty_threshold: float | None = None  # skip fn when the whole window is <= this
-    table_root: Any = None       # where to stage the core's table partials; None: no table
+    table_scratch: Any = None    # the Scratch where the core's table partials go; None: no table
     intensity: bool = False      # measure the window's intensities too (the window is the image)
 
 
@@ -148,7 +148,7 @@ def band_ids(labels: np.ndarray, tile: Tile, boxes) -> tuple[np.ndarray, np.ndar
 
 def _stage_partials(job: StageJob, tile: Tile, ids, lut, n: int, window) -> None:
     """Measure the core while it is in memory (before the tile is staged: staged means measured)."""
-    if job.table_root is None or n == 0:
+    if job.table_scratch is None or n == 0:
         return
     intensity = None
     if job.intensity:
@@ -161,7 +161,7 @@ def _stage_partials(job: StageJob, tile: Tile, ids, lut, n: int, window) -> None
     parts = tile_partials(ids, n if lut is None else lut.size - 1, origin, intensity)
     if lut is not None:
         parts = parts.relabel(lut[parts.label.astype(np.int64)])
-    parts.save(partials_stem(job.table_root, tile.linear_index))
+    parts.save(job.table_scratch, partials_stem(tile.linear_index))
 
 
 def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:

@@ -17,14 +17,18 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import dask.array as da
 import zarr
 from dask.base import tokenize
 
+from ..io._scratch import Scratch, parent_and_name, same_remote
 from ..io._sources import LazySource, create_output, same_location
+from ..io._urls import READ_ONLY_PROTOCOLS, filesystem, is_remote, join, protocol_of, zarr_store
 
 logger = logging.getLogger("patchworks")
 
@@ -132,11 +136,27 @@ def describe_source(image, source) -> str:
     return f"{type(source).__name__} {tuple(source.shape)} {source.dtype}"
 
 
-def _kept(scratch: Path) -> bool:
+def _kept(scratch: Scratch) -> bool:
     try:
-        return bool(json.loads((scratch / "run.json").read_text()).get("complete"))
+        return bool(json.loads(scratch.get("run.json")).get("complete"))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _siblings(parent, stem: str, storage_options) -> list:
+    """Scratch roots under ``parent`` whose name starts with ``stem`` (one listing)."""
+    if not is_remote(parent):
+        return [p for p in Path(parent).glob(f"{stem}*") if p.is_dir()]
+    fs, root = filesystem(str(parent), storage_options, parameter="scratch_dir")
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
+    try:
+        entries = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return []
+    scheme = protocol_of(str(parent))
+    return [f"{scheme}://{e['name'].rstrip('/')}" for e in entries
+            if e.get("type") == "directory" and e["name"].rstrip("/").rsplit("/", 1)[-1].startswith(stem)]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -154,66 +174,120 @@ class RunDir:
 
     Parameters
     ----------
-    write_to : path or None
-        The output store; None means a fresh temporary directory (no resume).
+    write_to : path, URL or None
+        The output store (a local path, ``file://`` or an object-store URL);
+        None means a fresh temporary directory (no resume).
     component : str or None
         Array inside a group at ``write_to``.
     fingerprint : str
         Token of everything that decides the result.
     describe : dict
         The same, human-readable, for the message that refuses to mix runs.
+    scratch_dir : path or URL, optional
+        Parent of the run's scratch; default next to ``write_to``.
+    storage_options : dict, optional
+        For every URL of the run (output and scratch).
     temporary_name : str
         Name of the output store inside the temporary directory.
     """
 
     def __init__(self, write_to, component, *, fingerprint: str, describe: dict, overwrite: bool, resume: bool,
                  zarr_format: int, scratch_dir=None, inputs=(), keep_stage: bool = False,
-                 temporary_name: str = "labels.zarr", into_image: bool = False):
+                 temporary_name: str = "labels.zarr", into_image: bool = False, storage_options=None,
+                 scratch_parameter: str = "scratch_dir"):
         self.fingerprint, self.describe = fingerprint, describe
         self.keep_stage = bool(keep_stage)
         self.component, self.overwrite, self.zarr_format = component, overwrite, zarr_format
+        self.storage_options = storage_options or None
         self.temporary = write_to is None
         self.created = self.finished = False
+        for value, name in ((write_to, "labels_into" if into_image else "write_to"), (scratch_dir, scratch_parameter)):
+            if protocol_of(value) in READ_ONLY_PROTOCOLS:
+                raise ValueError(f"{name}={value!r}: {protocol_of(value)}:// is read-only; write to a local path "
+                                 f"or an object store (s3://, gs://, az://) instead")
         if self.temporary:
-            self.root = Path(tempfile.mkdtemp(prefix="patchworks-", dir=scratch_dir))
+            local_parent = None if is_remote(scratch_dir) else scratch_dir
+            self.root = Path(tempfile.mkdtemp(prefix="patchworks-", dir=local_parent))
             self.path = self.target = self.root / temporary_name
-            self.scratch = self.root / f"{_SCRATCH_PREFIX}scratch"
-            self.scratch.mkdir()
+            if is_remote(scratch_dir):
+                self.scratch = Scratch(join(scratch_dir, f"{_SCRATCH_PREFIX}{self.root.name}"), storage_options)
+            else:
+                self.scratch = Scratch(self.root / f"{_SCRATCH_PREFIX}scratch")
+                self.scratch.path.mkdir()
             return
-        self.path = Path(write_to)
-        self.target = self.path / component if component else self.path
+        self.remote = is_remote(write_to)
+        self.path = str(write_to).rstrip("/") if self.remote else Path(write_to)
+        self.target = join(self.path, component) if component else self.path
         for item in inputs:
             # labels written into an image (IMAGE/labels/<name>) may sit next to the array read, never on it
-            if same_location(self.target if into_image else write_to, item):
-                raise ValueError(f"write_to={str(self.target if into_image else write_to)!r} is the input; "
+            where = self.target if into_image else write_to
+            if same_location(where, item) if not self.remote else same_remote(where, item):
+                raise ValueError(f"write_to={str(where)!r} is the input; "
                                  f"patchworks never writes to its input: choose another output path")
-        parent = Path(scratch_dir) if scratch_dir else self.path.absolute().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        stem = f"{_SCRATCH_PREFIX}{self.path.name}{'-' + component.replace('/', '_') if component else ''}-"
-        self.scratch = parent / f"{stem}{fingerprint[:16]}"
+        out_parent, out_name = parent_and_name(self.path)
+        parent = scratch_dir if scratch_dir else out_parent
+        if not is_remote(parent):
+            parent = Path(parent)
+            parent.mkdir(parents=True, exist_ok=True)
+        stem = f"{_SCRATCH_PREFIX}{out_name}{'-' + component.replace('/', '_') if component else ''}-"
+        self.scratch = Scratch(join(parent, f"{stem}{fingerprint[:16]}"), storage_options)
+        self._check_reachable()
         # a stage kept after a finished run (keep_stage=True) is no unfinished run to protect
-        others = [p for p in parent.glob(f"{stem}*") if p.is_dir() and p != self.scratch and not _kept(p)]
+        others = [Scratch(p, storage_options) for p in _siblings(parent, stem, storage_options)]
+        others = [o for o in others if o != self.scratch and not _kept(o)]
         if overwrite or not resume:
             for stale in others + [self.scratch]:
-                shutil.rmtree(stale, ignore_errors=True)
+                stale.remove_all()
             others = []
         self.finished = self._check_existing_output(resume)
         if self.finished:
             return
         for other in others:
             raise ValueError(self._mixing_message(other))
-        self.scratch.mkdir(parents=True, exist_ok=True)
+        if not self.scratch.remote:
+            self.scratch.path.mkdir(parents=True, exist_ok=True)
         self._take_lock()
-        (self.scratch / "run.json").write_text(json.dumps({"fingerprint": fingerprint, **describe}, default=str))
+        self.scratch.put("run.json", json.dumps({"fingerprint": fingerprint, **describe}, default=str).encode())
 
     # -- rules ---------------------------------------------------------------------------
+    def _check_reachable(self) -> None:
+        """An object-store output or scratch must answer before any tile runs: errors name the URL."""
+        for what, location in (("write_to", self.path), ("scratch_dir", self.scratch.location)):
+            if not is_remote(location):
+                continue
+            probe = Scratch(location, self.storage_options)
+            key = f".patchworks-probe-{os.getpid()}-{time.time_ns()}"
+            try:
+                if what == "write_to":
+                    parent, _ = parent_and_name(location)
+                    probe = Scratch(parent, self.storage_options)
+                probe.put(key, b"ok")
+                probe.remove(key)
+            except ImportError:
+                raise
+            except Exception as exc:
+                raise _unreachable(what, str(location), exc) from exc
+
+    def _exists(self, location) -> bool:
+        if not is_remote(location):
+            return Path(location).exists()
+        fs, root = filesystem(str(location), self.storage_options, parameter="write_to")
+        fs.invalidate_cache(root)
+        return bool(fs.exists(root))
+
+    def _open(self, location, mode="r"):
+        if not is_remote(location):
+            return zarr.open(store=str(location), mode=mode)
+        return zarr.open(store=zarr_store(str(location), self.storage_options, read_only=mode == "r",
+                                          parameter="write_to"), mode=mode)
+
     def _check_existing_output(self, resume: bool) -> bool:
         """True when ``write_to`` already holds this very run, complete (re-run = no-op)."""
-        if not self.target.exists():
+        if not self._exists(self.target):
             return False
         attrs = {}
         try:  # a label image (group) or a plain array: the run record is in its attributes
-            attrs = dict(zarr.open(store=str(self.target), mode="r").attrs).get("patchworks", {})
+            attrs = dict(self._open(self.target).attrs).get("patchworks", {})
         except Exception:  # not a zarr node we wrote: the generic message below applies
             attrs = {}
         attrs = attrs if isinstance(attrs, dict) else {}
@@ -227,9 +301,9 @@ class RunDir:
         raise FileExistsError(f"write_to={str(self.target)!r} already exists{hint}; pass overwrite=True to "
                               f"replace it, or choose another path")
 
-    def _mixing_message(self, other: Path) -> str:
+    def _mixing_message(self, other: Scratch) -> str:
         try:
-            before = json.loads((other / "run.json").read_text())
+            before = json.loads(other.get("run.json"))
         except (OSError, ValueError):
             before = {}
         now = _flat(json.loads(json.dumps(self.describe, default=str)))  # tuples -> lists, as stored
@@ -246,27 +320,34 @@ class RunDir:
                 f"to discard it and start this one")
 
     def _take_lock(self) -> None:
-        lock = self.scratch / "lock"
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid):
-                raise RuntimeError(f"another patchworks run (pid {pid}) is writing {str(self.target)!r} right "
-                                   f"now; wait for it to finish or stop it") from None
-            lock.write_text(str(os.getpid()))  # a crashed run's lock: take it over
+        """One run at a time per scratch: an exclusive create (``O_EXCL``, or S3's ``If-None-Match``)."""
+        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        if self.scratch.create("lock", json.dumps(me).encode()):
             return
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
+        try:
+            held = json.loads(self.scratch.get("lock") or b"{}")
+        except (OSError, ValueError):
+            held = {}
+        if isinstance(held, int):  # a lock written by an older version: a bare pid
+            held = {"host": me["host"], "pid": held}
+        pid = int(held.get("pid") or 0) if isinstance(held, dict) else 0
+        host = held.get("host", me["host"]) if isinstance(held, dict) else me["host"]
+        if host != me["host"] and pid:
+            raise RuntimeError(
+                f"another patchworks run (pid {pid} on host {host!r}) holds {self.scratch}/lock for "
+                f"{str(self.target)!r}; it may still be writing. If that run is gone, delete the lock object and "
+                f"re-run to resume it")
+        if pid and pid != os.getpid() and _pid_alive(pid):
+            raise RuntimeError(f"another patchworks run (pid {pid}) is writing {str(self.target)!r} right "
+                               f"now; wait for it to finish or stop it") from None
+        self.scratch.put("lock", json.dumps(me).encode())  # a crashed run's lock: take it over
 
     # -- outputs -------------------------------------------------------------------------
     def create(self, *, shape, dtype, chunks):
         array = create_output(self.path, shape=shape, dtype=dtype, chunks=chunks, component=self.component,
                               zarr_format=self.zarr_format, overwrite=True if not self.temporary else False,
-                              attributes={"patchworks": {"complete": False, "fingerprint": self.fingerprint}})
+                              attributes={"patchworks": {"complete": False, "fingerprint": self.fingerprint}},
+                              storage_options=self.storage_options)
         self.created = True
         return array
 
@@ -277,7 +358,30 @@ class RunDir:
 
     def open_existing(self):
         """The finished output: a zarr group (label image) or array."""
-        return zarr.open(store=str(self.target), mode="r")
+        return self._open(self.target)
+
+    def remove_output(self, location) -> None:
+        """Remove a store (a replaced run's table, a discarded dense output), local or remote."""
+        if not is_remote(location):
+            shutil.rmtree(location, ignore_errors=True)
+            return
+        fs, root = filesystem(str(location), self.storage_options, parameter="write_to")
+        try:
+            fs.rm(root, recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def shared_locations(self) -> list:
+        """What every cluster worker must share with the driver: the scratch, and a local output's directory."""
+        out = [self.scratch]
+        if not self.temporary and not self.remote and self.scratch.remote:
+            out.append(Scratch(parent_and_name(self.path)[0]))
+        elif self.temporary and self.scratch.remote:
+            out.append(Scratch(self.root))
+        return out
+
+    def exists(self, location) -> bool:
+        return self._exists(location)
 
     def mark_complete(self, output, info: dict) -> None:
         """Record completion, last of all writes (``output``: the array or the label image's group)."""
@@ -285,18 +389,14 @@ class RunDir:
 
     def finish(self) -> None:
         if not self.keep_stage:
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch.remove_all()
             return
+        self.scratch.remove("lock")
         try:
-            (self.scratch / "lock").unlink()
-        except OSError:
-            pass
-        info = self.scratch / "run.json"
-        try:
-            record = json.loads(info.read_text())
+            record = json.loads(self.scratch.get("run.json"))
         except (OSError, ValueError):
             record = {"fingerprint": self.fingerprint}
-        info.write_text(json.dumps({**record, "complete": True}, default=str))
+        self.scratch.put("run.json", json.dumps({**record, "complete": True}, default=str).encode())
         logger.info("patchworks: stage kept in %s (keep_stage=True)", self.scratch)
 
     def fail(self, *, discard_output: bool = False) -> None:
@@ -306,19 +406,38 @@ class RunDir:
         the output it created and its scratch instead.
         """
         if self.temporary:
+            if self.scratch.remote:
+                self.scratch.remove_all()
             shutil.rmtree(self.root, ignore_errors=True)
         elif discard_output:
             if self.created:
-                shutil.rmtree(self.target, ignore_errors=True)
+                self.remove_output(self.target)
             self.finish()
         else:
-            try:
-                (self.scratch / "lock").unlink()
-            except OSError:
-                pass
+            self.scratch.remove("lock")
 
     def discard_temporary(self) -> None:
         if self.temporary and self.keep_stage:  # the labels go, the stage stays where it was logged
             shutil.rmtree(self.path, ignore_errors=True)
         elif self.temporary:
+            if self.scratch.remote:
+                self.scratch.remove_all()
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _unreachable(what: str, url: str, exc: Exception) -> ValueError:
+    """A clear error for an object store that cannot be written: missing bucket, credentials, endpoint."""
+    text = f"{type(exc).__name__}: {exc}"
+    low = text.lower()
+    if "nosuchbucket" in low or "bucket" in low and ("not exist" in low or "not found" in low):
+        why = "the bucket does not exist; create it first or fix the URL"
+    elif any(w in low for w in ("accessdenied", "access denied", "forbidden", "invalidaccesskey",
+                                "signaturedoesnotmatch", "credentials", "permission", "403")):
+        why = "access was refused: check the credentials (storage_options= key/secret, or the environment)"
+    elif any(w in low for w in ("connect", "endpoint", "timeout", "timed out", "name or service", "refused")):
+        why = "the endpoint does not answer: check storage_options={'client_kwargs': {'endpoint_url': ...}}"
+    elif isinstance(exc, FileNotFoundError):
+        why = "the bucket or container does not exist; create it first or fix the URL"
+    else:
+        why = "it cannot be written"
+    return ValueError(f"{what}={url!r}: {why} ({text})")

@@ -1,0 +1,190 @@
+"""The same labelling run from and to an S3 server on 127.0.0.1, against local disk.
+
+    python benchmarks/bench_remote.py                # 512^3 in 128^3 tiles, 16384^2 in 512^2 tiles
+    python benchmarks/bench_remote.py --size small   # smoke size (CI)
+    python benchmarks/bench_remote.py --size medium  # 256^3 / 4096^2, same tile shapes
+
+The S3 server is moto, started here in its own process (so it does not share
+this process's GIL) behind a WSGI middleware that counts its requests by kind
+(tests/_servers.py). Each case runs ``tile_process(threshold, table on)``
+twice on the same executor: input zarr and ``write_to`` on local disk, then
+both in a bucket (the input opened as a zarr array on an FsspecStore; the
+scratch defaults to a hidden prefix next to ``write_to``). Printed per case:
+tiles/s of both, remote/local time, requests per tile (read = object GETs,
+ranged or whole, write = PUTs, list, head, delete) and the peak RSS of this
+process and its children (cluster workers included). Target: remote/local
+<= 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import psutil
+import zarr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import patchworks  # noqa: E402
+from patchworks.io._urls import zarr_store  # noqa: E402
+from patchworks.testing import random_blobs  # noqa: E402
+
+SIZES = {"small": [((32, 32, 32), 16), ((256, 256), 64)],
+         "medium": [((256, 256, 256), 128), ((4096, 4096), 512)],
+         "full": [((512, 512, 512), 128), ((16384, 16384), 512)]}
+
+
+def start_server():
+    """``(process, endpoint)``: a counting moto server in a child process."""
+    port_file = Path(tempfile.mkdtemp(prefix="pw-bench-s3-")) / "endpoint"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_servers.py"), "s3", str(port_file)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not port_file.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError("the moto server did not start (pip install 'patchworks[test]')")
+        time.sleep(0.1)
+    return proc, port_file.read_text()
+
+
+def counts(endpoint) -> dict:
+    return json.loads(urllib.request.urlopen(endpoint + "/__counts__").read())
+
+
+def reset(endpoint) -> None:
+    urllib.request.urlopen(urllib.request.Request(endpoint + "/__reset__", method="POST")).read()
+
+
+def tree_peak(fn):
+    """``(result, seconds, peak MB)``: ``fn()`` and the peak RSS of this process plus its children."""
+    me = psutil.Process()
+
+    def rss():
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    peak, stop = [rss()], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    t = time.perf_counter()
+    try:
+        result = fn()
+    finally:
+        seconds = time.perf_counter() - t
+        stop.set()
+        thread.join()
+    return result, seconds, peak[0] / 2**20
+
+
+def make_image(shape, tile, seed=0) -> np.ndarray:
+    """Blobs crossing the seams, built from one tile-sized patch repeated (cheap at any size)."""
+    patch = (random_blobs((tile,) * len(shape), density=0.3, sigma=max(1.0, tile / 16), seed=seed) * 255)
+    reps = tuple(-(-s // tile) for s in shape)
+    image = np.tile(patch.astype(np.uint8), reps)[tuple(slice(0, s) for s in shape)]
+    return np.roll(image, tile // 2, axis=tuple(range(len(shape))))  # blobs straddle every seam
+
+
+def write_input(image, tile, store) -> None:
+    arr = zarr.create_array(store=store, shape=image.shape, chunks=(tile,) * image.ndim, dtype=image.dtype,
+                            overwrite=True)
+    arr[...] = image
+
+
+def run(source, write_to, tile, client, storage_options=None):
+    kw = {} if storage_options is None else {"storage_options": storage_options}
+    return patchworks.tile_process(source, patchworks.threshold(127), tile_shape=tile, write_to=write_to,
+                                   client=client, overwrite=True, **kw)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--executors", default="threads,cluster", help="threads, cluster or both")
+    args = parser.parse_args(argv)
+    import s3fs
+
+    server, endpoint = start_server()
+    so = {"key": "testing", "secret": "testing",
+          "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-west-2"}}
+    bucket = "bench"
+    s3fs.S3FileSystem(skip_instance_cache=True, **so).mkdir(bucket)
+    work = Path(tempfile.mkdtemp(prefix="pw-bench-remote-"))
+    rows, ok = [], True
+    clients = []
+    try:
+        for executor in args.executors.split(","):
+            client = False
+            if executor == "cluster":
+                from distributed import Client, LocalCluster
+                cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit=0,
+                                       dashboard_address=":0", silence_logs=40)
+                client = Client(cluster)
+                clients.append((client, cluster))
+            for shape, tile in SIZES[args.size]:
+                name = "x".join(map(str, shape))
+                image = make_image(shape, tile)
+                n_tiles = int(np.prod([-(-s // tile) for s in shape]))
+                local_in, remote_in = work / f"in-{name}.zarr", f"s3://{bucket}/in-{name}.zarr"
+                if not local_in.exists():
+                    write_input(image, tile, str(local_in))
+                    write_input(image, tile, zarr_store(remote_in, so, read_only=False))
+                del image
+                _, t_local, m_local = tree_peak(lambda: run(str(local_in), work / f"out-{name}.zarr", tile, client))
+                remote_src = zarr.open_array(store=zarr_store(remote_in, so, read_only=True), mode="r")
+                reset(endpoint)
+                _, t_remote, m_remote = tree_peak(
+                    lambda: run(remote_src, f"s3://{bucket}/out-{name}.zarr", tile, client, so))
+                c = counts(endpoint)
+                same = np.array_equal(
+                    zarr.open_group(str(work / f"out-{name}.zarr"), mode="r")["0"][...],
+                    zarr.open_group(store=zarr_store(f"s3://{bucket}/out-{name}.zarr", so, read_only=True),
+                                    mode="r")["0"][...])
+                ok &= same
+                rows.append((executor, f"{name}/{tile}", n_tiles, n_tiles / t_local, n_tiles / t_remote,
+                             t_remote / t_local, *(c[k] / n_tiles for k in ("read", "write", "list", "head",
+                                                                             "delete")),
+                             m_local, m_remote, "yes" if same else "NO"))
+    finally:
+        for client, cluster in clients:
+            client.close()
+            cluster.close()
+        server.terminate()
+        server.wait()
+    header = ("executor", "case", "tiles", "local t/s", "remote t/s", "remote/local", "read/t", "write/t",
+              "list/t", "head/t", "del/t", "peak MB loc", "peak MB rem", "equal")
+    print("  ".join(f"{h:>12}" for h in header))
+    for r in rows:
+        cells = [f"{v:>12.2f}" if isinstance(v, float) else f"{v!s:>12}" for v in r]
+        print("  ".join(cells))
+    print("requests per tile: read = object GETs (ranged or whole), write = PUT/POST, list, head, delete; "
+          "counted by the server")
+    print("target: remote/local <= 1.5 (the server is on 127.0.0.1, so the difference is request overhead)")
+    print("identical labels remote vs local:", "yes" if ok else "NO")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
