@@ -46,6 +46,19 @@ def make_input(path: Path, size: int, tile: int, occupied: float, seed: int = 0)
     return len(corners)
 
 
+def sparse_image(n_tiles: int, tile: int, occupied: float = 0.03, seed: int = 0) -> np.ndarray:
+    """A square uint8 image of about ``n_tiles`` tiles of ``tile``^2, blob patches on a fraction of tile corners."""
+    side = max(1, int(round(np.sqrt(n_tiles))))
+    img = np.zeros((side * tile, side * tile), np.uint8)
+    rng = np.random.default_rng(seed)
+    patch = (random_blobs((tile, tile), density=0.3, sigma=2.0, seed=seed) * 255).astype(np.uint8)
+    ii, jj = np.nonzero(rng.random((side - 1, side - 1)) < occupied)
+    for i, j in zip(ii + 1, jj + 1):  # centred on a tile corner: its blobs cross both seams
+        y, x = i * tile - tile // 2, j * tile - tile // 2
+        img[y:y + tile, x:x + tile] = patch
+    return img
+
+
 class PhaseClock:
     """Wall time of each pipeline phase and of the driver's plan, by wrapping the library's hooks."""
 
