@@ -36,7 +36,7 @@ from ._table_merge import partials_stem
 from ._tile_task import StageJob, TileResult, local_ids, validate_labels
 
 # A batch does at least this many voxels of work (a few ms of fn + staging on small tiles) ...
-MIN_BATCH_VOXELS = 1 << 18
+MIN_BATCH_VOXELS = 1 << 20
 # ... and never holds more than this many in one core array (uint32 ids: 64 MiB).
 MAX_BATCH_VOXELS = 1 << 24
 # The graph stays under ~10^5 tasks per phase when the batch size allows it.
