@@ -6,8 +6,9 @@
 
 The sweep runs ``threshold`` on threads over a sparse uint8 numpy image of
 about N tiles of 32^2 and prints per size: tiles/s end to end, the graph
-build on the driver (task lists + union-find plan), the number of tasks of
-all phases, the driver's peak RSS above its baseline less the returned array
+build on the driver (task lists + union-find plan), tiles per CPU second of
+this process (steadier than wall time on a shared machine), the number of
+tasks of all phases, the driver's peak RSS above its baseline less the returned array
 (which ``compute=True`` must hold: 4 bytes per voxel), and that per tile.
 
 The image is sparse (blobs in a few percent of the tiles, many of them
@@ -101,18 +102,20 @@ def sweep(sizes, tile: int = 32) -> None:
     """End-to-end runs at each tile count (see the module docstring)."""
     print(f"patchworks scale sweep: {tile}^2 tiles, threshold, threads, compute=True, sparse uint8 numpy image; "
           f"{os.cpu_count()} cores", flush=True)
-    print(f"{'tiles':>8s} {'tiles/s':>8s} {'total s':>8s} {'graph s':>8s} {'tasks':>7s} {'driver MB':>9s} "
+    print(f"{'tiles':>8s} {'tiles/s':>8s} {'total s':>8s} {'tiles/cpu-s':>9s} {'graph s':>8s} {'tasks':>7s} {'driver MB':>9s} "
           f"{'B/tile':>7s} {'objects':>8s}")
     for n in sizes:
         img = sparse_image(n, tile)
         n_tiles = (img.shape[0] // tile) ** 2
+        cpu = sum(psutil.Process().cpu_times()[:2])
         with GraphClock() as clock:
             (labels, count), seconds, rss = peak_rss(lambda: patchworks.tile_process(
                 img, patchworks.threshold(127.5), tile_shape=tile, compute=True, progress=False,
                 return_count=True, client=False))
+        cpu = sum(psutil.Process().cpu_times()[:2]) - cpu  # a shared machine: CPU seconds drift less than wall
         driver = rss - labels.nbytes / 2**20  # the returned labels are the caller's, not overhead
-        print(f"{n_tiles:8d} {n_tiles / seconds:8.0f} {seconds:8.2f} {clock.seconds:8.3f} {clock.tasks:7d} "
-              f"{driver:9.1f} {driver * 2**20 / n_tiles:7.0f} {count:8d}", flush=True)
+        print(f"{n_tiles:8d} {n_tiles / seconds:8.0f} {seconds:8.2f} {n_tiles / cpu:9.0f} {clock.seconds:8.3f} "
+              f"{clock.tasks:7d} {driver:9.1f} {driver * 2**20 / n_tiles:7.0f} {count:8d}", flush=True)
         del labels, img
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 from skimage.measure import regionprops_table
 
+import patchworks
 import patchworks.labels._batch as batch
 import patchworks.labels._process as process
 from patchworks import TileGrid, merge_tile_labels, read_table, threshold, tile_process
@@ -172,3 +173,23 @@ def test_the_graph_stays_bounded_as_tiles_grow():
              for g in (TileGrid((2**13, 2**13), 32), TileGrid((2**15, 2**15), 32), TileGrid((2**17, 2**17), 32))]
     assert tasks[-1] <= 2 * batch.MAX_TASKS and tasks == sorted(tasks)
 
+
+
+def test_channels_and_halo_come_whole_into_each_tile_of_a_batch(small_batches, tmp_path):
+    rng = np.random.default_rng(7)
+    mask = random_blobs((36, 40), density=0.4, sigma=1.5, seed=7) > 0.5
+    image = np.stack([mask + rng.random(mask.shape) * mask, rng.random(mask.shape)])
+    seen = []
+
+    def fn(window):
+        seen.append(window.shape)
+        return patchworks.label_components(window[0] > 0.5)
+
+    out = tmp_path / "c.zarr"
+    labels = tile_process(image, fn, tile_shape=4, overlap=1, channel_axis=0, write_to=out, progress=False)
+    assert len(seen) == 90 and all(s[0] == 2 for s in seen), "fn once per tile, channels carried whole"
+    assert max(s[1:] for s in seen) == (6, 6), "each tile still gets its own halo"
+    level0 = np.asarray(labels)
+    assert_labels_equivalent(level0, whole(mask, 1)[0])
+    props = regionprops_table(level0, np.moveaxis(image, 0, -1), properties=("label", "intensity_mean"))
+    np.testing.assert_allclose(read_table(out)["intensity_mean-1"], props["intensity_mean-1"], rtol=1e-10)

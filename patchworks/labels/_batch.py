@@ -145,10 +145,17 @@ def stage_batch(job: BatchJob, batch_index: int, windows=None) -> BatchResult:
     origin = [s.start for s in batch.spatial_core]
     core = np.zeros(batch.core_shape, np.uint32)
     parts, n_total, skipped, n_tiles = [], 0, 0, 0
-    for j, index in enumerate(tiles_of(grid, job.block, batch.index)):
+    members = [grid.tile(index) for index in tiles_of(grid, job.block, batch.index)]
+    if windows is None:  # one read for the whole block (halos included): one zarr call, not one per tile
+        first, last = members[0].window, members[-1].window
+        box = tuple(slice(a.start, b.stop) for a, b in zip(first, last))
+        block = np.asarray(tj.source[box])
+    for j, tile in enumerate(members):
         n_tiles += 1
-        tile = grid.tile(index)
-        window = windows[j] if windows is not None else np.asarray(tj.source[tile.window])
+        if windows is not None:
+            window = windows[j]
+        else:
+            window = block[tuple(slice(w.start - b.start, w.stop - b.start) for w, b in zip(tile.window, box))]
         if tj.empty_threshold is not None and (window.size == 0 or window.max() <= tj.empty_threshold):
             skipped += 1
             continue
