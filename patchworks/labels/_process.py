@@ -274,19 +274,15 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         func = stage_tile
         if batched:
             job, func = BatchJob(job, grid, block, connectivity), stage_batch
-        members = (lambda i: [tiles.tile(t) for t in tiles_of(tiles, block, grid.tile(i).index)]) if batched \
-            else (lambda i: [tiles.tile(i)])
         if windows is None:
             tasks = graph_tasks(prefix, func, job, [(i,) for i in todo])
         else:  # windows of a dask array: their graphs come along
             stage, jobd = dask.delayed(func, pure=False), shared(job, f"{prefix}-shared")
-            tasks = [stage(jobd, i, [windows(t) for t in members(i)] if batched else windows(tiles.tile(i)),
-                           dask_key_name=f"{prefix}-{i}") for i in todo]
-        n_todo = len(todo) if not batched else int(sum(
-            np.prod([min((k + 1) * b, g) - k * b for k, b, g in zip(grid.tile(i).index, block, tiles.grid_shape)])
-            for i in todo))
+            tasks = [stage(jobd, i, [windows(tiles.tile(t)) for t in tiles_of(tiles, block, grid.tile(i).index)]
+                           if batched else windows(tiles.tile(i)), dask_key_name=f"{prefix}-{i}") for i in todo]
+        n_todo = sum(len(list(tiles_of(tiles, block, grid.tile(i).index))) for i in todo) if batched else len(todo)
         results = run_tasks(tasks, client=client, progress=progress, desc="staging tiles", prefix=prefix,
-                            total=n_todo)
+                            total=n_todo)  # the bar counts tiles, one update per batch
         for r in results:
             counts[r.linear_index] = r.n_labels
         n_skipped = int(sum(r.skipped for r in results))
