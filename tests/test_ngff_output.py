@@ -13,7 +13,7 @@ import tifffile
 import zarr
 from scipy import ndimage
 
-from patchworks import merge_tile_labels, open_image, tile_process, threshold
+from patchworks import TileGrid, merge_tile_labels, open_image, tile_process, threshold
 from patchworks.io._ngff_write import LabelImageWriter, register_label
 from patchworks.testing import assert_labels_equivalent, random_blobs, write_ome_zarr
 
@@ -104,11 +104,14 @@ def test_default_levels_stop_near_256_pixels_and_z_is_never_subsampled(tmp_path)
 def test_sharded_levels_are_exact_and_valid(tmp_path, monkeypatch):
     import patchworks.io._ngff_write as W
 
-    monkeypatch.setattr(W, "SHARDING", True)  # shard = a tile's share, inner chunks one plane
+    monkeypatch.setattr(W, "SHARDING", True)  # shard = one task's share (a batch of small tiles), inner chunks one plane
+    from patchworks.labels._batch import batch_block
     out = tmp_path / "s.zarr"
     tile_process(IMG3, threshold(0.5), tile_shape=(4, 16, 16), write_to=out, pyramid_levels=3)
     group, data = levels_of(out)
-    assert group["0"].shards == (4, 16, 16) and group["0"].chunks == (1, 16, 16)
+    block = batch_block(TileGrid(IMG3.shape, (4, 16, 16)))
+    share = tuple(t * b for t, b in zip((4, 16, 16), block))
+    assert group["0"].shards == share and group["0"].chunks == (1,) + share[1:]
     for k in range(3):
         np.testing.assert_array_equal(data[k], data[0][:, ::2 ** k, ::2 ** k])
     v05.ImageLabel.from_zarr(group)

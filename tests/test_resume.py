@@ -12,7 +12,8 @@ import pytest
 import zarr
 from scipy import ndimage
 
-from patchworks import estimate_empty_tiles, threshold, tile_process
+from patchworks import TileGrid, estimate_empty_tiles, threshold, tile_process
+from patchworks.labels._batch import batch_block, batch_grid, tiles_of
 from patchworks.testing import assert_labels_equivalent, random_blobs
 
 
@@ -20,8 +21,15 @@ def _scratch_dirs(parent):
     return [p for p in parent.iterdir() if p.name.startswith(".patchworks-")]
 
 
-def _staged(parent):
-    return sum(len(list((d / "tiles").glob("tile-*.bin"))) for d in _scratch_dirs(parent))
+def _staged(parent, shape=None, tile=16):
+    """Tiles staged so far: a staged file holds one batch of neighbouring tiles (one tile when ``shape`` is None)."""
+    files = [p for d in _scratch_dirs(parent) for p in (d / "tiles").glob("tile-*.bin")]
+    if shape is None:
+        return len(files)
+    grid = TileGrid(shape, tile)
+    block = batch_block(grid)
+    batches = batch_grid(grid, block)
+    return sum(len(list(tiles_of(grid, block, batches.tile(int(p.stem[5:])).index))) for p in files)
 
 
 @pytest.fixture
@@ -71,7 +79,7 @@ def test_resume_after_an_exception_skips_staged_tiles(flaky_module, tmp_path):
     with pytest.raises(RuntimeError, match="transient failure"):
         tile_process(image, mod.segment, **kwargs)
     first = _calls(tmp_path)
-    staged = _staged(tmp_path)
+    staged = _staged(tmp_path, (64, 64))
     assert 0 < staged < 16 and not (out.exists() and zarr.open_group(out).attrs["patchworks"]["complete"])
     (tmp_path / "flag").unlink()
     resumed = tile_process(image, mod.segment, **kwargs)
@@ -103,11 +111,11 @@ def test_resume_after_the_process_is_killed(flaky_module, tmp_path):
     env = {**os.environ, "FLAKY_SLOW": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env)
     deadline = time.time() + 60
-    while _staged(tmp_path) < 8 and time.time() < deadline and proc.poll() is None:
+    while _staged(tmp_path, (96, 96)) < 8 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    staged = _staged(tmp_path)
+    staged = _staged(tmp_path, (96, 96))
     assert 0 < staged < 36, "killed in the middle of staging"
     _calls(tmp_path)
     resumed = tile_process(str(tmp_path / "image.npy"), __import__("flaky_fn").segment, tile_shape=16,

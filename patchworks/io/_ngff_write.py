@@ -558,13 +558,17 @@ def check_ngff_labels(axes, spatial_axes) -> str | None:
 
 def build_label_image(store, path, *, grid, source, dtype, zarr_format, scratch, voxel_size=None,
                       pyramid_levels=None, shard=None, into=None, name="labels",
-                      storage_options=None) -> LabelImageWriter:
+                      storage_options=None, boundaries=None) -> LabelImageWriter:
     """The writer of a standalone label image, or of ``into/labels/<name>`` matching that image's levels.
 
     Parameters
     ----------
     grid : TileGrid
         The run's tiles (level 0 is chunked by their cores).
+    boundaries : sequence of int arrays, optional
+        Where the run's tasks cut the image, per spatial axis, when one task
+        writes a block of tiles (level 0 is chunked by those blocks
+        instead); default the grid's tile boundaries.
     source : the opened input (its axes and voxel size), or None
     into : path, optional
         An OME-Zarr image to write the labels into: its levels, shapes and
@@ -596,7 +600,8 @@ def build_label_image(store, path, *, grid, source, dtype, zarr_format, scratch,
         axes, embed, factors, level_shapes, transforms, multiscale_transforms = _follow_image(
             into, names, grid, pyramid_levels, storage_options)
         source_image = "../../"
-    plans = plan_levels(grid.spatial_shape, grid.boundaries, factors=factors, level_shapes=level_shapes,
+    plans = plan_levels(grid.spatial_shape, grid.boundaries if boundaries is None else boundaries,
+                        factors=factors, level_shapes=level_shapes,
                         shard=shard, plane_axes=tuple(i for i, a in enumerate(names) if a not in "yx"))
     return LabelImageWriter(store, path, levels=plans, zarr_format=zarr_format, dtype=dtype, axes=axes,
                             embed=embed, transforms=transforms, scratch=scratch, name=name,

@@ -39,6 +39,7 @@ from ..run._execute import (active_client, graph_tasks, input_chunks, new_token,
                              shared, tile_windows)
 from ..run._rundir import RunDir, describe_fn, describe_source, fn_token, source_token
 from ._tile_task import StageJob, stage_tile
+from ._batch import BatchJob, batch_block, batch_grid, stage_batch, tiles_of
 from ._table_merge import spatial_voxel_size, write_object_table
 from ..io._table_store import table_location
 from ._stage_store import STAGING_FORMAT, TileStaging
@@ -178,7 +179,7 @@ _FORMATS = ("ngff", "array")
 
 
 def _prepare_output(*, write_to, labels_into, name, output_format, output_component, zarr_format, grid, source,
-                    voxel_size, pyramid_levels, storage_options=None):
+                    voxel_size, pyramid_levels, storage_options=None, block=None):
     """Where and how the labels are written: ``(write_to, component, zarr_format, writer, into)``.
 
     ``writer`` describes the label image (None for a plain array); it is
@@ -219,7 +220,8 @@ def _prepare_output(*, write_to, labels_into, name, output_format, output_compon
             writer = build_label_image(None, None, grid=grid, source=source, dtype=np.uint32,
                                        zarr_format=zarr_format, scratch=".", voxel_size=voxel_size,
                                        pyramid_levels=pyramid_levels, into=into, name=name or "labels",
-                                       storage_options=storage_options)
+                                       storage_options=storage_options,
+                                       boundaries=None if block is None else batch_grid(grid, block).boundaries)
     elif voxel_size is not None or pyramid_levels is not None:
         raise ValueError("voxel_size= and pyramid_levels= describe an NGFF label image; a plain array "
                          "(output_format='array') has neither: drop them")
@@ -244,7 +246,7 @@ def _level0(node):
 def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, connectivity: int,
                     sequential: bool, label_counts, client, progress, compute: bool, return_count: bool,
                     empty_threshold=None, stitch="touch", iou_threshold=0.5, table=False, intensity=False,
-                    writer=None, into=None):
+                    writer=None, into=None, block=None):
     if run.finished:  # same run already complete: a no-op
         output = run.open_existing()
         n_objects = output.attrs["patchworks"].get("n_objects")
@@ -257,34 +259,44 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
     # here, before any tile runs, instead of losing staged tiles to another machine's disk
     check_workers_reach(active_client(client), run.shared_locations())
     token = new_token()
-    spatial_shape, chunks = grid.spatial_shape, grid.chunks
+    tiles = grid  # the tiles fn runs on; from staging on, `grid` is the batch grid (see _batch)
+    block = tuple(block) if block is not None else (1,) * len(grid.grid_shape)
+    grid = batch_grid(tiles, block)
+    spatial_shape, chunks = grid.spatial_shape, grid.chunks  # one task writes its batch's chunks
+    batched = grid is not tiles
     try:
         iou = stitch == "iou"
         staging = TileStaging(grid, run.scratch.child("tiles"), bands=iou)
         # 1. stage: fn once per tile, local ids + seam planes kept, counts back; a resumed run
-        #    skips the tiles it already staged
+        #    skips the batches it already staged (one staged file per batch: one listing)
         counts = np.zeros(grid.n_tiles, dtype=np.int64)
         done = staging.staged_counts()
         for i, n in done.items():
             counts[i] = n
         todo = [i for i in range(grid.n_tiles) if i not in done]
         if done:
-            logger.info("patchworks: resuming %s: %d of %d tiles already staged", run.target, len(done),
-                        grid.n_tiles)
-        job = StageJob(grid=grid, staging=staging, fn=job_fn, source=source,
+            logger.info("patchworks: resuming %s: %d of %d %s already staged", run.target, len(done),
+                        grid.n_tiles, "batches of tiles" if batched else "tiles")
+        job = StageJob(grid=tiles, staging=staging, fn=job_fn, source=source,
                        label_counts=None if iou else label_counts, compact=sequential,
                        empty_threshold=empty_threshold, table_scratch=staging.scratch if table else None,
                        intensity=bool(table and intensity))
         prefix = f"patchworks-stage-{token}"
+        func = stage_tile
+        if batched:
+            job, func = BatchJob(job, grid, block, connectivity), stage_batch
         if windows is None:
-            tasks = graph_tasks(prefix, stage_tile, job, [(i,) for i in todo])
+            tasks = graph_tasks(prefix, func, job, [(i,) for i in todo])
         else:  # windows of a dask array: their graphs come along
-            stage, jobd = dask.delayed(stage_tile, pure=False), shared(job, f"{prefix}-shared")
-            tasks = [stage(jobd, i, windows(grid.tile(i)), dask_key_name=f"{prefix}-{i}") for i in todo]
-        results = run_tasks(tasks, client=client, progress=progress, desc="staging tiles", prefix=prefix)
+            stage, jobd = dask.delayed(func, pure=False), shared(job, f"{prefix}-shared")
+            tasks = [stage(jobd, i, [windows(tiles.tile(t)) for t in tiles_of(tiles, block, grid.tile(i).index)]
+                           if batched else windows(tiles.tile(i)), dask_key_name=f"{prefix}-{i}") for i in todo]
+        n_todo = sum(len(list(tiles_of(tiles, block, grid.tile(i).index))) for i in todo) if batched else len(todo)
+        results = run_tasks(tasks, client=client, progress=progress, desc="staging tiles", prefix=prefix,
+                            total=n_todo)  # the bar counts tiles, one update per batch
         for r in results:
             counts[r.linear_index] = r.n_labels
-        n_skipped = sum(r.skipped for r in results)
+        n_skipped = int(sum(r.skipped for r in results))
 
         # 2. seams: pairs of global ids to join; touch: one task per seam plane of the grid,
         #    iou: one task per tile matching its bands with its neighbours', then one per plane seam
@@ -311,8 +323,8 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         # 3. plan on the driver: union-find over boundary labels only
         if pairs is not None:
             plan = plan_relabel(counts, pairs, sequential=sequential)
-        logger.info("patchworks: %d tiles (%d skipped as empty), %d labels, %s seam pairs, %d boundary labels "
-                    "-> %d objects", grid.n_tiles, n_skipped, int(counts.sum()),
+        logger.info("patchworks: %d tiles in %d tasks (%d skipped as empty), %d labels, %s seam pairs, "
+                    "%d boundary labels -> %d objects", tiles.n_tiles, grid.n_tiles, n_skipped, int(counts.sum()),
                     "(on the cluster)" if pairs is None else len(pairs), plan.n_boundary_labels, plan.n_objects)
 
         # 4. relabel: each task builds its own small look-up table and writes every level of its
@@ -329,9 +341,9 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         prefix = f"patchworks-relabel-{token}"
         # ids kept raw (not sequential, touch) may leave gaps (labels seen only in a halo): then
         # the count costs a pass over every tile, paid only when the caller asks for it
-        gaps = not (sequential or iou or label_counts is not None)
+        gaps = not (sequential or iou or label_counts is not None or batched)  # batches number 1..m
         tasks = graph_tasks(prefix, _relabel_task, _RelabelJob(staging, output, grid, count=gaps and return_count),
-                            [(i, plan.tiles[i]) for i in range(grid.n_tiles) if plan.tiles[i].n_labels])
+                            [(i, plan.tiles[i]) for i in np.flatnonzero(counts).tolist()])
         desc = "relabelling tiles" if writer is None else "relabel + pyramid"
         n_objects = int(sum(run_tasks(tasks, client=client, progress=progress, desc=desc,
                                       prefix=prefix)))
@@ -354,7 +366,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         else:
             (table_path, labels_rel), labels_path = table_location(run.path, run.component), run.target
         if table:
-            n_objects = _write_table(staging, grid, plan, run, table_path, labels_rel, labels_path, source,
+            n_objects = _write_table(staging, tiles, grid, plan, run, table_path, labels_rel, labels_path, source,
                                      intensity, client, progress, token)
         elif run.exists(table_path):  # a replaced run's table would describe labels that are gone
             run.remove_output(table_path)
@@ -363,7 +375,8 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
                                    "sequential_labels": bool(sequential),
                                    "connectivity": connectivity, "stitch": stitch,
                                    "iou_threshold": float(iou_threshold) if iou else None,
-                                   "tile_shape": list(grid.tile_shape), "overlap": list(grid.overlap),
+                                   "tile_shape": list(tiles.tile_shape), "overlap": list(tiles.overlap),
+                                   "tiles_per_task": list(block),
                                    "n_skipped": int(n_skipped)})
         if into is not None:  # listed in the image last, once complete
             register_label(into, _label_name(run), storage_options=run.storage_options)
@@ -374,12 +387,12 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
     return _result(output, run, compute, return_count, n_objects)
 
 
-def _write_table(staging, grid, plan, run, table_path, labels_rel, labels_path, source, intensity, client, progress,
-                 token):
-    voxel_size, units = spatial_voxel_size(source, grid)
+def _write_table(staging, tiles, grid, plan, run, table_path, labels_rel, labels_path, source, intensity, client,
+                 progress, token):
+    voxel_size, units = spatial_voxel_size(source, tiles)
     n_channels = 0
     if intensity:
-        n_channels = int(np.prod([s for a, s in enumerate(grid.shape) if a not in grid.spatial_axes]))
+        n_channels = int(np.prod([s for a, s in enumerate(tiles.shape) if a not in tiles.spatial_axes]))
     return write_object_table(scratch=staging.scratch, grid=grid, plan=plan, table_path=table_path,
                               labels_path=labels_path, labels_rel=labels_rel, n_channels=n_channels,
                               voxel_size=voxel_size, units=units, zarr_format=run.zarr_format, client=client,
@@ -621,6 +634,7 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
     grid = TileGrid(source.shape, tile_shape, overlap, channel_axis=channel_axis, axes=axes)
     connectivity = _check_connectivity(connectivity, len(grid.spatial_axes))
     _check_stitch(stitch, iou_threshold, grid)
+    block = batch_block(grid, stitch)
     fn = _align_fn_connectivity(fn, connectivity)
     if isinstance(fn, (Threshold, Watershed, LogBlobs)) and len(grid.spatial_axes) != len(grid.shape):
         raise ValueError(
@@ -638,7 +652,7 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
     write_to, output_component, zarr_format, writer, into = _prepare_output(
         write_to=write_to, labels_into=labels_into, name=name, output_format=output_format,
         output_component=output_component, zarr_format=zarr_format, grid=grid, source=source,
-        voxel_size=voxel_size, pyramid_levels=pyramid_levels, storage_options=storage_options)
+        voxel_size=voxel_size, pyramid_levels=pyramid_levels, storage_options=storage_options, block=block)
     table = write_to is not None if table is None else bool(table)
     # only a named output can be resumed; skip hashing (a full pass over a numpy input) otherwise
     image_token = "" if write_to is None else source_token(source)
@@ -652,7 +666,7 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
         "tile_process", STAGING_FORMAT, image_token, grid.shape, grid.spatial_axes, grid.tile_shape, grid.overlap,
         fn_token(fn), connectivity, bool(sequential_labels), empty_threshold, zarr_format,
         *(("iou", float(iou_threshold)) if stitch == "iou" else ()), *(("table", 1) if table else ()),
-        *_layout_token(writer))
+        *_layout_token(writer), *_batch_token(block))
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
                  resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir,
                  inputs=(source,) if into is not None else (image,), keep_stage=keep_stage,
@@ -676,7 +690,7 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
                                connectivity=connectivity, sequential=sequential_labels, label_counts=None,
                                client=client, progress=progress, compute=compute, return_count=return_count,
                                empty_threshold=empty_threshold, stitch=stitch, iou_threshold=iou_threshold,
-                               table=table, intensity=intensity, writer=writer, into=into)
+                               table=table, intensity=intensity, writer=writer, into=into, block=block)
 
 
 def _dry_run(grid, source, client, cluster, n_workers, devices, empty_threshold, write_to, *, channel_axis=None,
@@ -783,6 +797,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         chunks = source.chunks or source.shape
         grid = TileGrid(source.shape, chunks)
     connectivity = _check_connectivity(connectivity, len(grid.spatial_axes))
+    block = batch_block(grid, stitch)
     _check_stitch(stitch, iou_threshold, grid, "" if windows is not None else
                   " on the labelled blocks: a zarr input holds cores only, so pass the dask array of "
                   "map_overlap(fn, depth=overlap, trim=False, boundary='none') with overlap=")
@@ -798,7 +813,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
     write_to, output_component, zarr_format, writer, into = _prepare_output(
         write_to=write_to, labels_into=labels_into, name=name, output_format=output_format,
         output_component=output_component, zarr_format=zarr_format, grid=grid, source=source,
-        voxel_size=voxel_size, pyramid_levels=pyramid_levels, storage_options=storage_options)
+        voxel_size=voxel_size, pyramid_levels=pyramid_levels, storage_options=storage_options, block=block)
     table = write_to is not None if table is None else bool(table)
     labeled_token = "" if write_to is None else source_token(source if source is not None else blocks)
     describe = {"labeled": describe_source(labeled, source if source is not None else blocks),
@@ -813,7 +828,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
         [b.tolist() for b in grid.boundaries], grid.overlap, connectivity, bool(sequential_labels),
         None if label_counts is None else label_counts.tolist(), zarr_format,
         *(("iou", float(iou_threshold)) if stitch == "iou" else ()), *(("table", 1) if table else ()),
-        *_layout_token(writer))
+        *_layout_token(writer), *_batch_token(block))
     run = RunDir(write_to, output_component, fingerprint=fingerprint, describe=describe, overwrite=overwrite,
                  resume=resume, zarr_format=zarr_format, scratch_dir=scratch_dir,
                  inputs=(source if source is not None else labeled,) if into is not None else (labeled,),
@@ -823,7 +838,7 @@ def merge_tile_labels(labeled, write_to=None, *, input_component=None, output_co
                                connectivity=connectivity, sequential=sequential_labels, label_counts=label_counts,
                                client=client, progress=progress, compute=compute, return_count=return_count,
                                stitch=stitch, iou_threshold=iou_threshold, table=table,
-                               writer=writer, into=into)
+                               writer=writer, into=into, block=block)
 
 
 def _layout_token(writer) -> tuple:
@@ -832,6 +847,11 @@ def _layout_token(writer) -> tuple:
         return ()
     return ("ngff", [(lv.shape, lv.factors, lv.chunks, lv.inner) for lv in writer.levels], writer.axes,
             writer.transforms, writer.embed, writer.name)
+
+
+def _batch_token(block) -> tuple:
+    """Batches change what a staged file holds: a run resumes only with the same batches."""
+    return () if all(b == 1 for b in block) else ("batch", tuple(int(b) for b in block))
 
 
 def _core_halo(overlap, ndim):

@@ -51,6 +51,8 @@ def _window_text(tile: Tile) -> str:
 
 def validate_labels(labels, tile: Tile, expected_shape, what: str = "fn") -> np.ndarray:
     """Check a tile function's output; errors name the tile index and window."""
+    if isinstance(labels, np.ndarray) and labels.shape == tuple(expected_shape) and labels.dtype.kind == "u":
+        return labels  # the common case, checked without building the messages (µs per tile at 10^5 tiles)
     where = f"tile {tile.index} (window {_window_text(tile)})"
     if not isinstance(labels, np.ndarray):
         if hasattr(labels, "__array__") and not isinstance(labels, (list, tuple, int, float)):

@@ -143,14 +143,16 @@ class _Bar:
 
     def __init__(self, total: int, desc: str):
         from tqdm.auto import tqdm
-        self._tqdm = tqdm(total=total, desc=desc, unit="tile", dynamic_ncols=True)
+        # at most two refreshes a second, however many tiles a second finish
+        self._tqdm = tqdm(total=total, desc=desc, unit="tile", dynamic_ncols=True, mininterval=0.5)
         self.skipped = 0
 
     def done(self, result) -> None:
-        if getattr(result, "skipped", False):
-            self.skipped += 1
+        skipped = int(getattr(result, "skipped", 0))  # a batch of tiles says how many of its tiles
+        if skipped:
+            self.skipped += skipped
             self._tqdm.set_postfix(skipped=self.skipped, refresh=False)
-        self._tqdm.update(1)
+        self._tqdm.update(int(getattr(result, "n_tiles", 1)))
 
     def note(self, text: str) -> None:
         self._tqdm.write(text)
@@ -188,13 +190,15 @@ def graph_tasks(name: str, func, shared, per_task: list[tuple]) -> tuple[dict, l
     return dsk, keys
 
 
-def run_tasks(tasks, *, client=None, progress=None, desc: str = "tiles", prefix: str = "") -> list:
+def run_tasks(tasks, *, client=None, progress=None, desc: str = "tiles", prefix: str = "", total=None) -> list:
     """Compute tasks and return their results in order.
 
     ``tasks`` is a ``(graph, keys)`` pair from :func:`graph_tasks` or a list of
     ``dask.delayed`` objects. Runs on ``client`` when given (or the active
     default client), else on the local scheduler configured in dask (threads
-    unless the user chose another).
+    unless the user chose another). ``total``: what the progress bar counts
+    to (tiles, when a task's result says how many tiles it ran as
+    ``n_tiles``); default one per task.
     """
     if isinstance(tasks, tuple):
         dsk, keys = tasks
@@ -207,7 +211,7 @@ def run_tasks(tasks, *, client=None, progress=None, desc: str = "tiles", prefix:
         return []
     show = _want_progress(progress)
     client = active_client(client)
-    bar = _Bar(len(keys), desc) if show else None
+    bar = _Bar(len(keys) if total is None else int(total), desc) if show else None
     try:
         if client is not None:
             from distributed import as_completed
