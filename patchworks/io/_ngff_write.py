@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from ._npy import load_npz
+from ._chunk_io import write_region
 
 __all__ = ["LabelImageWriter", "LevelPlan", "NGFF_VERSIONS", "default_level_count", "ngff_unit", "plan_levels",
            "register_label"]
@@ -297,7 +298,7 @@ class LabelImageWriter:
 
     def _put(self, level: int, spatial_slices, data) -> None:
         array = self.arrays()[level]
-        array[self._key(spatial_slices)] = data.reshape(self._place(data.shape, 1))
+        write_region(array, self._key(spatial_slices), data.reshape(self._place(data.shape, 1)))
 
     # -- writing -----------------------------------------------------------------------
     def write_tile(self, linear_index: int, core, final: np.ndarray) -> None:

@@ -20,6 +20,7 @@ from zarr.storage import LocalStore
 
 from patchworks.io._ngff import parse_multiscales
 from ._npy import load_npy
+from ._chunk_io import read_region
 
 __all__ = ["LazySource", "create_output", "open_image", "same_location"]
 
@@ -424,7 +425,11 @@ class LazySource:
                 return np.asarray(h[1][key])
         if self.kind == "tiff":
             return np.asarray(h[1][key])
-        return np.array(h[key], copy=True) if self.kind == "npy" else np.asarray(h[key])
+        if self.kind == "npy":
+            return np.array(h[key], copy=True)
+        if self.kind in ("zarr", "zarr-array"):
+            return read_region(h, key)  # one chunk: straight from its file
+        return np.asarray(h[key])
 
     def __repr__(self):
         return f"LazySource({self.description}, shape={self.shape}, dtype={self.dtype}, axes={self.axes!r})"
