@@ -219,7 +219,12 @@ def _floor_tile(job: _FloorJob, i: int) -> None:
     tile = job.grid.tile(i)
     window = np.asarray(job.source[tile.window])
     labels = job.fn(window)
-    job.out[tile.spatial_core] = labels[tile.spatial_crop]
+    try:  # the floor writes the way the library writes (a whole chunk straight to its file where it can)
+        from patchworks.io._chunk_io import write_region
+    except ImportError:  # an older patchworks (the "before" column of a comparison)
+        job.out[tile.spatial_core] = labels[tile.spatial_crop]
+    else:
+        write_region(job.out, tile.spatial_core, labels[tile.spatial_crop])
 
 
 def run_floor(input_path, out_path, tile_shape, fn_kind="threshold") -> None:
@@ -676,6 +681,7 @@ def main(argv=None) -> int:
           flush=True)
     rows = []
     try:
+        planned = []
         for name, shape, tile, params in cases:
             inp = workdir / f"{name}-input.zarr"
             t0 = time.perf_counter()
@@ -683,8 +689,17 @@ def main(argv=None) -> int:
             print(f"[{name}] input {_fmt_shape(shape)} ready ({time.perf_counter() - t0:.1f} s, not timed)",
                   flush=True)
             for fn in fns:
-                rows.append(_measure_case(args, name, shape, tile, inp, workdir / f"{name}-{fn}-labels.zarr", fn,
-                                          repeats, do_phases))
+                specs = [{**s, "tile": list(tile)} for s in
+                         _case_specs(args, inp, workdir / f"{name}-{fn}-labels.zarr", fn, repeats)]
+                planned.append(((name, shape, tile, fn), specs))
+                if not args.smoke:  # one fresh subprocess per job: no peak carries over
+                    rows.append(_case_row(args, name, shape, tile, fn, specs, [run_job(s) for s in specs],
+                                          do_phases))
+        if args.smoke:  # one subprocess for everything: start-up costs more than the jobs
+            results = iter(run_jobs([s for _, specs in planned for s in specs]))
+            for (name, shape, tile, fn), specs in planned:
+                rows.append(_case_row(args, name, shape, tile, fn, specs, [next(results) for _ in specs],
+                                      do_phases))
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -703,20 +718,26 @@ def main(argv=None) -> int:
     return 1 if (args.strict and missed) else 0
 
 
-def _measure_case(args, name, shape, tile, inp, out, fn, repeats, do_phases) -> dict:
-    """floor, e2e and whole+io of one tile function on one image (interleaved repeats), and the check."""
-    spec = {"input": str(inp), "out": str(out), "tile": list(tile), "fn": fn, "zarrs": args.zarrs}
+def _case_specs(args, inp, out, fn, repeats) -> list[dict]:
+    """The jobs of one tile function on one image: floor, e2e and whole+io, interleaved repeats."""
+    spec = {"input": str(inp), "out": str(out), "tile": None, "fn": fn, "zarrs": args.zarrs}
     specs = []
     for k in range(repeats):  # interleaved so that drift hits all alike
         specs += [{**spec, "job": "floor", "out": str(out) + ".floor"}, {**spec, "job": "e2e"},
                   {**spec, "job": "whole", "verify": str(out) if k == repeats - 1 and fn != "smooth" else None}]
-    pyramid_jobs = ("labels-only", "pyramid-unsharded", "pyramid-after") if args.pyramid else ()
     for _ in range(repeats if args.pyramid else 0):
-        specs += [{**spec, "job": j, "out": f"{out}.{j}"} for j in pyramid_jobs]
-    if args.smoke:  # one subprocess per case: start-up costs more than the jobs
-        results = run_jobs(specs)
-    else:  # one fresh subprocess per job: no peak carries over
-        results = [run_job(s) for s in specs]
+        specs += [{**spec, "job": j, "out": f"{out}.{j}"} for j in PYRAMID_JOBS]
+    return specs
+
+
+PYRAMID_JOBS = ("labels-only", "pyramid-unsharded", "pyramid-after")
+
+
+def _case_row(args, name, shape, tile, fn, specs, results, do_phases) -> dict:
+    """One row of the table from the jobs' results (and the per-operation run when asked)."""
+    spec = next(s for s in specs if s["job"] == "e2e")
+    out = spec["out"]
+    pyramid_jobs = PYRAMID_JOBS if args.pyramid else ()
 
     def of(job):
         return [r for s, r in zip(specs, results) if s["job"] == job]
