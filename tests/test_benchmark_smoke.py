@@ -13,17 +13,19 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_labels.py
 def test_bench_labels_smoke():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH.parent.parent), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, str(BENCH), "--smoke"], capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run([sys.executable, str(BENCH), "--size", "small"], capture_output=True, text=True,
+                          timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     header = [line.split() for line in out.splitlines() if line.startswith("case ")]
     assert header, out
-    for column in ("floor", "e2e", "overhead", "tiled/whole", "peak", "equal"):
+    for column in ("fn", "floor", "e2e", "overhead", "whole+io", "tiled/whole+io", "peak", "equal"):
         assert column in header[0], header[0]
     assert "targets" in out and "end-to-end breakdown" in out
-    # every case was checked against whole-image labelling and agreed
-    assert out.count("tiled == whole-image labels") == 4, out
+    # every case, with both tile functions (cc3d's threshold, scipy.ndimage.label), was checked
+    # against the same function on the whole image and agreed
+    assert out.count("tiled == whole-image labels") == 8, out
+    assert out.count(" threshold tiled / whole+io") == 4 and out.count(" scipy tiled / whole+io") == 4, out
     assert "MISMATCH" not in out
 
 

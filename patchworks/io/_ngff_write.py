@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from ._npy import load_npz
+from ._chunk_io import write_region
 from ._scratch import Scratch
 from ._urls import is_remote, join, zarr_store
 
@@ -312,7 +313,7 @@ class LabelImageWriter:
 
     def _put(self, level: int, spatial_slices, data) -> None:
         array = self.arrays()[level]
-        array[self._key(spatial_slices)] = data.reshape(self._place(data.shape, 1))
+        write_region(array, self._key(spatial_slices), data.reshape(self._place(data.shape, 1)))
 
     # -- writing -----------------------------------------------------------------------
     def write_tile(self, linear_index: int, core, final: np.ndarray) -> None:

@@ -19,6 +19,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from patchworks.io._ngff import parse_multiscales
+from ._chunk_io import read_region
 from ._npy import RemoteNpy, load_npy
 from ._urls import (explain_remote_error, filesystem, hides_connection_error, is_remote, local_path, protocol_of,
                     read_options, zarr_store)
@@ -543,6 +544,8 @@ class LazySource:
             return np.asarray(h[1][key])
         if self.kind == "npy" and not self.remote:
             return np.array(h[key], copy=True)  # not a view of the memory map
+        if self.kind in ("zarr", "zarr-array") and not self.remote:
+            return read_region(h, key)  # one whole chunk: straight from its file
         return np.asarray(h[key])
 
     def __repr__(self):

@@ -19,6 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..grid import TileGrid
+from ..io._chunk_io import write_region
 from ._iou import Overlaps, PlaneLinks, match_labels, overlap_table, plane_links
 
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
@@ -502,7 +503,7 @@ class ArrayOutput:
         self.array, self.dtype = array, array.dtype
 
     def write_tile(self, linear_index: int, core, final: np.ndarray) -> None:
-        self.array[core] = final
+        write_region(self.array, core, final)
 
 
 def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TilePlan, count: bool = False) -> int:

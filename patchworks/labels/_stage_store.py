@@ -20,7 +20,9 @@ an interrupted run can resume:
      with the labels seen only in the halo numbered after the core's. Bands
      of 3-D tiles are big (a 64x512x512 tile with overlap 32 has six of
      64x576x576), so each is lz4-compressed, after a table of their lengths;
-3. the core ids, Blosc-lz4 compressed, and the tile's local look-up table
+3. the core ids, Blosc-lz4 compressed, as uint16 when every id fits (half
+   the bytes to compress, write, read and decompress; the decompressed
+   length tells the reader which), and the tile's local look-up table
    when the ids are not yet ``1..n``; the relabel task composes that table
    with the final one and rewrites the tile in a single pass.
 
@@ -49,7 +51,9 @@ from ..io._scratch import Scratch
 # scratch is read once and deleted, so speed beats ratio here.
 # Bumped whenever the file layout changes: part of every run's fingerprint, so a run
 # interrupted under an older layout is never resumed from files this code misreads.
-STAGING_FORMAT = 2
+STAGING_FORMAT = 3
+
+_UINT16_MAX = 65535
 
 _CODEC = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)
 
@@ -119,7 +123,8 @@ class TileStaging:
                     plane = ids.take(end, axis=a)
                     planes.append((plane if lut is None else lut[plane]).ravel())
             plane_bytes = np.concatenate(planes).astype(np.uint32).tobytes() if planes else b""
-        body = _CODEC.encode(ids)
+        top = n if lut is None else lut.size - 1  # the largest id the body may hold
+        body = _CODEC.encode(ids.astype(np.uint16) if top <= _UINT16_MAX else ids)
         extra = b"" if lut is None else _CODEC.encode(np.ascontiguousarray(lut, dtype=np.uint32))
         header = np.array([n, len(body), len(extra), 0 if lut is None else lut.size], dtype=np.uint64)
         self.scratch.put(self._key(tile.linear_index), b"".join([header.tobytes(), plane_bytes, body, extra]))
@@ -145,7 +150,9 @@ class TileStaging:
         else:
             head = 32 + 8 * sum(int(np.prod(s)) for s in self._plane_shapes(tile).values())
         body, extra = data[head:head + body_len], data[head + body_len:head + body_len + extra_len]
-        ids = np.frombuffer(_CODEC.decode(body), dtype=np.uint32).reshape(tile.core_shape)
+        raw = _CODEC.decode(body)
+        narrow = len(raw) == 2 * int(np.prod(tile.core_shape))  # staged as uint16 when every id fits
+        ids = np.frombuffer(raw, dtype=np.uint16 if narrow else np.uint32).reshape(tile.core_shape)
         lut = np.frombuffer(_CODEC.decode(extra), dtype=np.uint32)[:lut_size] if extra_len else None
         return ids, lut
 

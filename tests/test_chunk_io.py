@@ -1,0 +1,103 @@
+"""Direct whole-chunk I/O (patchworks.io._chunk_io) against zarr itself, the oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+from hypothesis import given, settings, strategies as st
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from patchworks.io._chunk_io import chunk_files, read_region, write_region
+from patchworks.io._sources import create_output, open_image
+
+
+def _boxes(shape, chunks):
+    """Every chunk of the grid as a tuple of slices, clipped by the array's end."""
+    for index in np.ndindex(*[-(-s // c) for s, c in zip(shape, chunks)]):
+        yield tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, shape))
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.lists(st.integers(1, 23), min_size=1, max_size=3),
+       chunk=st.integers(1, 9), dtype=st.sampled_from(["uint8", "uint16", "uint32", "int64", "float32"]),
+       seed=st.integers(0, 2**16))
+def test_direct_writes_and_reads_equal_zarr(tmp_path_factory, shape, chunk, dtype, seed):
+    shape = tuple(shape)
+    chunks = tuple(min(chunk + k, s) for k, s in enumerate(shape))
+    data = np.random.default_rng(seed).integers(0, 7, shape).astype(dtype)
+    root = tmp_path_factory.mktemp("direct")
+    ours = create_output(root / "ours.zarr", shape=shape, dtype=dtype, chunks=chunks)
+    theirs = create_output(root / "theirs.zarr", shape=shape, dtype=dtype, chunks=chunks)
+    assert chunk_files(ours) is not None
+    for box in _boxes(shape, chunks):
+        write_region(ours, box, data[box])
+        theirs[box] = data[box]
+    np.testing.assert_array_equal(zarr.open_array(root / "ours.zarr", mode="r")[...], data)
+    # the same bytes as zarr writes, chunk for chunk
+    for path in sorted((root / "theirs.zarr").rglob("c/**/*")):
+        if path.is_file():
+            assert (root / "ours.zarr" / path.relative_to(root / "theirs.zarr")).read_bytes() == path.read_bytes()
+    # reads of any box inside one chunk; a box across chunks goes through zarr
+    reader = zarr.open_array(root / "theirs.zarr", mode="r")
+    rng = np.random.default_rng(seed + 1)
+    for _ in range(5):
+        start = [int(rng.integers(0, s)) for s in shape]
+        stop = [int(rng.integers(a + 1, s + 1)) for a, s in zip(start, shape)]
+        box = tuple(slice(a, b) for a, b in zip(start, stop))
+        got = read_region(reader, box)
+        np.testing.assert_array_equal(got, data[box])
+        assert got.dtype == data.dtype and got.flags.writeable
+
+
+def test_missing_chunk_reads_as_fill_value(tmp_path):
+    arr = zarr.create_array(tmp_path / "a.zarr", shape=(8, 8), chunks=(4, 4), dtype="int16", fill_value=-3,
+                            compressors=BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"))
+    files = chunk_files(arr)
+    assert files is not None
+    np.testing.assert_array_equal(files.read((slice(4, 8), slice(0, 3))), np.full((4, 3), -3, np.int16))
+
+
+def test_unsupported_layouts_go_through_zarr(tmp_path):
+    """Sharding, another codec, zarr v2 and windows across chunks are zarr's job: same results."""
+    data = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    sharded = zarr.create_array(tmp_path / "s.zarr", shape=(8, 8), chunks=(2, 2), shards=(4, 4), dtype="uint16")
+    zstd = zarr.create_array(tmp_path / "z.zarr", shape=(8, 8), chunks=(4, 4), dtype="uint16",
+                             compressors=ZstdCodec(level=1))
+    v2 = zarr.create_array(tmp_path / "v2.zarr", shape=(8, 8), chunks=(4, 4), dtype="uint16", zarr_format=2)
+    for arr in (sharded, zstd, v2):
+        assert chunk_files(arr) is None
+        write_region(arr, (slice(0, 4), slice(4, 8)), data[:4, 4:])
+        np.testing.assert_array_equal(read_region(arr, (slice(0, 4), slice(4, 8))), data[:4, 4:])
+    plain = create_output(tmp_path / "p.zarr", shape=(8, 8), dtype="uint16", chunks=(4, 4))
+    files = chunk_files(plain)
+    assert files.write((slice(0, 2), slice(0, 4)), data[:2, :4]) is False  # part of a chunk
+    assert files.read((slice(2, 6), slice(0, 4))) is None                    # two chunks
+    write_region(plain, (slice(0, 8), slice(0, 8)), data)                  # through zarr
+    np.testing.assert_array_equal(read_region(plain, (slice(2, 6), slice(1, 7))), data[2:6, 1:7])
+
+
+def test_direct_io_can_be_switched_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATCHWORKS_ZARR_DIRECT", "0")
+    arr = create_output(tmp_path / "a.zarr", shape=(4, 4), dtype="uint8", chunks=(2, 2))
+    assert chunk_files(arr) is None
+
+
+def test_lazy_source_reads_one_chunk_directly(tmp_path):
+    data = np.random.default_rng(3).integers(0, 255, (20, 30), dtype=np.uint8)
+    arr = create_output(tmp_path / "img.zarr", shape=data.shape, dtype=data.dtype, chunks=(8, 16))
+    arr[...] = data
+    src = open_image(tmp_path / "img.zarr")
+    assert chunk_files(src._get()) is not None
+    for box in [(slice(16, 20), slice(16, 30)), (slice(0, 8), slice(0, 16)), (slice(3, 19), slice(2, 29))]:
+        out = src[box]
+        np.testing.assert_array_equal(out, data[box])
+        out[...] = 0  # a copy: the caller may write into it
+    np.testing.assert_array_equal(src[:, :], data)
+
+
+def test_partial_edge_chunk_is_stored_padded_like_zarr(tmp_path):
+    arr = create_output(tmp_path / "a.zarr", shape=(5, 3), dtype="uint32", chunks=(4, 4))
+    write_region(arr, (slice(4, 5), slice(0, 3)), np.array([[7, 8, 9]], np.uint32))
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "a.zarr", mode="r")[4], [7, 8, 9])
+    np.testing.assert_array_equal(read_region(arr, (slice(4, 5), slice(0, 3))), [[7, 8, 9]])
+    assert read_region(arr, (slice(0, 4), slice(0, 3))).sum() == 0  # a chunk never written: its fill value
