@@ -337,3 +337,61 @@ def test_partials_in_slabs_and_both_kernels(monkeypatch, hist_bins):
     import pandas as pd
     table = pd.DataFrame({k: v for k, v in cols.items() if k != "label"}, index=cols["label"])
     assert_table_matches(table, labels, image)
+
+
+# -- voxel size reaches the table's physical columns, whatever says it --------------------------
+
+
+def _physical(table):
+    return table["area_physical"].iloc[0], [table[f"centroid_physical-{a}"].iloc[0] for a in range(2)]
+
+
+def _two_squares():
+    image = np.zeros((12, 16))
+    image[2:5, 3:7] = 1  # area 12, centroid (3, 4.5)
+    image[8:10, 10:12] = 1
+    return image
+
+
+def test_voxel_size_by_hand_reaches_the_table(tmp_path):
+    image = _two_squares()
+    out = tmp_path / "l.zarr"
+    tile_process(image, threshold(0.5), tile_shape=(6, 8), write_to=out, voxel_size=((0.5, "um"), (2.0, "um")))
+    table = read_table(out)
+    assert _physical(table) == (12 * 0.5 * 2.0, [3 * 0.5, 4.5 * 2.0])
+    assert table.attrs["voxel_size"] == [0.5, 2.0] and table.attrs["units"] == ["micrometer"] * 2
+    tile_process(image, threshold(0.5), tile_shape=(6, 8), write_to=out, overwrite=True)
+    assert "area_physical" not in read_table(out)  # numpy, no voxel size: voxel columns only
+
+
+@pytest.mark.parametrize("kind", ["ome-zarr", "ome-tiff", "imagej-tiff"])
+def test_voxel_size_by_hand_overrides_the_sources_in_the_table(tmp_path, kind):
+    from patchworks.testing import write_ome_zarr
+
+    image = _two_squares()
+    src = tmp_path / "img"
+    if kind == "ome-zarr":
+        write_ome_zarr(src, image, axes="yx", scale=(3.0, 3.0))
+    elif kind == "ome-tiff":
+        src = tmp_path / "img.ome.tif"
+        tifffile.imwrite(src, image.astype(np.float32), metadata={"axes": "YX", "PhysicalSizeX": 3.0,
+                                                                   "PhysicalSizeY": 3.0})
+    else:
+        src = tmp_path / "img.tif"
+        tifffile.imwrite(src, image.astype(np.float32), imagej=True, resolution=(1 / 3.0, 1 / 3.0),
+                         metadata={"unit": "micron", "axes": "YX"})
+    out = tmp_path / "l.zarr"
+    tile_process(src, threshold(0.5), tile_shape=(6, 8), write_to=out)
+    assert _physical(read_table(out)) == pytest.approx((12 * 9.0, [9.0, 13.5]))  # the file's own size
+    tile_process(src, threshold(0.5), tile_shape=(6, 8), write_to=out, overwrite=True, voxel_size=(0.5, 2.0))
+    table = read_table(out)
+    assert _physical(table) == (12 * 0.5 * 2.0, [1.5, 9.0])
+    assert table.attrs["voxel_size"] == [0.5, 2.0]
+
+
+def test_voxel_size_by_hand_reaches_merge_tile_labels_table(tmp_path):
+    labels = tmp_path / "tiles.zarr"
+    zarr.create_array(labels, data=(_two_squares() > 0).astype(np.uint32), chunks=(6, 8))
+    out = tmp_path / "l.zarr"
+    merge_tile_labels(labels, write_to=out, voxel_size=(0.5, 2.0))
+    assert _physical(read_table(out)) == (12 * 0.5 * 2.0, [1.5, 9.0])

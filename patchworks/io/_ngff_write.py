@@ -198,15 +198,20 @@ class LabelImageWriter:
         Each level's ``coordinateTransformations``.
     scratch : path
         Where the parts of shared chunks wait for their assembling task.
+    physical : bool
+        Whether the level-0 scale is a real voxel size (given, read from the
+        source, or the image's) rather than the default 1: only then does
+        the object table get physical columns.
     """
 
     def __init__(self, store, path, *, levels, zarr_format, dtype, axes, embed, transforms, scratch,
-                 name="labels", source_image=None, multiscale_transforms=None):
+                 name="labels", source_image=None, multiscale_transforms=None, physical=False):
         self.store, self.path = str(store), path or ""
         self.levels, self.zarr_format, self.dtype = levels, int(zarr_format), np.dtype(dtype)
         self.axes, self.embed, self.transforms = axes, tuple(embed), transforms
         self.scratch = Path(scratch)
         self.name, self.source_image, self.multiscale_transforms = name, source_image, multiscale_transforms
+        self.physical = bool(physical)
         self._arrays = None
 
     def __getstate__(self):
@@ -218,6 +223,14 @@ class LabelImageWriter:
         """Where the label image goes and its dtype, known once the run and its plan exist."""
         self.store, self.path, self.scratch, self.dtype = str(store), path or "", Path(scratch), np.dtype(dtype)
         self._arrays = None
+
+    def spatial_voxel_size(self):
+        """``(voxel_size, units)`` per spatial axis of the labels, as the scales say; ``(None, None)`` if unknown."""
+        record = self.record()
+        if not self.physical or record["voxel_size"] is None:
+            return None, None
+        units = record["units"]
+        return tuple(float(v) for v in record["voxel_size"]), None if not any(units) else tuple(units)
 
     def record(self) -> dict:
         """What our run record says about the layout (``G.attrs["patchworks"]``)."""
@@ -524,9 +537,11 @@ def build_label_image(store, path, *, grid, source, dtype, zarr_format, scratch,
         source_image = "../../"
     plans = plan_levels(grid.spatial_shape, grid.boundaries, factors=factors, level_shapes=level_shapes,
                         shard=shard, plane_axes=tuple(i for i, a in enumerate(names) if a not in "yx"))
+    physical = into is not None or voxel_size is not None or getattr(source, "voxel_size", None) is not None
     return LabelImageWriter(store, path, levels=plans, zarr_format=zarr_format, dtype=dtype, axes=axes,
                             embed=embed, transforms=transforms, scratch=scratch, name=name,
-                            source_image=source_image, multiscale_transforms=multiscale_transforms)
+                            source_image=source_image, multiscale_transforms=multiscale_transforms,
+                            physical=physical)
 
 
 def _check_levels(pyramid_levels) -> int:

@@ -333,7 +333,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             (table_path, labels_rel), labels_path = table_location(run.path, run.component), run.target
         if table:
             n_objects = _write_table(staging, grid, plan, run, table_path, labels_rel, labels_path, source,
-                                     intensity, client, progress, token)
+                                     intensity, client, progress, token, writer)
         elif table_path.exists():  # a replaced run's table would describe labels that are gone
             shutil.rmtree(table_path, ignore_errors=True)
         output = writer.group("r+") if writer is not None else output.array
@@ -353,8 +353,10 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
 
 
 def _write_table(staging, grid, plan, run, table_path, labels_rel, labels_path, source, intensity, client, progress,
-                 token):
-    voxel_size, units = spatial_voxel_size(source, grid)
+                 token, writer=None):
+    # a label image's scales are the truth (voxel_size= given by hand, the source's, or the image's
+    # written into); a bare array has only the source's metadata
+    voxel_size, units = writer.spatial_voxel_size() if writer is not None else spatial_voxel_size(source, grid)
     n_channels = 0
     if intensity:
         n_channels = int(np.prod([s for a, s in enumerate(grid.shape) if a not in grid.spatial_axes]))
