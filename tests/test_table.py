@@ -320,13 +320,11 @@ def test_cli_label_info_measure(tmp_path, capsys):
     assert "unknown table format" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("hist_bins", [1 << 22, 0])  # (coordinate, label) histograms, or bincounts + find_objects
-def test_partials_in_slabs_and_both_kernels(monkeypatch, hist_bins):
+def test_partials_in_slabs(monkeypatch):
     import cc3d
     import patchworks.labels._table as table_mod
     from patchworks.labels._table import reduce_partials, table_columns, tile_partials
     monkeypatch.setattr(table_mod, "_SLAB_VOXELS", 100)
-    monkeypatch.setattr(table_mod, "_HIST_BINS", hist_bins)
     rng = np.random.default_rng(0)
     image = rng.random((20, 30, 40))
     labels = cc3d.connected_components(image > 0.6).astype(np.uint32)
