@@ -69,12 +69,13 @@ def tree_hash(path: Path, skip=()):
     (IMG3, (1, 20, 26), 3),      # plane-by-plane along z, y and x halved
     (IMG3, (4, 13, 16), 3),
 ])
-@pytest.mark.parametrize("min_chunk", [1, 128], ids=["chunks-per-tile", "chunks-across-tiles"])
+@pytest.mark.parametrize("min_chunk", [1, 128 * 128], ids=["chunks-per-tile", "chunks-across-tiles"])
 def test_every_level_is_strided_subsampling_of_level_0(tmp_path, monkeypatch, image, tile_shape, levels, min_chunk):
     import patchworks.io._ngff_write as W
 
-    # 1: coarse chunks of core / factor, written by their tile; 128: chunks spanning several tiles' parts
-    monkeypatch.setattr(W, "MIN_LEVEL_CHUNK", min_chunk)
+    # 1: coarse chunks of core / factor, written by their tile (or derived from the finer level where
+    # cores are not multiples of the factor); 128^2: chunks spanning several tiles' parts
+    monkeypatch.setattr(W, "MIN_CHUNK_VOXELS", min_chunk)
     out = tmp_path / "labels.zarr"
     lazy = tile_process(image, threshold(0.5), tile_shape=tile_shape, write_to=out, pyramid_levels=levels)
     group, data = levels_of(out)
@@ -96,7 +97,7 @@ def test_default_levels_stop_near_256_pixels_and_z_is_never_subsampled(tmp_path)
     shapes = [group[d["path"]].shape for d in multiscale(group)["datasets"]]
     assert shapes == [(3, 600, 1100), (3, 300, 550), (3, 150, 275), (3, 75, 138)]  # halved until <= 256
     assert scales(group) == [[1.0, 1.0, 1.0], [1.0, 2.0, 2.0], [1.0, 4.0, 4.0], [1.0, 8.0, 8.0]]
-    # chunks: the core, core / factor, but never below 128 on a subsampled axis (several tiles' parts then)
+    # chunks: the core, core / factor, but never below 128 x 128 voxels (several tiles' parts then)
     assert [group[str(k)].chunks for k in range(4)] == [(3, 256, 256), (3, 128, 128), (3, 128, 128), (3, 75, 128)]
     assert group["0"].shards is None
 

@@ -320,10 +320,11 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             # pyramid chunks holding parts of several tiles (coarse levels, or cores not multiples of the
             # factor): one task each assembles the parts the relabel tasks left in scratch
             seams = writer.shared_chunks(grid)
-            if seams:
-                run_tasks(graph_tasks(f"patchworks-pyramid-{token}", _shared_chunk_task, _PyramidJob(writer, grid),
-                                      seams), client=client, progress=progress, desc="pyramid chunks shared by tiles",
-                          prefix=f"patchworks-pyramid-{token}")
+            for level in sorted({k for k, _ in seams}):  # a derived level reads the finished level before it
+                prefix = f"patchworks-pyramid-{token}-{level}"
+                run_tasks(graph_tasks(prefix, _shared_chunk_task, _PyramidJob(writer, grid),
+                                      [s for s in seams if s[0] == level]), client=client, progress=progress,
+                          desc=f"pyramid level {level}, chunks shared by tiles", prefix=prefix)
             record = writer.record()
         # 5. the object table from the staged partials, through the same plan (no read of the labels);
         #    a label image keeps it at G/table, next to its levels
