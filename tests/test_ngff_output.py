@@ -116,6 +116,24 @@ def test_sharded_levels_are_exact_and_valid(tmp_path, monkeypatch):
     yaozarrs.validate_zarr_store(str(out))
 
 
+@pytest.mark.parametrize("tile_shape", [(4, 16, 16), (3, 13, 10)], ids=["aligned", "odd-cores"])
+def test_zarrs_pipeline_shards_by_default_and_levels_stay_exact(tmp_path, tile_shape):
+    pytest.importorskip("zarrs")
+    out = tmp_path / "z.zarr"
+    with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
+        lazy = tile_process(IMG3, threshold(0.5), tile_shape=tile_shape, write_to=out, pyramid_levels=3)
+        group, data = levels_of(out)
+    assert group["0"].shards == tile_shape and group["0"].chunks == (1,) + tile_shape[1:]
+    np.testing.assert_array_equal(lazy.compute(), data[0])
+    assert_labels_equivalent(data[0], truth(IMG3))
+    for k in range(3):
+        np.testing.assert_array_equal(data[k], data[0][:, ::2 ** k, ::2 ** k])
+    v05.ImageLabel.from_zarr(group)
+    # without zarrs configured, the default pipeline writes unsharded levels (sharding would cost 2-5x)
+    tile_process(IMG3, threshold(0.5), tile_shape=tile_shape, write_to=out, overwrite=True, pyramid_levels=3)
+    assert levels_of(out)[0]["0"].shards is None
+
+
 def test_merge_tile_labels_writes_the_same_label_image(tmp_path):
     import dask.array as da
 
