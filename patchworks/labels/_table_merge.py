@@ -95,6 +95,7 @@ def write_object_table(*, root, grid: TileGrid, plan, table_path, labels_path, l
               "units": None if units is None else list(units), "n_channels": int(n_channels)}
     writer = TableWriter(table_path, int(n_own.sum()), column_dtypes(ndim, n_channels, voxel_size=voxel_size),
                          record=record, zarr_format=zarr_format)
+    batch, n_batch = [], 0  # finished columns made for many tiles at once: per-call costs, not per tile
     for i in np.flatnonzero(n_own):
         rows = Partials.load(_own_stem(root, i), ndim, n_channels)
         lo, hi = bounds[i], bounds[i + 1]
@@ -102,7 +103,13 @@ def write_object_table(*, root, grid: TileGrid, plan, table_path, labels_path, l
             rows = reduce_partials(Partials.concat([rows, foreign.take(slice(lo, hi))]))
             if len(rows) != n_own[i]:
                 raise RuntimeError(f"tile {i}: boundary rows name objects the tile does not own")
-        writer.append(table_columns(rows, grid.spatial_shape, voxel_size=voxel_size))
+        batch.append(rows)
+        n_batch += len(rows)
+        if n_batch >= writer.chunk:
+            writer.append(table_columns(Partials.concat(batch), grid.spatial_shape, voxel_size=voxel_size))
+            batch, n_batch = [], 0
+    if batch:
+        writer.append(table_columns(Partials.concat(batch), grid.spatial_shape, voxel_size=voxel_size))
     writer.close()
     return int(n_own.sum())
 
