@@ -393,3 +393,36 @@ def test_voxel_size_by_hand_reaches_merge_tile_labels_table(tmp_path):
     out = tmp_path / "l.zarr"
     merge_tile_labels(labels, write_to=out, voxel_size=(0.5, 2.0))
     assert _physical(read_table(out)) == (12 * 0.5 * 2.0, [1.5, 9.0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 2**16), st.booleans(), st.booleans())
+def test_tile_partials_equal_a_direct_loop(ndim, seed, gaps, strided):
+    """Runs of equal labels in any dimension, any ids (gaps, long runs, single voxels), any memory layout."""
+    from patchworks.labels._table import tile_partials
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(1, 7, ndim))
+    n = int(rng.integers(1, 6))
+    coarse = rng.integers(0, n + 1, shape)  # mixes long runs (repeated below) with isolated voxels
+    ids = np.repeat(coarse, 2, axis=ndim - 1)[..., : shape[-1] + 1].astype(np.uint32)
+    if gaps:
+        ids = ids * 3  # labels 3, 6, ... up to 3n: the absent ones get no row
+    if strided:
+        ids = ids[..., ::2]
+    image = rng.normal(100, 5, (2,) + ids.shape)
+    origin = tuple(int(o) for o in rng.integers(0, 50, ndim))
+    parts = tile_partials(ids, int(ids.max()), origin, image)
+    present = [v for v in np.unique(ids) if v]
+    assert parts.label.tolist() == present
+    for row, v in enumerate(present):
+        where = np.argwhere(ids == v) + origin
+        assert parts.count[row] == len(where)
+        np.testing.assert_array_equal(parts.csum[row], where.sum(axis=0))
+        np.testing.assert_array_equal(parts.bmin[row], where.min(axis=0))
+        np.testing.assert_array_equal(parts.bmax[row], where.max(axis=0) + 1)
+        values = image[:, ids == v]
+        np.testing.assert_allclose(parts.isum[row], values.sum(axis=1), rtol=1e-12)
+        np.testing.assert_allclose(parts.im2[row], ((values - values.mean(axis=1, keepdims=True)) ** 2).sum(axis=1),
+                                   rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(parts.imin[row], values.min(axis=1))
+        np.testing.assert_array_equal(parts.imax[row], values.max(axis=1))
