@@ -281,6 +281,53 @@ def run_pyramid_after(input_path, out_path, tile_shape, fn_kind="threshold"):
         da.to_zarr(sub.rechunk(chunks), target, compute=True)
 
 
+# --cost: what the pyramid and the table add to labels alone, one pass and two
+COST_JOBS = {
+    "cost-labels": "labels alone (output_format='array', table=False)",
+    "cost-pyramid": "label image with its pyramid, no table",
+    "cost-table": "bare array with its table",
+    "cost-both": "label image, pyramid and table (the default)",
+    "cost-after": "labels first, then pyramid from level 0 and measure() reading labels + image again",
+}
+
+
+def _pyramid_from_level0(out_path) -> None:
+    """Every coarser level subsampled from level 0 read back (dask, the same codec): a separate pyramid step."""
+    import dask.array as da
+    import zarr
+
+    from patchworks.io._ngff_write import default_level_count
+    from patchworks.io._sources import output_compressors
+
+    level0 = zarr.open_array(out_path, mode="r")
+    base = tuple(2 if k >= level0.ndim - 2 else 1 for k in range(level0.ndim))
+    group = zarr.open_group(out_path + ".levels", mode="w")
+    lazy = da.from_zarr(level0)
+    for k in range(1, default_level_count(level0.shape, base)):
+        sub = lazy[tuple(slice(None, None, f ** k) for f in base)]
+        chunks = tuple(max(1, c // f ** k) for c, f in zip(level0.chunks, base))
+        target = group.create_array(str(k), shape=sub.shape, chunks=chunks, dtype=level0.dtype,
+                                    compressors=output_compressors(3), fill_value=0)
+        da.to_zarr(sub.rechunk(chunks), target, compute=True)
+
+
+def run_cost_job(job, input_path, out_path, tile_shape, fn_kind="threshold") -> None:
+    import patchworks
+
+    if job == "cost-labels":
+        run_e2e(input_path, out_path, tile_shape, fn_kind, output_format="array", table=False)
+    elif job == "cost-pyramid":
+        run_e2e(input_path, out_path, tile_shape, fn_kind, table=False)
+    elif job == "cost-table":
+        run_e2e(input_path, out_path, tile_shape, fn_kind, output_format="array", table=True)
+    elif job == "cost-both":
+        run_e2e(input_path, out_path, tile_shape, fn_kind, table=True)
+    elif job == "cost-after":
+        run_e2e(input_path, out_path, tile_shape, fn_kind, output_format="array", table=False)
+        _pyramid_from_level0(out_path)
+        patchworks.measure(out_path, input_path, tile_shape=tile_shape, progress=False)
+
+
 def _install_phase_timers(events: list) -> None:
     """Time the pipeline's phases by wrapping what ``labels._process`` calls (this process only)."""
     import patchworks.labels._process as L
@@ -414,7 +461,7 @@ def _one_job(spec: dict) -> None:
         _install_op_timers(ops)
     gc.collect()
     _emit("START", {"rss": tree_rss()})
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     if job == "floor":
         run_floor(spec["input"], spec["out"], spec["tile"], spec.get("fn", "threshold"))
     elif job == "labels-only":
@@ -437,6 +484,8 @@ def _one_job(spec: dict) -> None:
         run_e2e(spec["input"], spec["out"], spec["tile"], spec.get("fn", "threshold"), table=True)
     elif job == "then-measure":
         run_labels_then_measure(spec["input"], spec["out"], spec["tile"], spec.get("fn", "threshold"))
+    elif job in COST_JOBS:
+        run_cost_job(job, spec["input"], spec["out"], spec["tile"], spec.get("fn", "threshold"))
     elif job == "whole":  # whole+io: read the whole zarr input, the same fn once, write the same kind of output
         t_load = time.perf_counter()
         vol = np.asarray(zarr.open_array(spec["input"], mode="r")[...])
@@ -453,6 +502,7 @@ def _one_job(spec: dict) -> None:
     elapsed = time.perf_counter() - t0
     _emit("STOP")
     result["seconds"] = elapsed
+    result["cpu_seconds"] = time.process_time() - cpu0  # all threads: steadier than wall time on a shared machine
     if events:
         result["phases"] = {name: b - a for name, a, b in events}
         result["phases"]["other (open, create stores, cleanup)"] = elapsed - sum(result["phases"].values())
@@ -652,6 +702,8 @@ def main(argv=None) -> int:
                     "against labelling first and measuring afterwards")
     ap.add_argument("--pyramid", action="store_true", help="also time labels alone, the label image's pyramid "
                     "(sharded, unsharded) and labels-then-pyramid from level 0 (a second table)")
+    ap.add_argument("--cost", action="store_true", help="pyramid and table together over labels alone, each "
+                    "alone, and labels first then pyramid + measure() from level 0 (the two-pass way)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.smoke:
@@ -667,6 +719,8 @@ def main(argv=None) -> int:
     args.fn = fns[0]
     if args.table:
         return table_cost(args)
+    if args.cost:
+        return pyramid_table_cost(args)
 
     cases = _select_cases(args)
     repeats = args.repeats or (1 if args.smoke else 2)
@@ -808,6 +862,56 @@ def table_cost(args) -> int:
               f"{peak['e2e']:>10.0f}/{peak['table']:<10.0f}")
     print("table cost = (labels + table) / labels alone - 1; 2-pass cost: labels, then patchworks.measure "
           "reading labels and image again (the upstream way). Target: table + pyramid <= +15 %.")
+    return 0
+
+
+def pyramid_table_cost(args) -> int:
+    """``--cost``: what the pyramid and the table add to labels alone (target: both together <= +15 %)."""
+    cases = SMOKE_CASES if args.smoke else [c for c in FULL_CASES if c[0] in ("3d-512", "2d-16384")]
+    if args.cases:
+        keep = set(args.cases.split(","))
+        cases = [c for c in SMOKE_CASES + FULL_CASES if c[0] in keep]
+    repeats = args.repeats or (1 if args.smoke else 2)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-cost-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    import patchworks
+
+    print(f"pyramid + table cost: patchworks from {Path(patchworks.__file__).parent}, {os.cpu_count()} cores, "
+          f"best of {repeats}, fn {args.fn}", flush=True)
+    jobs = tuple(COST_JOBS)
+    rows = []
+    try:
+        for name, shape, tile, params in cases:
+            inp, out = workdir / f"{name}-input.zarr", workdir / f"{name}-cost.zarr"
+            if not inp.exists():
+                write_input(inp, shape, tile, params)
+            spec = {"input": str(inp), "tile": list(tile), "fn": args.fn}
+            specs = [{**spec, "job": j, "out": f"{out}.{j}"} for _ in range(repeats) for j in jobs]  # interleaved
+            results = run_jobs(specs) if args.smoke else [run_job(s) for s in specs]
+            best = {j: min(r["seconds"] for s, r in zip(specs, results) if s["job"] == j) for j in jobs}
+            cpu = {j: min(r["cpu_seconds"] for s, r in zip(specs, results) if s["job"] == j) for j in jobs}
+            peak = {j: max(r["peak_mb"] for s, r in zip(specs, results) if s["job"] == j) for j in jobs}
+            rows.append((name, _fmt_shape(shape), _fmt_shape(tile), best, peak, cpu))
+            print(f"[{name}] " + ", ".join(f"{j[5:]} {best[j]:.2f} s" for j in jobs), flush=True)
+            for p in workdir.glob(f"{name}-cost.zarr.*"):
+                shutil.rmtree(p, ignore_errors=True)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    head = ("case", "image", "tile", "labels s", "+pyramid", "+table", "+both", "2-pass after", "peak MB labels/both")
+    print(f"{head[0]:<10} {head[1]:<12} {head[2]:<10} {head[3]:>12} {head[4]:>7} {head[5]:>9} {head[6]:>9} "
+          f"{head[7]:>13} {head[8]:>20}")
+    for name, shape, tile, best, peak, cpu in rows:
+        for what, t in (("wall", best), ("cpu", cpu)):
+            base = t["cost-labels"]
+            rel = {j: t[j] / base - 1 for j in jobs}
+            print(f"{name:<10} {shape:<12} {tile:<10} {base:>7.2f} {what:<4} {rel['cost-pyramid']:>+7.0%} "
+                  f"{rel['cost-table']:>+9.0%} {rel['cost-both']:>+9.0%} {rel['cost-after']:>+13.0%} "
+                  f"{peak['cost-labels']:>9.0f}/{peak['cost-both']:<9.0f}")
+    print("each column: best time / labels alone - 1 (one run, jobs interleaved; wall = elapsed, cpu = CPU "
+          "seconds of all the job's threads, steadier on a shared machine). " +
+          "; ".join(f"{j[5:]}: {d}" for j, d in COST_JOBS.items()) + ". Target: +both <= +15 %.")
     return 0
 
 

@@ -69,12 +69,13 @@ def tree_hash(path: Path, skip=()):
     (IMG3, (1, 20, 26), 3),      # plane-by-plane along z, y and x halved
     (IMG3, (4, 13, 16), 3),
 ])
-@pytest.mark.parametrize("min_chunk", [1, 128], ids=["chunks-per-tile", "chunks-across-tiles"])
+@pytest.mark.parametrize("min_chunk", [1, 128 * 128], ids=["chunks-per-tile", "chunks-across-tiles"])
 def test_every_level_is_strided_subsampling_of_level_0(tmp_path, monkeypatch, image, tile_shape, levels, min_chunk):
     import patchworks.io._ngff_write as W
 
-    # 1: coarse chunks of core / factor, written by their tile; 128: chunks spanning several tiles' parts
-    monkeypatch.setattr(W, "MIN_LEVEL_CHUNK", min_chunk)
+    # 1: coarse chunks of core / factor, written by their tile (or derived from the finer level where
+    # cores are not multiples of the factor); 128^2: chunks spanning several tiles' parts
+    monkeypatch.setattr(W, "MIN_CHUNK_VOXELS", min_chunk)
     out = tmp_path / "labels.zarr"
     lazy = tile_process(image, threshold(0.5), tile_shape=tile_shape, write_to=out, pyramid_levels=levels)
     group, data = levels_of(out)
@@ -96,7 +97,7 @@ def test_default_levels_stop_near_256_pixels_and_z_is_never_subsampled(tmp_path)
     shapes = [group[d["path"]].shape for d in multiscale(group)["datasets"]]
     assert shapes == [(3, 600, 1100), (3, 300, 550), (3, 150, 275), (3, 75, 138)]  # halved until <= 256
     assert scales(group) == [[1.0, 1.0, 1.0], [1.0, 2.0, 2.0], [1.0, 4.0, 4.0], [1.0, 8.0, 8.0]]
-    # chunks: the core, core / factor, but never below 128 on a subsampled axis (several tiles' parts then)
+    # chunks: the core, core / factor, but never below 128 x 128 voxels (several tiles' parts then)
     assert [group[str(k)].chunks for k in range(4)] == [(3, 256, 256), (3, 128, 128), (3, 128, 128), (3, 75, 128)]
     assert group["0"].shards is None
 
@@ -116,6 +117,24 @@ def test_sharded_levels_are_exact_and_valid(tmp_path, monkeypatch):
         np.testing.assert_array_equal(data[k], data[0][:, ::2 ** k, ::2 ** k])
     v05.ImageLabel.from_zarr(group)
     yaozarrs.validate_zarr_store(str(out))
+
+
+@pytest.mark.parametrize("tile_shape", [(4, 16, 16), (3, 13, 10)], ids=["aligned", "odd-cores"])
+def test_zarrs_pipeline_shards_by_default_and_levels_stay_exact(tmp_path, tile_shape):
+    pytest.importorskip("zarrs")
+    out = tmp_path / "z.zarr"
+    with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
+        lazy = tile_process(IMG3, threshold(0.5), tile_shape=tile_shape, write_to=out, pyramid_levels=3)
+        group, data = levels_of(out)
+    assert group["0"].shards == tile_shape and group["0"].chunks == (1,) + tile_shape[1:]
+    np.testing.assert_array_equal(lazy.compute(), data[0])
+    assert_labels_equivalent(data[0], truth(IMG3))
+    for k in range(3):
+        np.testing.assert_array_equal(data[k], data[0][:, ::2 ** k, ::2 ** k])
+    v05.ImageLabel.from_zarr(group)
+    # without zarrs configured, the default pipeline writes unsharded levels (sharding would cost 2-5x)
+    tile_process(IMG3, threshold(0.5), tile_shape=tile_shape, write_to=out, overwrite=True, pyramid_levels=3)
+    assert levels_of(out)[0]["0"].shards is None
 
 
 def test_merge_tile_labels_writes_the_same_label_image(tmp_path):

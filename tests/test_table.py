@@ -323,13 +323,11 @@ def test_cli_label_info_measure(tmp_path, capsys):
     assert "unknown table format" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("hist_bins", [1 << 22, 0])  # (coordinate, label) histograms, or bincounts + find_objects
-def test_partials_in_slabs_and_both_kernels(monkeypatch, hist_bins):
+def test_partials_in_slabs(monkeypatch):
     import cc3d
     import patchworks.labels._table as table_mod
     from patchworks.labels._table import reduce_partials, table_columns, tile_partials
     monkeypatch.setattr(table_mod, "_SLAB_VOXELS", 100)
-    monkeypatch.setattr(table_mod, "_HIST_BINS", hist_bins)
     rng = np.random.default_rng(0)
     image = rng.random((20, 30, 40))
     labels = cc3d.connected_components(image > 0.6).astype(np.uint32)
@@ -340,3 +338,94 @@ def test_partials_in_slabs_and_both_kernels(monkeypatch, hist_bins):
     import pandas as pd
     table = pd.DataFrame({k: v for k, v in cols.items() if k != "label"}, index=cols["label"])
     assert_table_matches(table, labels, image)
+
+
+# -- voxel size reaches the table's physical columns, whatever says it --------------------------
+
+
+def _physical(table):
+    return table["area_physical"].iloc[0], [table[f"centroid_physical-{a}"].iloc[0] for a in range(2)]
+
+
+def _two_squares():
+    image = np.zeros((12, 16))
+    image[2:5, 3:7] = 1  # area 12, centroid (3, 4.5)
+    image[8:10, 10:12] = 1
+    return image
+
+
+def test_voxel_size_by_hand_reaches_the_table(tmp_path):
+    image = _two_squares()
+    out = tmp_path / "l.zarr"
+    tile_process(image, threshold(0.5), tile_shape=(6, 8), write_to=out, voxel_size=((0.5, "um"), (2.0, "um")))
+    table = read_table(out)
+    assert _physical(table) == (12 * 0.5 * 2.0, [3 * 0.5, 4.5 * 2.0])
+    assert table.attrs["voxel_size"] == [0.5, 2.0] and table.attrs["units"] == ["micrometer"] * 2
+    tile_process(image, threshold(0.5), tile_shape=(6, 8), write_to=out, overwrite=True)
+    assert "area_physical" not in read_table(out)  # numpy, no voxel size: voxel columns only
+
+
+@pytest.mark.parametrize("kind", ["ome-zarr", "ome-tiff", "imagej-tiff"])
+def test_voxel_size_by_hand_overrides_the_sources_in_the_table(tmp_path, kind):
+    from patchworks.testing import write_ome_zarr
+
+    image = _two_squares()
+    src = tmp_path / "img"
+    if kind == "ome-zarr":
+        write_ome_zarr(src, image, axes="yx", scale=(3.0, 3.0))
+    elif kind == "ome-tiff":
+        src = tmp_path / "img.ome.tif"
+        tifffile.imwrite(src, image.astype(np.float32), metadata={"axes": "YX", "PhysicalSizeX": 3.0,
+                                                                   "PhysicalSizeY": 3.0})
+    else:
+        src = tmp_path / "img.tif"
+        tifffile.imwrite(src, image.astype(np.float32), imagej=True, resolution=(1 / 3.0, 1 / 3.0),
+                         metadata={"unit": "micron", "axes": "YX"})
+    out = tmp_path / "l.zarr"
+    tile_process(src, threshold(0.5), tile_shape=(6, 8), write_to=out)
+    assert _physical(read_table(out)) == pytest.approx((12 * 9.0, [9.0, 13.5]))  # the file's own size
+    tile_process(src, threshold(0.5), tile_shape=(6, 8), write_to=out, overwrite=True, voxel_size=(0.5, 2.0))
+    table = read_table(out)
+    assert _physical(table) == (12 * 0.5 * 2.0, [1.5, 9.0])
+    assert table.attrs["voxel_size"] == [0.5, 2.0]
+
+
+def test_voxel_size_by_hand_reaches_merge_tile_labels_table(tmp_path):
+    labels = tmp_path / "tiles.zarr"
+    zarr.create_array(labels, data=(_two_squares() > 0).astype(np.uint32), chunks=(6, 8))
+    out = tmp_path / "l.zarr"
+    merge_tile_labels(labels, write_to=out, voxel_size=(0.5, 2.0))
+    assert _physical(read_table(out)) == (12 * 0.5 * 2.0, [1.5, 9.0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 2**16), st.booleans(), st.booleans())
+def test_tile_partials_equal_a_direct_loop(ndim, seed, gaps, strided):
+    """Runs of equal labels in any dimension, any ids (gaps, long runs, single voxels), any memory layout."""
+    from patchworks.labels._table import tile_partials
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(1, 7, ndim))
+    n = int(rng.integers(1, 6))
+    coarse = rng.integers(0, n + 1, shape)  # mixes long runs (repeated below) with isolated voxels
+    ids = np.repeat(coarse, 2, axis=ndim - 1)[..., : shape[-1] + 1].astype(np.uint32)
+    if gaps:
+        ids = ids * 3  # labels 3, 6, ... up to 3n: the absent ones get no row
+    if strided:
+        ids = ids[..., ::2]
+    image = rng.normal(100, 5, (2,) + ids.shape)
+    origin = tuple(int(o) for o in rng.integers(0, 50, ndim))
+    parts = tile_partials(ids, int(ids.max()), origin, image)
+    present = [v for v in np.unique(ids) if v]
+    assert parts.label.tolist() == present
+    for row, v in enumerate(present):
+        where = np.argwhere(ids == v) + origin
+        assert parts.count[row] == len(where)
+        np.testing.assert_array_equal(parts.csum[row], where.sum(axis=0))
+        np.testing.assert_array_equal(parts.bmin[row], where.min(axis=0))
+        np.testing.assert_array_equal(parts.bmax[row], where.max(axis=0) + 1)
+        values = image[:, ids == v]
+        np.testing.assert_allclose(parts.isum[row], values.sum(axis=1), rtol=1e-12)
+        np.testing.assert_allclose(parts.im2[row], ((values - values.mean(axis=1, keepdims=True)) ** 2).sum(axis=1),
+                                   rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(parts.imin[row], values.min(axis=1))
+        np.testing.assert_array_equal(parts.imax[row], values.max(axis=1))

@@ -12,12 +12,16 @@ task holds it: a tile whose core starts at ``a`` owns the level-``k``
 voxels ``ceil(a / F)`` up to the next tile's. When the tile core is a
 multiple of ``F`` those ranges are aligned to the level's chunks (chunk =
 core / F) and each task writes whole chunks. Otherwise -- and at coarse
-levels, whose chunks are never below ``MIN_LEVEL_CHUNK`` and so span several
+levels, whose chunks are never below ``MIN_CHUNK_VOXELS`` and so span several
 tiles -- some chunks of a level hold voxels of two or more tiles; a task
 writes the chunks it owns and keeps its part of each shared chunk in the
 run's scratch, and one small task per shared chunk assembles and writes it
 afterwards, so no two tasks ever write one chunk (or shard) and nothing
-reads level 0 back.
+reads level 0 back. A level with shared chunks whose finer neighbour is
+not level 0 is instead *derived*: each of its chunks is subsampled from the
+finished finer level (``level_k = level_{k-1}[::r]``, exact), level after
+level, which reads a small fraction of the data once instead of writing
+and reading a part of every tile.
 """
 
 from __future__ import annotations
@@ -36,24 +40,28 @@ import zarr
 from ._npy import load_npz
 from ._chunk_io import write_region
 from ._scratch import Scratch
-from ._urls import is_remote, join, zarr_store
+from ._urls import is_remote, zarr_store
 
 __all__ = ["LabelImageWriter", "LevelPlan", "NGFF_VERSIONS", "default_level_count", "ngff_unit", "plan_levels",
            "register_label"]
 
 NGFF_VERSIONS = {3: "0.5", 2: "0.4"}
 COARSEST = 256  # default pyramid: halve y and x until both are about this many pixels
-# smallest chunk of a coarse level along a subsampled axis: core / factor shrinks fast (a 512 core is
-# 16 pixels at level 5), and thousands of tiny chunks cost a zarr write each and a file each; below
-# this size a chunk spans several tiles and is assembled from their parts (measured on 8192^2 in 512^2
-# tiles, 6 levels: the pyramid cost 3.8x the labels-only time with chunks of core / factor, 1.1-1.9x now)
-MIN_LEVEL_CHUNK = 128
+# smallest chunk (in voxels) of a coarse level: core / factor shrinks fast (a 512^2 core is 16^2 pixels
+# at level 5), and thousands of tiny chunks cost a zarr write each and a file each; below this size the
+# subsampled axes of a chunk grow together until it spans several tiles' parts (measured on 8192^2 in
+# 512^2 tiles, 6 levels: the pyramid cost 3.8x the labels-only time with chunks of core / factor). A
+# volume, not a length per axis: 3-D levels of 128^3 tiles (128 x 64 x 64 at level 1) are big enough
+# as they are and stay written by their own tiles.
+MIN_CHUNK_VOXELS = 128 * 128
 # zarr v3 sharding (shard = the tile's share of a level, inner chunks one plane of <= 256 x 256) lets a
-# viewer read one plane without decoding a whole 3-D chunk, but zarr-python encodes the inner chunks one
-# by one: measured (shared 2-core machine) 3-D in 128^3 tiles took 1.9-2.8x the unsharded time,
-# 8192^2 in 512^2 tiles 1.4-1.9x. Off by default; the writer supports it (tested).
-SHARDING = False
-
+# viewer read one plane without decoding a whole 3-D chunk. zarr-python's own codec pipeline encodes
+# the inner chunks one by one in Python: measured (shared 2-core machine, CPU seconds per tile write)
+# 128^3 into 1 x 128 x 128 inner chunks 87 ms vs 18 ms unsharded (4.8x), 512^2 into 256^2 8.3 vs
+# 5.0 ms (1.7x). The zarrs pipeline (Rust, ``pip install "patchworks[zarrs]"``) writes the same
+# shards for 18.2 vs 17.0 ms and 4.0 vs 3.8 ms. None = shard exactly when zarr's configured codec
+# pipeline is zarrs; True / False force it.
+SHARDING = None
 # UDUNITS-2 names NGFF allows for space axes, from the spellings files carry
 _UNIT_NAMES = {"µm": "micrometer", "um": "micrometer", "μm": "micrometer", "micron": "micrometer",
                "microns": "micrometer", "\\u00b5m": "micrometer", "nm": "nanometer", "mm": "millimeter",
@@ -83,6 +91,11 @@ def ngff_unit(unit, kind: str = "space"):
     text = str(unit).strip()
     name = _UNIT_NAMES.get(text.lower(), _UNIT_NAMES.get(text, text.lower()))
     return name if name in (_SPACE_UNITS if kind == "space" else _TIME_UNITS) else None
+
+
+def zarrs_pipeline() -> bool:
+    """Whether zarr's configured codec pipeline is zarrs' (``zarr.config`` ``codec_pipeline.path``)."""
+    return "zarrs" in str(zarr.config.get("codec_pipeline.path", "")).lower()
 
 
 def _axis_type(name: str) -> str | None:
@@ -116,6 +129,7 @@ class LevelPlan:
     factors: tuple
     chunks: tuple
     inner: tuple | None
+    derive: bool = False  # chunks subsampled from the finished level before (no part written by tiles)
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
@@ -153,15 +167,35 @@ def plan_levels(spatial_shape, boundaries, *, factors, level_shapes=None, shard:
                 c = t // q  # tile ranges align with chunks of core / factor: every task owns its chunks
             else:  # a chunk small against a tile's range, so that few are shared between two tiles
                 c = 1 << max(0, int(np.log2(max(1, t // q // 2))))
-            if q > 1:  # never tiny: a chunk of a whole number of tiles' ranges, assembled from their parts
-                while c < min(MIN_LEVEL_CHUNK, n):
-                    c *= 2
             chunks.append(max(1, min(c, n)))
+        # never tiny: the subsampled axes grow together (chunks then span several tiles' ranges)
+        while np.prod(chunks) < MIN_CHUNK_VOXELS:
+            grow = [a for a, (q, c, n) in enumerate(zip(f, chunks, shape)) if q > 1 and c < n]
+            if not grow:
+                break
+            for a in grow:
+                chunks[a] = min(2 * chunks[a], shape[a])
         inner = None
         if shard:
             inner = tuple(1 if ax in plane_axes else _largest_divisor(c, COARSEST) for ax, c in enumerate(chunks))
-        plans.append(LevelPlan(shape=shape, factors=tuple(f), chunks=tuple(chunks), inner=inner))
+        derive = False
+        if k >= 2 and _has_shared_chunks(boundaries, f, chunks, shape):
+            prev = plans[-1]
+            ratio = [q // p for q, p in zip(f, prev.factors)]
+            derive = all(q % p == 0 for q, p in zip(f, prev.factors)) and \
+                all((n - 1) * r < m for n, r, m in zip(shape, ratio, prev.shape))
+        plans.append(LevelPlan(shape=shape, factors=tuple(f), chunks=tuple(chunks), inner=inner, derive=derive))
     return plans
+
+
+def _level_cuts(b, q: int, n: int, c: int):
+    """Indices of the chunks (size ``c``) of a level axis that hold voxels of two tiles (boundaries ``b``)."""
+    cuts = {min(_ceil_div(int(x), q), n) for x in b[1:-1]}
+    return sorted({x // c for x in cuts if x % c and x < n})
+
+
+def _has_shared_chunks(boundaries, factors, chunks, shape) -> bool:
+    return any(_level_cuts(b, q, n, c) for b, q, c, n in zip(boundaries, factors, chunks, shape))
 
 
 def _ceil_div(a, b):
@@ -207,16 +241,22 @@ class LabelImageWriter:
         Where the parts of shared chunks wait for their assembling task.
     storage_options : dict, optional
         For a ``store`` that is an object-store URL.
+    physical : bool
+        Whether the level-0 scale is a real voxel size (given, read from the
+        source, or the image's) rather than the default 1: only then does
+        the object table get physical columns.
     """
 
     def __init__(self, store, path, *, levels, zarr_format, dtype, axes, embed, transforms, scratch,
-                 name="labels", source_image=None, multiscale_transforms=None, storage_options=None):
+                 name="labels", source_image=None, multiscale_transforms=None, storage_options=None,
+                 physical=False):
         self.store, self.path = str(store), path or ""
         self.levels, self.zarr_format, self.dtype = levels, int(zarr_format), np.dtype(dtype)
         self.axes, self.embed, self.transforms = axes, tuple(embed), transforms
         self.scratch = scratch if isinstance(scratch, Scratch) else Scratch(scratch)
         self.storage_options = storage_options
         self.name, self.source_image, self.multiscale_transforms = name, source_image, multiscale_transforms
+        self.physical = bool(physical)
         self._arrays = None
 
     def __getstate__(self):
@@ -235,6 +275,14 @@ class LabelImageWriter:
         if not is_remote(self.store):
             return self.store
         return zarr_store(self.store, self.storage_options, read_only=mode == "r", parameter="write_to")
+
+    def spatial_voxel_size(self):
+        """``(voxel_size, units)`` per spatial axis of the labels, as the scales say; ``(None, None)`` if unknown."""
+        record = self.record()
+        if not self.physical or record["voxel_size"] is None:
+            return None, None
+        units = record["units"]
+        return tuple(float(v) for v in record["voxel_size"]), None if not any(units) else tuple(units)
 
     def record(self) -> dict:
         """What our run record says about the layout (``G.attrs["patchworks"]``)."""
@@ -322,6 +370,8 @@ class LabelImageWriter:
         pieces = {}  # parts of chunks shared with other tiles, all levels in one file per tile
         for k in range(1, len(self.levels)):
             level = self.levels[k]
+            if level.derive:  # built from level k - 1 once that is finished
+                continue
             segs, picks = [], []
             for sl, q, c, n in zip(core, level.factors, level.chunks, level.shape):
                 s, e = _level_range(sl.start, sl.stop, q, n)
@@ -349,29 +399,36 @@ class LabelImageWriter:
         return f"tile{linear_index}.npz"
 
     def shared_chunks(self, grid) -> list[tuple[int, tuple]]:
-        """``(level, chunk index)`` of every chunk that holds voxels of more than one tile."""
+        """``(level, chunk index)`` of every chunk no tile writes alone, coarser levels after finer ones.
+
+        Those are the chunks that hold voxels of more than one tile, and every
+        chunk of a derived level; write them level by level, in this order.
+        """
         found = []
         for k in range(1, len(self.levels)):
             level = self.levels[k]
-            per_axis, owned_any = [], True
-            for b, q, c, n in zip(grid.boundaries, level.factors, level.chunks, level.shape):
-                cuts = {min(_ceil_div(int(x), q), n) for x in b[1:-1]}
-                shared = sorted({x // c for x in cuts if x % c and x < n})
-                per_axis.append((shared, _ceil_div(n, c)))
-                owned_any &= not shared
-            if owned_any:
+            per_axis = [(_level_cuts(b, q, n, c), _ceil_div(n, c))
+                        for b, q, c, n in zip(grid.boundaries, level.factors, level.chunks, level.shape)]
+            if not level.derive and not any(shared for shared, _ in per_axis):
                 continue
             ranges = [range(n_chunks) for _, n_chunks in per_axis]
             shared_sets = [set(s) for s, _ in per_axis]
             for index in itertools.product(*ranges):
-                if any(i in s for i, s in zip(index, shared_sets)):
+                if level.derive or any(i in s for i, s in zip(index, shared_sets)):
                     found.append((k, index))
         return found
 
     def write_shared_chunk(self, grid, level_index: int, chunk_index: tuple) -> None:
-        """Assemble one shared chunk from the parts its tiles left in scratch, and write it."""
+        """Write one chunk no tile writes alone: from the finished finer level, or from the tiles' parts."""
         level = self.levels[level_index]
         box = [(i * c, min((i + 1) * c, n)) for i, c, n in zip(chunk_index, level.chunks, level.shape)]
+        if level.derive:
+            finer = self.levels[level_index - 1]
+            ratio = [q // p for q, p in zip(level.factors, finer.factors)]
+            read = tuple(slice(s * r, (e - 1) * r + 1) for (s, e), r in zip(box, ratio))
+            data = self.arrays()[level_index - 1][self._key(read)].reshape([x.stop - x.start for x in read])
+            self._put(level_index, tuple(slice(s, e) for s, e in box), data[tuple(slice(None, None, r) for r in ratio)])
+            return
         out = np.zeros([e - s for s, e in box], dtype=self.dtype)
         rows = []  # the tiles whose level range meets this chunk, per axis
         for (s, e), b, q, n in zip(box, grid.boundaries, level.factors, level.shape):
@@ -578,7 +635,7 @@ def build_label_image(store, path, *, grid, source, dtype, zarr_format, scratch,
     spatial_axes = grid.spatial_axes
     names = _spatial_names(getattr(source, "axes", None) or grid.axes, spatial_axes)
     if shard is None:
-        shard = SHARDING and zarr_format == 3
+        shard = zarr_format == 3 and (zarrs_pipeline() if SHARDING is None else bool(SHARDING))
     level_shapes = multiscale_transforms = source_image = None
     if into is None:
         why = check_ngff_labels(getattr(source, "axes", None) or grid.axes, spatial_axes)
@@ -604,10 +661,11 @@ def build_label_image(store, path, *, grid, source, dtype, zarr_format, scratch,
     plans = plan_levels(grid.spatial_shape, grid.boundaries if boundaries is None else boundaries,
                         factors=factors, level_shapes=level_shapes,
                         shard=shard, plane_axes=tuple(i for i, a in enumerate(names) if a not in "yx"))
+    physical = into is not None or voxel_size is not None or getattr(source, "voxel_size", None) is not None
     return LabelImageWriter(store, path, levels=plans, zarr_format=zarr_format, dtype=dtype, axes=axes,
                             embed=embed, transforms=transforms, scratch=scratch, name=name,
                             source_image=source_image, multiscale_transforms=multiscale_transforms,
-                            storage_options=storage_options)
+                            storage_options=storage_options, physical=physical)
 
 
 def _check_levels(pyramid_levels) -> int:

@@ -354,10 +354,11 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             # pyramid chunks holding parts of several tiles (coarse levels, or cores not multiples of the
             # factor): one task each assembles the parts the relabel tasks left in scratch
             seams = writer.shared_chunks(grid)
-            if seams:
-                run_tasks(graph_tasks(f"patchworks-pyramid-{token}", _shared_chunk_task, _PyramidJob(writer, grid),
-                                      seams), client=client, progress=progress, desc="pyramid chunks shared by tiles",
-                          prefix=f"patchworks-pyramid-{token}")
+            for level in sorted({k for k, _ in seams}):  # a derived level reads the finished level before it
+                prefix = f"patchworks-pyramid-{token}-{level}"
+                run_tasks(graph_tasks(prefix, _shared_chunk_task, _PyramidJob(writer, grid),
+                                      [s for s in seams if s[0] == level]), client=client, progress=progress,
+                          desc=f"pyramid level {level}, chunks shared by tiles", prefix=prefix)
             record = writer.record()
         # 5. the object table from the staged partials, through the same plan (no read of the labels);
         #    a label image keeps it at G/table, next to its levels
@@ -367,7 +368,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             (table_path, labels_rel), labels_path = table_location(run.path, run.component), run.target
         if table:
             n_objects = _write_table(staging, tiles, grid, plan, run, table_path, labels_rel, labels_path, source,
-                                     intensity, client, progress, token)
+                                     intensity, client, progress, token, writer)
         elif run.exists(table_path):  # a replaced run's table would describe labels that are gone
             run.remove_output(table_path)
         output = writer.group("r+") if writer is not None else output.array
@@ -388,8 +389,10 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
 
 
 def _write_table(staging, tiles, grid, plan, run, table_path, labels_rel, labels_path, source, intensity, client,
-                 progress, token):
-    voxel_size, units = spatial_voxel_size(source, tiles)
+                 progress, token, writer=None):
+    # a label image's scales are the truth (voxel_size= given by hand, the source's, or the image's
+    # written into); a bare array has only the source's metadata
+    voxel_size, units = writer.spatial_voxel_size() if writer is not None else spatial_voxel_size(source, tiles)
     n_channels = 0
     if intensity:
         n_channels = int(np.prod([s for a, s in enumerate(tiles.shape) if a not in tiles.spatial_axes]))

@@ -93,6 +93,7 @@ def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path
     writer = TableWriter(table_path, int(n_own.sum()), column_dtypes(ndim, n_channels, voxel_size=voxel_size),
                          record=record, zarr_format=zarr_format,
                          storage_options=storage_options)
+    batch, n_batch = [], 0  # finished columns made for many tiles at once: per-call costs, not per tile
     for i in np.flatnonzero(n_own):
         rows = Partials.load(scratch, _own_stem(i), ndim, n_channels)
         lo, hi = bounds[i], bounds[i + 1]
@@ -100,7 +101,13 @@ def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path
             rows = reduce_partials(Partials.concat([rows, foreign.take(slice(lo, hi))]))
             if len(rows) != n_own[i]:
                 raise RuntimeError(f"tile {i}: boundary rows name objects the tile does not own")
-        writer.append(table_columns(rows, grid.spatial_shape, voxel_size=voxel_size))
+        batch.append(rows)
+        n_batch += len(rows)
+        if n_batch >= writer.chunk:
+            writer.append(table_columns(Partials.concat(batch), grid.spatial_shape, voxel_size=voxel_size))
+            batch, n_batch = [], 0
+    if batch:
+        writer.append(table_columns(Partials.concat(batch), grid.spatial_shape, voxel_size=voxel_size))
     writer.close()
     return int(n_own.sum())
 
