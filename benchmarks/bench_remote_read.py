@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     for name, t in (("local", t_local), ("s3", t_s3)):
         print(f"{name:<8}{t:>10.2f}{n_tiles / t:>10.1f}   {', '.join(f'{v:.2f}' for v in times[name])}")
     print(f"ratio s3 / local: {t_s3 / t_local:.2f}")
+    counts = {k: v for k, v in counts.items() if v}  # the kinds this run made
+    opening = {k: v for k, v in opening.items() if v}
     per_tile = {k: v / n_tiles for k, v in sorted(counts.items())}
     print(f"requests of one S3 run: {dict(sorted(counts.items()))} = "
           + ", ".join(f"{k} {v:.2f}/tile" for k, v in per_tile.items()))
