@@ -238,7 +238,7 @@ def _second_round(links: PlaneLinks, keep: np.ndarray) -> PlaneLinks:
     """The links kept, plus a fresh assignment of the spare candidates between labels left unlinked."""
     kept = links.take(keep)
     spare = links.spare
-    if spare is None or not spare.a.size:
+    if spare is None or not spare.a.size or keep.all():  # nothing refused: no label was freed
         return kept
     spare = spare.take(~np.isin(spare.a, kept.a) & ~np.isin(spare.b, kept.b))
     return kept.joined(spare.take(_assign(spare)))
@@ -300,10 +300,12 @@ def join_planes(seams: list[PlaneLinks]) -> list[np.ndarray]:
     - a label smaller than both its partners (both its links are necks)
       is the last cap of one of the two objects: it keeps the link to the
       partner that holds more of it;
-    - a weak link is kept when its smaller cross-section does not grow
-      again beyond the seam (a cap ending the object), or when the two
-      are of similar size (at least half of each other: a continuation
-      whose walls moved).
+    - a weak link is a cap and kept when its smaller cross-section is the
+      last of its object (no partner beyond the seam), or when the larger
+      one shrinks toward it (or has no partner beyond) and the smaller one
+      does not grow again by more than the margin; or when the two are of
+      similar size (at least half of each other: a continuation whose
+      walls moved).
 
     Then a second round: labels whose chosen link was refused are
     assigned again among their other candidates (``spare``), and all
@@ -314,34 +316,58 @@ def join_planes(seams: list[PlaneLinks]) -> list[np.ndarray]:
     return [np.stack([lk.a[keep], lk.b[keep]], axis=1) for lk, keep in zip(links, _decide(links))]
 
 
+def _partner_index(ids, links: PlaneLinks | None, side: str) -> np.ndarray:
+    """Index in ``links`` of the link holding each id at ``side``; -1 where none."""
+    out = np.full(len(ids), -1, np.intp)
+    if links is None or not links.a.size or not len(ids):
+        return out
+    own = links.a if side == "a" else links.b
+    order = np.argsort(own)
+    pos = np.clip(np.searchsorted(own, ids, sorter=order), 0, len(own) - 1)
+    hit = own[order[pos]] == ids
+    out[hit] = order[pos[hit]]
+    return out
+
+
 def _decide(seams: list[PlaneLinks]) -> list[np.ndarray]:
     """One round of :func:`join_planes`' judgement: which links of each seam are kept (boolean masks)."""
     grow = 1 + _SLOPE
+    n = len(seams)
+    # each link's neighbours: the link below its lower label, the link above its upper label
+    down = [_partner_index(seams[s].a, seams[s - 1] if s else None, "b") for s in range(n)]
+    up = [_partner_index(seams[s].b, seams[s + 1] if s + 1 < n else None, "a") for s in range(n)]
 
-    def neighbours(s, among):
-        below = _partner_area(seams[s].a, among[s - 1] if s else None, "b")
-        above = _partner_area(seams[s].b, among[s + 1] if s + 1 < len(among) else None, "a")
+    def neighbours(s, skip=None):  # partner areas below and above, 0 where none (or skipped)
+        below, above = np.zeros(len(down[s])), np.zeros(len(up[s]))
+        for area, index, t, field in ((below, down[s], s - 1, "area_a"), (above, up[s], s + 1, "area_b")):
+            hit = index >= 0
+            if not hit.any():
+                continue
+            if skip is not None:
+                hit[hit] = ~skip[t][index[hit]]
+            area[hit] = getattr(seams[t], field)[index[hit]]
         return below, above
 
     necks = []
     for s, links in enumerate(seams):
-        below, above = neighbours(s, seams)
+        below, above = neighbours(s)
         necks.append((below > grow * links.area_a) & (above > grow * links.area_b))
     _settle_valleys(seams, necks)
-    # a neck joins nothing, so it is no one's continuation either when caps are judged
-    unnecked = [links.take(~neck) for links, neck in zip(seams, necks)]
     out = []
     for s, links in enumerate(seams):
         if not links.a.size:
             out.append(np.zeros(0, bool))
             continue
-        below, above = neighbours(s, unnecked)
+        below, above = neighbours(s, skip=necks)  # a neck joins nothing: no one's continuation
         area_a, area_b = links.area_a, links.area_b
         a_big = area_a >= area_b
+        big_far = np.where(a_big, below, above)
         big = np.where(a_big, area_a, area_b)
         small_far = np.where(a_big, above, below)
         small = np.where(a_big, area_b, area_a)
-        cap = small_far <= grow * small  # the smaller one does not grow again: it ends the object
+        # a cap: the smaller one is the object's last cross-section, or the larger one already
+        # shrinks toward it and it does not grow again (two columns one above the other do neither)
+        cap = (small_far == 0) | (((big_far == 0) | (big_far > big)) & (small_far <= grow * small))
         similar = small >= _SIMILAR * big
         out.append(~necks[s] & (links.strong | cap | similar))
     return out
