@@ -214,6 +214,19 @@ def test_dense_tissue_is_recovered_within_bounds(seed, cell):
         assert len(np.unique(pairs[1])) == pairs.shape[1]
 
 
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), cell=st.integers(8, 16), jitter=st.floats(0, 3),
+       missing=st.floats(0, 0.2), split=st.floats(0, 0.1), fuse=st.floats(0, 0.1))
+def test_a_noisy_segmenter_never_gets_two_labels_of_a_plane_joined(seed, cell, jitter, missing, split, fuse):
+    truth = dense_tissue((8, 40, 40), cell, seed=seed)
+    planes = noisy_planes(truth, jitter=jitter, missing=missing, split=split, fuse=fuse, seed=seed)
+    out = stitch_planes(planes)
+    assert ((out == 0) == (planes == 0)).all()
+    for z in range(len(planes)):
+        pairs = np.unique(np.stack([planes[z].ravel(), out[z].ravel()]), axis=1)
+        assert len(np.unique(pairs[1])) == pairs.shape[1]  # each object takes at most one label per plane
+
+
 # -- the generators -------------------------------------------------------------------------
 
 
