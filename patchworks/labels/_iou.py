@@ -209,6 +209,8 @@ def _assign(cand: PlaneLinks) -> np.ndarray:
 
     if not cand.a.size:
         return np.zeros(0, np.intp)
+    if _distinct(cand.a) and _distinct(cand.b):  # no label in two pairs: nothing to choose
+        return np.arange(cand.a.size)
     inter = cand.inter
     weight = inter / np.minimum(cand.area_a, cand.area_b) + inter / (cand.area_a + cand.area_b - inter)
     (ua, ia), (ub, ib) = (np.unique(x, return_inverse=True) for x in (cand.a, cand.b))
@@ -232,6 +234,11 @@ def _assign(cand: PlaneLinks) -> np.ndarray:
             hit[r, c] = True
             chosen.append(block[hit[ka, kb]])  # cross-group cells are 0 and never candidates
     return np.sort(np.concatenate(chosen))
+
+
+def _distinct(ids) -> bool:
+    ids = np.sort(ids)
+    return not (ids[1:] == ids[:-1]).any()
 
 
 def _second_round(links: PlaneLinks, keep: np.ndarray) -> PlaneLinks:
