@@ -54,6 +54,16 @@ def test_dense_tissue_bounds():
     assert e.false_merges <= 0.01 * e.n_truth and e.splits <= 0.10 * e.n_truth, e
 
 
+def test_dense_tissue_keeps_its_tips_in_a_deep_stack():
+    # deep enough that most cells end inside the stack at both ends: their last cross-sections
+    # (tips of a few voxels, often under the next cell's first one) are where splits came from
+    # (the rule before: 57 splits of 382 here, 15 %)
+    truth = dense_tissue((64, 128, 128), 14, seed=1)
+    e = stitching_errors(stitch_planes(per_plane(truth, 1)), truth)
+    assert e.n_truth > 300
+    assert e.false_merges <= 0.01 * e.n_truth and e.splits <= 0.10 * e.n_truth, e
+
+
 @pytest.mark.parametrize("make", [lambda: separated_nuclei((20, 128, 128), seed=4),
                                   lambda: dense_tissue((20, 128, 128), 14, seed=4)], ids=["nuclei", "tissue"])
 def test_a_noisy_segmenter_does_no_worse_than_the_pairwise_rule(make):
@@ -84,9 +94,15 @@ def test_two_nuclei_touching_in_z_stay_two():
     truth = lower.astype(np.uint32) + 2 * upper
     z_low, z_up = np.flatnonzero(lower.any((1, 2))).max(), np.flatnonzero(upper.any((1, 2))).min()
     assert z_up == z_low + 1  # caps in consecutive planes, one above the other
-    e = stitching_errors(stitch_planes(per_plane(truth)), truth)
-    # never fused; the last cap may be cut off (its profile fits either nucleus: shrink-shrink or grow-grow)
-    assert e.false_merges == 0 and e.splits <= 1, e
+    out = stitch_planes(per_plane(truth))
+    e = stitching_errors(out, truth)
+    assert e.false_merges == 0 and e.splits == 0, e  # two objects, each one object
+    # the lower one's last cap (29 voxels) lies wholly inside both its neighbours, and the square
+    # root of the area stays concave whichever it joins (17.1 15.5 12.0 5.4 or 5.4 10.4 14.6 16.6):
+    # nothing in the areas or overlaps decides; it goes with the more similar neighbour, the upper one
+    cap = out[z_low][lower[z_low]]
+    assert (cap == out[z_up + 1][upper[z_up + 1]][0]).all()
+    assert e.mismatched_voxels == int(lower[z_low].sum()) == 29
     assert stitching_errors(pairwise_planes(per_plane(truth), 0.1), truth).false_merges == 1  # a low threshold fuses
 
 
@@ -142,6 +158,26 @@ def test_merge_tile_labels_on_1_plane_chunks(tmp_path):
     assert_labels_equivalent(out, truth)
 
 
+def test_every_path_joins_planes_by_the_one_rule(tmp_path):
+    # a noisy segmenter gives the rule real choices to make: 1-plane tiles, 1-plane chunks and
+    # the plugins' plane-by-plane helper must all make the same ones as stitch_planes
+    from patchworks.plugins._common import plane_by_plane
+
+    truth = dense_tissue((10, 64, 64), 10, seed=6)
+    planes = noisy_planes(truth, seed=6)
+    expected = stitch_planes(planes)
+    assert not stitching_errors(expected, truth).exact
+    stack = iter(planes)
+    assert_labels_equivalent(plane_by_plane(lambda plane: next(stack), truth, 0.5), expected)
+    path = str(tmp_path / "noisy.zarr")
+    zarr.create_array(path, shape=planes.shape, chunks=(1, 64, 64), dtype="uint32")[...] = planes
+    assert_labels_equivalent(merge_tile_labels(path, stitch="iou", compute=True, client=False), expected)
+    by_plane = {truth[z].tobytes(): planes[z] for z in range(len(truth))}
+    out = tile_process(truth, lambda window: by_plane[window[0].tobytes()][None], tile_shape=(1, 64, 64),
+                       stitch="iou", compute=True, client=False)
+    assert_labels_equivalent(out, expected)
+
+
 def test_stitch_planes_leaves_its_input_alone_and_keeps_big_ids():
     truth = separated_nuclei((8, 48, 48), seed=9)
     planes = per_plane(truth).astype(np.uint64) * np.uint64(10**12)
@@ -171,11 +207,24 @@ def test_dense_tissue_is_recovered_within_bounds(seed, cell):
     planes = per_plane(truth, seed)
     out = stitch_planes(planes)
     e = stitching_errors(out, truth)
-    assert e.false_merges <= max(1, 0.02 * e.n_truth) and e.splits <= max(2, 0.15 * e.n_truth), e
+    assert e.false_merges <= max(1, 0.01 * e.n_truth) and e.splits <= max(3, 0.10 * e.n_truth), e
     # one to one: no object takes two labels of one plane
     for z in range(len(planes)):
         pairs = np.unique(np.stack([planes[z].ravel(), out[z].ravel()]), axis=1)
         assert len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), cell=st.integers(8, 16), jitter=st.floats(0, 3),
+       missing=st.floats(0, 0.2), split=st.floats(0, 0.1), fuse=st.floats(0, 0.1))
+def test_a_noisy_segmenter_never_gets_two_labels_of_a_plane_joined(seed, cell, jitter, missing, split, fuse):
+    truth = dense_tissue((8, 40, 40), cell, seed=seed)
+    planes = noisy_planes(truth, jitter=jitter, missing=missing, split=split, fuse=fuse, seed=seed)
+    out = stitch_planes(planes)
+    assert ((out == 0) == (planes == 0)).all()
+    for z in range(len(planes)):
+        pairs = np.unique(np.stack([planes[z].ravel(), out[z].ravel()]), axis=1)
+        assert len(np.unique(pairs[1])) == pairs.shape[1]  # each object takes at most one label per plane
 
 
 # -- the generators -------------------------------------------------------------------------

@@ -132,13 +132,17 @@ _CONTAINED = 0.5
 _SIMILAR = 0.5
 
 
+_FIELDS = ("a", "b", "area_a", "area_b", "inter", "strong")
+
+
 @dataclass(frozen=True)
 class PlaneLinks:
     """Candidate links of one plane seam: ``a`` (lower plane) to ``b`` (upper plane), one to one.
 
     ``strong``: the pair passed the IoU rule; the others are weak (one
     cross-section mostly inside the other) and wait for the slope test of
-    :func:`join_planes`.
+    :func:`join_planes`. ``spare``: the weak candidates the assignment did
+    not choose, for a second round when a chosen link is refused.
     """
 
     a: np.ndarray
@@ -147,11 +151,19 @@ class PlaneLinks:
     area_b: np.ndarray
     inter: np.ndarray
     strong: np.ndarray
+    spare: "PlaneLinks | None" = None
 
     @staticmethod
     def empty() -> "PlaneLinks":
         z = np.zeros(0, np.uint64)
         return PlaneLinks(z, z, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, bool))
+
+    def take(self, rows) -> "PlaneLinks":
+        """The links ``rows`` (indices or a mask), without spares."""
+        return PlaneLinks(*(getattr(self, f)[rows] for f in _FIELDS))
+
+    def joined(self, other: "PlaneLinks") -> "PlaneLinks":
+        return PlaneLinks(*(np.concatenate([getattr(self, f), getattr(other, f)]) for f in _FIELDS))
 
 
 def plane_links(la, lb, inter, area_la, area_lb, iou_threshold: float) -> PlaneLinks:
@@ -159,15 +171,11 @@ def plane_links(la, lb, inter, area_la, area_lb, iou_threshold: float) -> PlaneL
 
     First the IoU rule (:func:`mutual_best` at ``iou_threshold``): strong
     links. The labels left over on both sides are then paired by a maximum
-    weight one-to-one assignment (``scipy.optimize.linear_sum_assignment``,
-    one per connected group of candidates) over the pairs whose overlap
-    covers at least half of the smaller label, weighted by IoU plus that
-    overlap-over-smaller: weak links, kept or not by :func:`join_planes`.
+    weight one-to-one assignment (:func:`_assign`) over the pairs whose
+    overlap covers at least half of the smaller label: weak links, kept or
+    not by :func:`join_planes`. The candidates not chosen are kept as
+    ``spare``.
     """
-    from scipy.optimize import linear_sum_assignment
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     la = np.asarray(la, dtype=np.uint64)
     lb = np.asarray(lb, dtype=np.uint64)
     inter = np.asarray(inter, dtype=np.float64)
@@ -176,41 +184,71 @@ def plane_links(la, lb, inter, area_la, area_lb, iou_threshold: float) -> PlaneL
     if la.size == 0:
         return PlaneLinks.empty()
     strong = _mutual_best_mask(la, lb, inter, area_la, area_lb, iou_threshold)
-    pick = [np.flatnonzero(strong)]
+    pick = np.flatnonzero(strong)
     # labels without a strong partner compete for weak links
     free = ~np.isin(la, la[strong]) & ~np.isin(lb, lb[strong])
     contained = inter / np.minimum(area_la, area_lb)
     cand = np.flatnonzero(free & (contained >= _CONTAINED))
-    weak = np.zeros(0, np.intp)
-    if cand.size:
-        weight = contained[cand] + inter[cand] / (area_la[cand] + area_lb[cand] - inter[cand])
-        (ua, ia), (ub, ib) = (np.unique(x[cand], return_inverse=True) for x in (la, lb))
-        n = len(ua) + len(ub)
-        graph = coo_matrix((np.ones(cand.size), (ia, ib + len(ua))), shape=(n, n))
-        _, comp = connected_components(graph, directed=False)
-        group = comp[ia]
-        sizes = np.bincount(group)
-        single = sizes[group] == 1           # a lone candidate pair: nothing to choose
-        chosen = [cand[single]]
-        rows = np.flatnonzero(~single)
-        if rows.size:
-            # the groups together form a block-diagonal problem: one assignment solves them all
-            # while it stays small, else one per group
-            (ra, ka), (rb, kb) = (np.unique(x[rows], return_inverse=True) for x in (ia, ib))
-            blocks = [rows] if len(ra) * len(rb) <= 1 << 16 else \
-                [rows[group[rows] == g] for g in np.unique(group[rows])]
-            for block in blocks:
-                (ra, ka), (rb, kb) = (np.unique(x[block], return_inverse=True) for x in (ia, ib))
-                matrix = np.zeros((len(ra), len(rb)))
-                matrix[ka, kb] = weight[block]
-                r, c = linear_sum_assignment(matrix, maximize=True)
-                hit = np.zeros((len(ra), len(rb)), bool)
-                hit[r, c] = True
-                chosen.append(cand[block[hit[ka, kb]]])  # cross-group cells are 0 and never candidates
-        weak = np.concatenate(chosen)
-    rows = np.concatenate([pick[0], weak])
-    return PlaneLinks(la[rows], lb[rows], area_la[rows], area_lb[rows], inter[rows],
-                      np.r_[np.ones(len(pick[0]), bool), np.zeros(len(weak), bool)])
+    links = PlaneLinks(la, lb, area_la, area_lb, inter, strong)
+    weak = cand[_assign(links.take(cand))]
+    spare = np.setdiff1d(cand, weak, assume_unique=True)
+    rows = np.concatenate([pick, weak])
+    return PlaneLinks(*(getattr(links, f)[rows] for f in _FIELDS), spare=links.take(spare))
+
+
+def _assign(cand: PlaneLinks) -> np.ndarray:
+    """Indices of a maximum weight one-to-one choice among candidate pairs.
+
+    Weight: IoU plus overlap over the smaller label.
+    ``scipy.optimize.linear_sum_assignment`` per connected group of
+    candidates (all groups in one problem while it stays small).
+    """
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not cand.a.size:
+        return np.zeros(0, np.intp)
+    if _distinct(cand.a) and _distinct(cand.b):  # no label in two pairs: nothing to choose
+        return np.arange(cand.a.size)
+    inter = cand.inter
+    weight = inter / np.minimum(cand.area_a, cand.area_b) + inter / (cand.area_a + cand.area_b - inter)
+    (ua, ia), (ub, ib) = (np.unique(x, return_inverse=True) for x in (cand.a, cand.b))
+    n = len(ua) + len(ub)
+    graph = coo_matrix((np.ones(ia.size), (ia, ib + len(ua))), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    group = comp[ia]
+    single = np.bincount(group)[group] == 1           # a lone candidate pair: nothing to choose
+    chosen = [np.flatnonzero(single)]
+    rows = np.flatnonzero(~single)
+    if rows.size:
+        ra, rb = np.unique(ia[rows]), np.unique(ib[rows])
+        blocks = [rows] if len(ra) * len(rb) <= 1 << 16 else \
+            [rows[group[rows] == g] for g in np.unique(group[rows])]
+        for block in blocks:
+            (ra, ka), (rb, kb) = (np.unique(x[block], return_inverse=True) for x in (ia, ib))
+            matrix = np.zeros((len(ra), len(rb)))
+            matrix[ka, kb] = weight[block]
+            r, c = linear_sum_assignment(matrix, maximize=True)
+            hit = np.zeros((len(ra), len(rb)), bool)
+            hit[r, c] = True
+            chosen.append(block[hit[ka, kb]])  # cross-group cells are 0 and never candidates
+    return np.sort(np.concatenate(chosen))
+
+
+def _distinct(ids) -> bool:
+    ids = np.sort(ids)
+    return not (ids[1:] == ids[:-1]).any()
+
+
+def _second_round(links: PlaneLinks, keep: np.ndarray) -> PlaneLinks:
+    """The links kept, plus a fresh assignment of the spare candidates between labels left unlinked."""
+    kept = links.take(keep)
+    spare = links.spare
+    if spare is None or not spare.a.size or keep.all():  # nothing refused: no label was freed
+        return kept
+    spare = spare.take(~np.isin(spare.a, kept.a) & ~np.isin(spare.b, kept.b))
+    return kept.joined(spare.take(_assign(spare)))
 
 
 def _partner_area(ids, links: PlaneLinks | None, side: str) -> np.ndarray:
@@ -226,6 +264,34 @@ def _partner_area(ids, links: PlaneLinks | None, side: str) -> np.ndarray:
     return out
 
 
+def _belonging(links: PlaneLinks, rows, side: str) -> np.ndarray:
+    """How much of the label at ``side`` of links ``rows`` lies inside its partner (ties: the higher IoU)."""
+    own, other = (links.area_a, links.area_b) if side == "a" else (links.area_b, links.area_a)
+    inter, own, other = links.inter[rows], own[rows], other[rows]
+    return inter / own + 1e-3 * inter / (own + other - inter)
+
+
+def _settle_valleys(seams: list[PlaneLinks], necks: list[np.ndarray]) -> None:
+    """A label smaller than both its partners is where two objects meet: it stays with one of them.
+
+    Both its links are necks; the one holding more of it (:func:`_belonging`) is
+    kept (``necks`` is changed in place).
+    """
+    for s in range(len(seams) - 1):
+        lower, upper = seams[s], seams[s + 1]
+        down = np.flatnonzero(necks[s])
+        up = np.flatnonzero(necks[s + 1])
+        if not down.size or not up.size:
+            continue
+        shared, i, j = np.intersect1d(lower.b[down], upper.a[up], assume_unique=True, return_indices=True)
+        if not shared.size:
+            continue
+        down, up = down[i], up[j]
+        keep_down = _belonging(lower, down, "b") >= _belonging(upper, up, "a")
+        necks[s][down[keep_down]] = False
+        necks[s + 1][up[~keep_down]] = False
+
+
 def join_planes(seams: list[PlaneLinks]) -> list[np.ndarray]:
     """Decide the candidate links of consecutive seams; the ``(k, 2)`` pairs to join, per seam.
 
@@ -233,46 +299,84 @@ def join_planes(seams: list[PlaneLinks]) -> list[np.ndarray]:
     ``a``'s partner in plane z - 1 (``below``) and ``b``'s in z + 2
     (``above``), 0 where there is none. A convex object's cross-section
     grows then shrinks along z (Brunn-Minkowski: its square root is
-    concave), so:
+    concave), so a chain of links whose areas dip and rise again is two
+    objects meeting at their caps:
 
-    - no link makes a neck: one that shrinks into the seam from below and
-      grows out of it above is two objects meeting at their caps;
-    - a weak link is a cap: the larger cross-section must already shrink
-      toward the smaller one (or have no partner beyond it) and the
-      smaller one must not grow again by more than the margin beyond the
-      seam; or the two are of similar size (at least half of each other:
-      a continuation whose walls moved).
+    - a link that shrinks into the seam from below and grows out of it
+      above (by more than a margin) is a *neck* and joins nothing;
+    - a label smaller than both its partners (both its links are necks)
+      is the last cap of one of the two objects: it keeps the link to the
+      partner that holds more of it;
+    - a weak link is a cap and kept when its smaller cross-section is the
+      last of its object (no partner beyond the seam), or when the larger
+      one shrinks toward it (or has no partner beyond) and the smaller one
+      does not grow again by more than the margin; or when the two are of
+      similar size (at least half of each other: a continuation whose
+      walls moved).
+
+    Then a second round: labels whose chosen link was refused are
+    assigned again among their other candidates (``spare``), and all
+    links are judged again, so a cap whose larger neighbour was first
+    paired with the next object's cap still finds its own object.
     """
-    grow = 1 + _SLOPE
+    links = [_second_round(links, keep) for links, keep in zip(seams, _decide(seams))]
+    return [np.stack([lk.a[keep], lk.b[keep]], axis=1) for lk, keep in zip(links, _decide(links))]
 
-    def neighbours(s, among):
-        below = _partner_area(seams[s].a, among[s - 1] if s else None, "b")
-        above = _partner_area(seams[s].b, among[s + 1] if s + 1 < len(among) else None, "a")
+
+def _partner_index(ids, links: PlaneLinks | None, side: str) -> np.ndarray:
+    """Index in ``links`` of the link holding each id at ``side``; -1 where none."""
+    out = np.full(len(ids), -1, np.intp)
+    if links is None or not links.a.size or not len(ids):
+        return out
+    own = links.a if side == "a" else links.b
+    order = np.argsort(own)
+    pos = np.clip(np.searchsorted(own, ids, sorter=order), 0, len(own) - 1)
+    hit = own[order[pos]] == ids
+    out[hit] = order[pos[hit]]
+    return out
+
+
+def _decide(seams: list[PlaneLinks]) -> list[np.ndarray]:
+    """One round of :func:`join_planes`' judgement: which links of each seam are kept (boolean masks)."""
+    grow = 1 + _SLOPE
+    n = len(seams)
+    # each link's neighbours: the link below its lower label, the link above its upper label
+    down = [_partner_index(seams[s].a, seams[s - 1] if s else None, "b") for s in range(n)]
+    up = [_partner_index(seams[s].b, seams[s + 1] if s + 1 < n else None, "a") for s in range(n)]
+
+    def neighbours(s, skip=None):  # partner areas below and above, 0 where none (or skipped)
+        below, above = np.zeros(len(down[s])), np.zeros(len(up[s]))
+        for area, index, t, field in ((below, down[s], s - 1, "area_a"), (above, up[s], s + 1, "area_b")):
+            hit = index >= 0
+            if not hit.any():
+                continue
+            if skip is not None:
+                hit[hit] = ~skip[t][index[hit]]
+            area[hit] = getattr(seams[t], field)[index[hit]]
         return below, above
 
     necks = []
     for s, links in enumerate(seams):
-        below, above = neighbours(s, seams)
+        below, above = neighbours(s)
         necks.append((below > grow * links.area_a) & (above > grow * links.area_b))
-    # a neck joins nothing, so it is no one's continuation either when caps are judged
-    unnecked = [PlaneLinks(*(getattr(links, f)[~neck] for f in ("a", "b", "area_a", "area_b", "inter", "strong")))
-                for links, neck in zip(seams, necks)]
+    _settle_valleys(seams, necks)
     out = []
     for s, links in enumerate(seams):
         if not links.a.size:
-            out.append(np.zeros((0, 2), np.uint64))
+            out.append(np.zeros(0, bool))
             continue
-        below, above = neighbours(s, unnecked)
+        below, above = neighbours(s, skip=necks)  # a neck joins nothing: no one's continuation
         area_a, area_b = links.area_a, links.area_b
         a_big = area_a >= area_b
         big_far = np.where(a_big, below, above)
         big = np.where(a_big, area_a, area_b)
         small_far = np.where(a_big, above, below)
         small = np.where(a_big, area_b, area_a)
-        cap = ((big_far == 0) | (big_far > big)) & (small_far <= grow * small)
+        # a cap: the smaller one is the object's last cross-section, or the larger one already
+        # shrinks toward it and it does not grow again (two columns one above the other do neither)
+        cap = (small_far == 0) | (((big_far == 0) | (big_far > big)) & (small_far <= grow * small))
         similar = small >= _SIMILAR * big
-        keep = ~necks[s] & (links.strong | cap | similar)
-        out.append(np.stack([links.a[keep], links.b[keep]], axis=1))
+        out.append(~necks[s] & (links.strong | cap | similar))
     return out
 
 
