@@ -262,23 +262,8 @@ def run_labels_then_measure(input_path, out_path, tile_shape, fn_kind="threshold
 
 def run_pyramid_after(input_path, out_path, tile_shape, fn_kind="threshold"):
     """Labels first (a bare array), then the pyramid from level 0 read back: the two-pass way."""
-    import dask.array as da
-    import zarr
-
-    from patchworks.io._ngff_write import default_level_count
-    from patchworks.io._sources import output_compressors
-
     run_e2e(input_path, out_path, tile_shape, fn_kind, output_format="array")
-    level0 = zarr.open_array(out_path, mode="r")
-    base = tuple(2 if k >= level0.ndim - 2 else 1 for k in range(level0.ndim))
-    group = zarr.open_group(out_path + ".levels", mode="w")
-    lazy = da.from_zarr(level0)
-    for k in range(1, default_level_count(level0.shape, base)):
-        sub = lazy[tuple(slice(None, None, f ** k) for f in base)]
-        chunks = tuple(max(1, c // f ** k) for c, f in zip(level0.chunks, base))
-        target = group.create_array(str(k), shape=sub.shape, chunks=chunks, dtype=level0.dtype,
-                                    compressors=output_compressors(3), fill_value=0)
-        da.to_zarr(sub.rechunk(chunks), target, compute=True)
+    _pyramid_from_level0(out_path)
 
 
 # --cost: what the pyramid and the table add to labels alone, one pass and two

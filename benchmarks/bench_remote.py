@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
-import psutil
 import zarr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +37,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 import patchworks  # noqa: E402
 from patchworks.io._urls import zarr_store  # noqa: E402
 from patchworks.testing import random_blobs  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_scale import peak_rss  # noqa: E402  (the scale benchmark's RSS sampler)
 
 SIZES = {"small": [((32, 32, 32), 16), ((256, 256), 64)],
          "medium": [((256, 256, 256), 128), ((4096, 4096), 512)],
@@ -69,34 +69,7 @@ def reset(endpoint) -> None:
 
 def tree_peak(fn):
     """``(result, seconds, peak MB)``: ``fn()`` and the peak RSS of this process plus its children."""
-    me = psutil.Process()
-
-    def rss():
-        total = 0
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    peak, stop = [rss()], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    t = time.perf_counter()
-    try:
-        result = fn()
-    finally:
-        seconds = time.perf_counter() - t
-        stop.set()
-        thread.join()
-    return result, seconds, peak[0] / 2**20
+    return peak_rss(fn, children=True, above_start=False)
 
 
 def make_image(shape, tile, seed=0) -> np.ndarray:

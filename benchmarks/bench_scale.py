@@ -147,15 +147,29 @@ class PhaseClock:
         labels_module.run_tasks, labels_module.plan_relabel = self._run, self._plan
 
 
-def peak_rss(fn):
-    """Run ``fn`` and return (result, seconds, peak RSS of this process above its start in MB)."""
+def peak_rss(fn, *, children: bool = False, above_start: bool = True):
+    """Run ``fn`` and return (result, seconds, peak RSS in MB).
+
+    The RSS is this process's (plus its children's with ``children=True``, e.g. a cluster's
+    workers), sampled every 20 ms, above its value at the start unless ``above_start=False``.
+    """
     proc = psutil.Process()
-    base = proc.memory_info().rss
+
+    def rss():
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True) if children else ():
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:  # a worker that ended meanwhile
+                pass
+        return total
+
+    base = rss()
     peak, stop = [base], threading.Event()
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
+            peak[0] = max(peak[0], rss())
             time.sleep(0.02)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -167,7 +181,7 @@ def peak_rss(fn):
         seconds = time.perf_counter() - t
         stop.set()
         thread.join()
-    return result, seconds, (peak[0] - base) / 2**20
+    return result, seconds, (peak[0] - (base if above_start else 0)) / 2**20
 
 
 def graph_build_seconds(path, tile) -> float:

@@ -8,6 +8,7 @@ when it is missing) and builds zarr stores for them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,19 @@ def _missing_backend(location: str, parameter: str, exc: Exception) -> ImportErr
     return ImportError(f"{parameter}={location!r}: reading {protocol}:// URLs needs its fsspec backend ({exc}); {fix}")
 
 
+@contextlib.contextmanager
+def _backend_errors(location: str, parameter: str):
+    """Turn fsspec's "no backend for this protocol" errors into an ImportError naming the patchworks extra."""
+    try:
+        yield
+    except ImportError as exc:
+        raise _missing_backend(location, parameter, exc) from exc
+    except ValueError as exc:
+        if "Protocol not known" in str(exc):
+            raise _missing_backend(location, parameter, exc) from exc
+        raise
+
+
 def filesystem(location: str, storage_options: dict | None = None, *, parameter: str = "path"):
     """``(fs, path)`` for a URL through fsspec, with ``storage_options`` passed to the backend.
 
@@ -79,14 +93,8 @@ def filesystem(location: str, storage_options: dict | None = None, *, parameter:
     """
     import fsspec
 
-    try:
+    with _backend_errors(location, parameter):
         return fsspec.core.url_to_fs(location, **(storage_options or {}))
-    except ImportError as exc:
-        raise _missing_backend(location, parameter, exc) from exc
-    except ValueError as exc:
-        if "Protocol not known" in str(exc):
-            raise _missing_backend(location, parameter, exc) from exc
-        raise
 
 
 def read_options(location, storage_options: dict | None = None) -> dict | None:
@@ -116,14 +124,8 @@ def zarr_store(location, storage_options: dict | None = None, *, read_only: bool
             "(s3://, gs://, az://) instead")
     if read_only:
         storage_options = read_options(location, storage_options)
-    try:
+    with _backend_errors(location, parameter):
         return FsspecStore.from_url(location, storage_options=storage_options or None, read_only=read_only)
-    except ImportError as exc:
-        raise _missing_backend(location, parameter, exc) from exc
-    except ValueError as exc:
-        if "Protocol not known" in str(exc):
-            raise _missing_backend(location, parameter, exc) from exc
-        raise
 
 
 def join(location, *parts: str) -> str | Path:

@@ -33,7 +33,7 @@ from ..grid import TileGrid
 from ._merge import _in_plane_shifts
 from ._table import Partials, reduce_partials, tile_partials
 from ._table_merge import partials_stem
-from ._tile_task import StageJob, TileResult, local_ids, validate_labels
+from ._tile_task import StageJob, TileResult, counted_ids, local_ids, validate_labels
 
 # A batch does at least this many voxels of work (a few ms of fn + staging on small tiles) ...
 MIN_BATCH_VOXELS = 1 << 20
@@ -163,13 +163,7 @@ def stage_batch(job: BatchJob, batch_index: int, windows=None) -> BatchResult:
                                  what="the input" if tj.fn is None else "fn")
         ids = labels[tile.spatial_crop]
         if tj.label_counts is not None:
-            n = int(tj.label_counts[tile.index])
-            top = int(ids.max()) if ids.size else 0
-            if top > n:
-                raise ValueError(
-                    f"label_counts[{tile.index}] = {n} but that tile holds label {top}; label_counts must be "
-                    f"the number of labels of each tile, numbered 1..n, or leave label_counts=None")
-            ids, lut = ids.astype(np.uint32, copy=False), None
+            ids, lut, n = counted_ids(ids, tj.label_counts, tile), None, int(tj.label_counts[tile.index])
         else:  # always 1..n: the batch's own numbering then has no gaps
             ids, lut, n = local_ids(ids, True)
         if n == 0:

@@ -166,6 +166,17 @@ def _stage_partials(job: StageJob, tile: Tile, ids, lut, n: int, window) -> None
     parts.save(job.table_scratch, partials_stem(tile.linear_index))
 
 
+def counted_ids(core: np.ndarray, label_counts, tile) -> np.ndarray:
+    """A core already numbered ``1..n`` by the caller (``label_counts``), checked, as uint32 ids."""
+    n = int(label_counts[tile.index])
+    top = int(core.max()) if core.size else 0
+    if top > n:
+        raise ValueError(
+            f"label_counts[{tile.index}] = {n} but that tile holds label {top}; label_counts must be the "
+            f"number of labels of each tile, numbered 1..n, or leave label_counts=None")
+    return core.astype(np.uint32, copy=False)
+
+
 def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
     """Run one tile: the body of a staging task."""
     grid = job.grid
@@ -188,13 +199,7 @@ def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
     if core.shape != labels.shape:
         core = np.ascontiguousarray(core)  # do not keep the halo alive while the tile waits
     if job.label_counts is not None:
-        n = int(job.label_counts[tile.index])
-        top = int(core.max()) if core.size else 0
-        if top > n:
-            raise ValueError(
-                f"label_counts[{tile.index}] = {n} but that tile holds label {top}; label_counts must be the "
-                f"number of labels of each tile, numbered 1..n, or leave label_counts=None")
-        ids, lut = core.astype(np.uint32, copy=False), None
+        ids, lut, n = counted_ids(core, job.label_counts, tile), None, int(job.label_counts[tile.index])
     else:
         ids, lut, n = local_ids(core, job.compact)
     _stage_partials(job, tile, ids, lut, n, window)
