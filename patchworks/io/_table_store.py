@@ -52,11 +52,11 @@ def _is_node(path: Path) -> bool:
     return any((path / f).is_file() for f in ("zarr.json", ".zarray", ".zgroup"))
 
 
-def _chunk_digest(array_dir: Path) -> str | None:
-    """Digest of the names, sizes and modification times of an array's chunk files (local stores)."""
+def _local_chunks(array_dir: Path) -> tuple[list[str], list[str]] | None:
+    """``(name:size:mtime, name:size)`` of every chunk file of a local array, one walk for both; None if absent."""
     if not array_dir.is_dir():
         return None
-    entries = []
+    full, sizes = [], []
     stack = [array_dir]
     while stack:
         d = stack.pop()
@@ -68,8 +68,13 @@ def _chunk_digest(array_dir: Path) -> str | None:
                         stack.append(sub)
                 elif e.name not in _META_FILES and not e.name.endswith(".part"):
                     st = e.stat(follow_symlinks=False)
-                    entries.append(f"{os.path.relpath(e.path, array_dir)}:{st.st_size}:{st.st_mtime_ns}")
-    entries.sort()
+                    rel = os.path.relpath(e.path, array_dir)
+                    full.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
+                    sizes.append(f"{rel}:{st.st_size}")
+    return sorted(full), sorted(sizes)
+
+
+def _digest(entries: list[str]) -> str:
     return hashlib.sha1("\n".join(entries).encode()).hexdigest()
 
 
@@ -102,22 +107,6 @@ def _remote_chunks(url, storage_options) -> tuple[list[str], list[str]]:
     return sorted(full), sorted(sizes)
 
 
-def _sizes_digest(array_dir: Path) -> str | None:
-    """Digest of the names and sizes of an array's chunk files (comparable across stores, unlike mtimes)."""
-    if not array_dir.is_dir():
-        return None
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(array_dir):
-        dirnames[:] = [d for d in dirnames
-                       if not _is_node(Path(dirpath) / d) and not d.startswith(".patchworks")]
-        for f in filenames:
-            if f not in _META_FILES and not f.endswith(".part"):
-                p = os.path.join(dirpath, f)
-                entries.append(f"{os.path.relpath(p, array_dir)}:{os.path.getsize(p)}")
-    entries.sort()
-    return hashlib.sha1("\n".join(entries).encode()).hexdigest()
-
-
 def labels_stamp(labels_path, storage_options: dict | None = None) -> dict:
     """What makes a table stale: the labels' run fingerprint, level-0 metadata and chunk files.
 
@@ -148,10 +137,10 @@ def labels_stamp(labels_path, storage_options: dict | None = None) -> dict:
         digest = sizes_digest = None
     elif remote:
         full, sizes = _remote_chunks(labels_path, storage_options)
-        digest = hashlib.sha1("\n".join(full).encode()).hexdigest()
-        sizes_digest = hashlib.sha1("\n".join(sizes).encode()).hexdigest()
+        digest, sizes_digest = _digest(full), _digest(sizes)
     else:
-        digest, sizes_digest = _chunk_digest(path), _sizes_digest(path)
+        found = _local_chunks(path)
+        digest, sizes_digest = (None, None) if found is None else (_digest(found[0]), _digest(found[1]))
     return {"fingerprint": record.get("fingerprint"), "shape": list(arr.shape), "dtype": str(arr.dtype),
             "chunks": list(arr.chunks), "chunk_digest": digest, "chunk_sizes": sizes_digest,
             "digest_of": "mtime" if not remote else "etag" if listable else "unlisted"}
