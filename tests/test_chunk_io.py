@@ -37,16 +37,20 @@ def test_direct_writes_and_reads_equal_zarr(tmp_path_factory, shape, chunk, dtyp
     for path in sorted((root / "theirs.zarr").rglob("c/**/*")):
         if path.is_file():
             assert (root / "ours.zarr" / path.relative_to(root / "theirs.zarr")).read_bytes() == path.read_bytes()
-    # reads of any box inside one chunk; a box across chunks goes through zarr
+    # reads of any box, inside one chunk or across several, and with an int on one axis
     reader = zarr.open_array(root / "theirs.zarr", mode="r")
     rng = np.random.default_rng(seed + 1)
     for _ in range(5):
         start = [int(rng.integers(0, s)) for s in shape]
         stop = [int(rng.integers(a + 1, s + 1)) for a, s in zip(start, shape)]
         box = tuple(slice(a, b) for a, b in zip(start, stop))
+        assert chunk_files(reader).read(box) is not None  # read directly, not through zarr
         got = read_region(reader, box)
         np.testing.assert_array_equal(got, data[box])
         assert got.dtype == data.dtype and got.flags.writeable
+        axis = int(rng.integers(0, len(shape)))
+        picked = box[:axis] + (int(rng.integers(-shape[axis], shape[axis])),) + box[axis + 1:]
+        np.testing.assert_array_equal(read_region(reader, picked), data[picked])
 
 
 def test_missing_chunk_reads_as_fill_value(tmp_path):
@@ -58,7 +62,7 @@ def test_missing_chunk_reads_as_fill_value(tmp_path):
 
 
 def test_unsupported_layouts_go_through_zarr(tmp_path):
-    """Sharding, another codec, zarr v2 and windows across chunks are zarr's job: same results."""
+    """Sharding, another codec, zarr v2 and strided keys are zarr's job: same results."""
     data = np.arange(64, dtype=np.uint16).reshape(8, 8)
     sharded = zarr.create_array(tmp_path / "s.zarr", shape=(8, 8), chunks=(2, 2), shards=(4, 4), dtype="uint16")
     zstd = zarr.create_array(tmp_path / "z.zarr", shape=(8, 8), chunks=(4, 4), dtype="uint16",
@@ -71,7 +75,7 @@ def test_unsupported_layouts_go_through_zarr(tmp_path):
     plain = create_output(tmp_path / "p.zarr", shape=(8, 8), dtype="uint16", chunks=(4, 4))
     files = chunk_files(plain)
     assert files.write((slice(0, 2), slice(0, 4)), data[:2, :4]) is False  # part of a chunk
-    assert files.read((slice(2, 6), slice(0, 4))) is None                    # two chunks
+    assert files.read((slice(0, 8, 2), slice(0, 4))) is None                 # a step: zarr's job
     write_region(plain, (slice(0, 8), slice(0, 8)), data)                  # through zarr
     np.testing.assert_array_equal(read_region(plain, (slice(2, 6), slice(1, 7))), data[2:6, 1:7])
 
@@ -101,3 +105,19 @@ def test_partial_edge_chunk_is_stored_padded_like_zarr(tmp_path):
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "a.zarr", mode="r")[4], [7, 8, 9])
     np.testing.assert_array_equal(read_region(arr, (slice(4, 5), slice(0, 3))), [[7, 8, 9]])
     assert read_region(arr, (slice(0, 4), slice(0, 3))).sum() == 0  # a chunk never written: its fill value
+
+
+def test_window_across_written_and_missing_chunks(tmp_path, monkeypatch):
+    """A window over chunks some of which were never written: those read as the fill value, without a file."""
+    arr = zarr.create_array(tmp_path / "a.zarr", shape=(12, 12), chunks=(4, 4), dtype="uint16", fill_value=5,
+                            compressors=BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"))
+    data = np.full((12, 12), 5, np.uint16)
+    data[4:8, 4:8] = np.arange(16, dtype=np.uint16).reshape(4, 4) + 100
+    arr[4:8, 4:8] = data[4:8, 4:8]
+    files = chunk_files(arr)
+    got = files.read((slice(2, 11), slice(1, 9)))
+    np.testing.assert_array_equal(got, data[2:11, 1:9])
+    np.testing.assert_array_equal(files.read((slice(0, 4), slice(8, 12))), data[0:4, 8:12])  # nothing written
+    monkeypatch.setattr("patchworks.io._chunk_io.MAX_DIRECT_READ_VOXELS", 16)
+    assert files.read((slice(0, 5), slice(0, 4))) is None  # a big read goes through zarr
+    np.testing.assert_array_equal(read_region(arr, (slice(0, 5), slice(0, 4))), data[0:5, 0:4])

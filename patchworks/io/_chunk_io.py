@@ -8,12 +8,18 @@ docs/how-it-works.md). For the plain layout patchworks itself writes (zarr v3
 on a local disk, regular chunks, ``bytes`` + ``blosc``, no sharding) this
 module reads and writes the chunk's file directly, with the very codec
 configuration the array declares, so the bytes are the ones zarr would
-write. Anything else (sharding, other codecs, zarr v2, remote stores,
-windows spanning chunks) returns ``None`` and the caller goes through zarr.
+write. A read may span several chunks (a window with its halo, a batch of
+small tiles): each is decoded in turn, and a chunk never written is the
+fill value without a file read. Anything else (sharding, other codecs,
+zarr v2, remote stores, strided keys, writes of part of a chunk, reads of
+more than ``MAX_DIRECT_READ_VOXELS``) returns ``None`` or ``False`` and the
+caller goes through zarr.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import uuid
 from pathlib import Path
@@ -21,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 _UNSET = object()
+# Reads larger than this go through zarr, which decodes their chunks concurrently.
+MAX_DIRECT_READ_VOXELS = 1 << 26
 
 
 class ChunkFiles:
@@ -55,19 +63,69 @@ class ChunkFiles:
         return tuple(coords), tuple(inner)
 
     def read(self, key) -> np.ndarray | None:
-        """The region ``key`` (a tuple of slices inside one chunk) as a new array, or None when not applicable."""
-        where = self._chunk_of(key)
-        if where is None:
+        """The region ``key`` (slices of step 1 and ints) as a new array, or None when not applicable.
+
+        A region spanning several chunks (a batch's block, a window with its
+        halo) is assembled chunk by chunk; chunks never written hold the fill
+        value and cost no read at all, which is what makes a sparse image's
+        empty tiles cheap to skip.
+        """
+        spans = self._spans(key)
+        if spans is None:
             return None
-        coords, inner = where
+        box, drop = spans
+        shape = tuple(b.stop - b.start for b in box)
+        if math.prod(shape) > MAX_DIRECT_READ_VOXELS:
+            return None  # a big read: zarr decodes its chunks concurrently
+        first = [b.start // c for b, c in zip(box, self.chunks)]
+        last = [(b.stop - 1) // c for b, c in zip(box, self.chunks)]
+        out = None
+        for coords in itertools.product(*[range(a, z + 1) for a, z in zip(first, last)]):
+            inner, place = [], []
+            for i, b, c in zip(coords, box, self.chunks):
+                lo, hi = max(b.start, i * c), min(b.stop, (i + 1) * c)
+                inner.append(slice(lo - i * c, hi - i * c))
+                place.append(slice(lo - b.start, hi - b.start))
+            chunk = self._chunk(coords)
+            if out is None and chunk is not None and tuple(s.stop - s.start for s in inner) == shape:
+                out = chunk[tuple(inner)].astype(self.dtype, copy=True)  # the common case: one chunk
+                continue
+            if out is None:
+                out = np.full(shape, self.fill, dtype=self.dtype)
+            if chunk is not None:
+                out[tuple(place)] = chunk[tuple(inner)]
+        return out[drop] if drop else out
+
+    def _spans(self, key):
+        """``(box of slices, index dropping the int axes)`` for a key of slices (step 1) and ints, else None."""
+        if not isinstance(key, tuple) or len(key) != len(self.shape):
+            return None
+        box, drop = [], []
+        for k, n in zip(key, self.shape):
+            if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+                i = int(k) + n if k < 0 else int(k)
+                if not 0 <= i < n:
+                    return None
+                box.append(slice(i, i + 1))
+                drop.append(0)
+                continue
+            if not isinstance(k, slice) or k.step not in (None, 1):
+                return None
+            start, stop, _ = k.indices(n)
+            if stop <= start:
+                return None
+            box.append(slice(start, stop))
+            drop.append(slice(None))
+        return tuple(box), (tuple(drop) if any(d == 0 for d in drop) else None)
+
+    def _chunk(self, coords) -> np.ndarray | None:
+        """One whole decoded chunk, or None for a chunk never written (its fill value)."""
         try:
             with open(self._path(coords), "rb") as f:
                 raw = f.read()
-        except FileNotFoundError:  # a chunk never written holds the fill value
-            return np.full(tuple(s.stop - s.start for s in inner), self.fill, dtype=self.dtype)
-        chunk = np.frombuffer(self.codec.decode(raw), dtype=self.dtype.newbyteorder("<"))
-        chunk = chunk.reshape(self.chunks)[inner]
-        return chunk.astype(self.dtype, copy=True) if chunk.dtype != self.dtype else chunk.copy()
+        except FileNotFoundError:
+            return None
+        return np.frombuffer(self.codec.decode(raw), dtype=self.dtype.newbyteorder("<")).reshape(self.chunks)
 
     def write(self, key, data) -> bool:
         """Write ``data`` to ``key`` when ``key`` is one whole chunk (clipped by the array's end); else False."""

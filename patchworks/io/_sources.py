@@ -545,7 +545,7 @@ class LazySource:
         if self.kind == "npy" and not self.remote:
             return np.array(h[key], copy=True)  # not a view of the memory map
         if self.kind in ("zarr", "zarr-array") and not self.remote:
-            return read_region(h, key)  # one whole chunk: straight from its file
+            return read_region(h, key)  # straight from the chunk files where the layout allows
         return np.asarray(h[key])
 
     def __repr__(self):
