@@ -5,7 +5,8 @@ A tile task reads one input chunk and writes one output chunk. Through
 event-loop thread and back and builds its selection machinery, which costs
 about 1.5 ms of CPU per 512x512 chunk, more than decoding it (measured; see
 docs/how-it-works.md). For the plain layout patchworks itself writes (zarr v3
-on a local disk, regular chunks, ``bytes`` + ``blosc``, no sharding) this
+on a local disk, regular chunks, ``bytes`` + ``blosc``, no sharding), and for
+zarr-python's default (``bytes`` + ``zstd``) or no compressor, this
 module reads and writes the chunk's file directly, with the very codec
 configuration the array declares, so the bytes are the ones zarr would
 write. A read may span several chunks (a window with its halo, a batch of
@@ -175,8 +176,7 @@ def _inspect(array) -> ChunkFiles | None:
         return None
     try:
         import zarr
-        from numcodecs import Blosc
-        from zarr.codecs import BloscCodec, BytesCodec
+        from zarr.codecs import BytesCodec
         from zarr.core.chunk_grids import RegularChunkGrid
         from zarr.storage import LocalStore
     except ImportError:
@@ -190,7 +190,7 @@ def _inspect(array) -> ChunkFiles | None:
     if zarr.config.get("codec_pipeline.path", "").split(".")[-1] != "BatchedCodecPipeline":
         return None  # another pipeline (zarrs) was chosen on purpose: let it work
     codecs = meta.codecs
-    if len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[1], BloscCodec):
+    if not 1 <= len(codecs) <= 2 or not isinstance(codecs[0], BytesCodec):
         return None
     try:
         dtype = np.dtype(meta.data_type.to_native_dtype())
@@ -199,14 +199,45 @@ def _inspect(array) -> ChunkFiles | None:
     if dtype.kind not in "biuf" or dtype.byteorder == ">" or (dtype.itemsize > 1 and
                                                                 getattr(codecs[0].endian, "value", "little") != "little"):
         return None
-    blosc = codecs[1]
-    codec = {"cname": blosc.cname.name, "clevel": blosc.clevel,
-              "shuffle": {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[blosc.shuffle.name],
-              "blocksize": blosc.blocksize, "typesize": blosc.typesize or dtype.itemsize}
+    codec = _bytes_codec(codecs[1] if len(codecs) == 2 else None, dtype)
+    if codec is None:
+        return None
     root = Path(store.root) / array.store_path.path if array.store_path.path else Path(store.root)
     config = getattr(getattr(array, "_async_array", None), "config", None)
     write_empty = bool(getattr(config, "write_empty_chunks", False))
-    return ChunkFiles(root, meta, Blosc.from_config(codec), dtype, write_empty)
+    return ChunkFiles(root, meta, codec, dtype, write_empty)
+
+
+class _Raw:
+    """No compressor: the chunk's bytes as they are."""
+
+    @staticmethod
+    def encode(buf):
+        return bytes(buf)
+
+    @staticmethod
+    def decode(buf):
+        return buf
+
+
+def _bytes_codec(zcodec, dtype: np.dtype):
+    """The numcodecs codec doing what zarr's bytes-to-bytes codec ``zcodec`` does (None: not supported).
+
+    Blosc (what patchworks writes) and Zstd (zarr-python 3's default, so most
+    inputs) are numcodecs' own codecs inside zarr too: same bytes either way.
+    """
+    from numcodecs import Blosc, Zstd
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if zcodec is None:
+        return _Raw()
+    if isinstance(zcodec, BloscCodec):
+        return Blosc.from_config({"cname": zcodec.cname.name, "clevel": zcodec.clevel,
+                                  "shuffle": {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[zcodec.shuffle.name],
+                                  "blocksize": zcodec.blocksize, "typesize": zcodec.typesize or dtype.itemsize})
+    if isinstance(zcodec, ZstdCodec):
+        return Zstd.from_config({"level": zcodec.level, "checksum": zcodec.checksum})
+    return None
 
 
 def read_region(array, key):
