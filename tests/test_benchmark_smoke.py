@@ -25,7 +25,9 @@ def test_bench_labels_smoke():
     # every case, with both tile functions (cc3d's threshold, scipy.ndimage.label), was checked
     # against the same function on the whole image and agreed
     assert out.count("tiled == whole-image labels") == 8, out
-    assert out.count(" threshold tiled / whole+io") == 4 and out.count(" scipy tiled / whole+io") == 4, out
+    # both ratios per case: the default output (label image + pyramid) and the same output as whole+io
+    assert out.count(" threshold tiled / whole+io") == 8 and out.count(" scipy tiled / whole+io") == 8, out
+    assert out.count("tiled / whole+io, same output (level 0 only)") == 8, out
     assert "MISMATCH" not in out
 
 
