@@ -197,6 +197,24 @@ def test_grouped_on_a_local_cluster_equals_threads(small_groups, small_batches, 
     assert max(phase_tasks.values()) <= LIMIT
 
 
+@pytest.mark.parametrize("sequential", [False, True])
+def test_iou_on_a_cluster_plans_by_the_reduction_with_the_same_ids(small_groups, cluster_client, monkeypatch,
+                                                                   sequential):
+    from distributed import get_task_stream
+
+    import patchworks.labels._reduce as reduce
+    image = random_blobs((48, 40), density=0.4, sigma=2, seed=21)
+    kw = dict(tile_shape=8, overlap=3, stitch="iou", sequential_labels=sequential, compute=True, progress=False)
+    threads = tile_process(image, threshold(0.5), client=False, **kw)
+    monkeypatch.setattr(reduce, "REDUCE_MIN_TILES", 1)
+    monkeypatch.setattr(reduce, "BLOCK_TILES", 4)        # 30 tiles: 8 blocks, a tree 2 levels deep
+    with get_task_stream(cluster_client) as stream:
+        reduced = tile_process(image, threshold(0.5), client=cluster_client, **kw)
+    names = {t["key"] if isinstance(t["key"], str) else t["key"][0] for t in stream.data}
+    assert any(n.startswith("patchworks-reduce-") for n in names), "the plan was made by the reduction"
+    np.testing.assert_array_equal(reduced, threads)      # the same ids, not just the same objects
+
+
 def test_merge_tile_labels_own_stage_is_grouped(small_groups, phase_tasks, tmp_path):
     import zarr
     mask = random_blobs((32, 36), density=0.45, sigma=1.5, seed=6) > 0.5

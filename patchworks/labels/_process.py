@@ -146,11 +146,21 @@ def _plane_task(job: _PlaneJob, axis, first, stop):
                                  job.iou_threshold)
 
 
+def _iou_tasks(staging, grid, counts, offsets, iou_threshold, token):
+    """The band-matching tasks of stitch="iou": groups of tiles with labels, each tile matched with its neighbours."""
+    return graph_tasks(f"patchworks-seam-{token}", _iou_task,
+                       _IouJob(staging, grid, offsets, counts, float(iou_threshold)),
+                       [(items,) for items in task_groups(np.flatnonzero(counts), group_size(grid.n_tiles))])
+
+
+def _reduces(client, grid, tasks) -> bool:
+    """Plan by the tree reduction on the cluster (the pairs stay on the workers): many tiles on a cluster."""
+    return active_client(client) is not None and grid.n_tiles >= _reduce.REDUCE_MIN_TILES and bool(tasks[1])
+
+
 def _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token) -> np.ndarray:
     """stitch="iou": band matching between neighbours, then whole-plane matching across plane-by-plane axes."""
-    tasks = graph_tasks(f"patchworks-seam-{token}", _iou_task,
-                        _IouJob(staging, grid, offsets, counts, float(iou_threshold)),
-                        [(items,) for items in task_groups(np.flatnonzero(counts), group_size(grid.n_tiles))])
+    tasks = _iou_tasks(staging, grid, counts, offsets, iou_threshold, token)
     pairs = run_tasks(tasks, client=client, progress=False)
     pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
     planar = plane_axes(grid)
@@ -322,25 +332,28 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         #    iou: one task per tile matching its bands with its neighbours', then one per plane seam
         offsets = np.zeros(grid.n_tiles, dtype=np.uint64)
         np.cumsum(counts[:-1], out=offsets[1:])
-        if iou:
+        seam_tasks = None
+        if iou and plane_axes(grid):  # in-plane objects first, then whole planes: on the driver
             pairs = _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token)
+        elif iou:
+            seam_tasks = _iou_tasks(staging, grid, counts, offsets, iou_threshold, token)
         else:
             seams = np.array([(a, r) for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)],
                              dtype=np.int64).reshape(-1, 2)
             seam_tasks = graph_tasks(f"patchworks-seam-{token}", _seam_task,
                                      _SeamJob(staging, grid, offsets, connectivity),
                                      [(rows,) for rows in task_groups(seams, group_size(len(seams)))])
+        if seam_tasks is not None and _reduces(client, grid, seam_tasks):
+            # 3'. many tiles on a cluster: the pairs (touch or iou) stay on the workers and a tree
+            #     reduction there resolves them; the driver gets the boundary labels' final ids only
             cluster = active_client(client)
-            if cluster is not None and grid.n_tiles >= _reduce.REDUCE_MIN_TILES and seam_tasks[1]:
-                # 3'. many tiles on a cluster: the pairs stay on the workers and a tree reduction there
-                #     resolves them; the driver gets the boundary labels' final ids only
-                pieces = cluster.get(*seam_tasks, sync=False)
-                plan = _reduce.reduce_plan(cluster, counts, pieces, sequential=sequential)
-                pairs = None
-                del pieces
-            else:
-                pairs = run_tasks(seam_tasks, client=client, progress=False)
-                pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
+            pieces = cluster.get(*seam_tasks, sync=False)
+            plan = _reduce.reduce_plan(cluster, counts, pieces, sequential=sequential)
+            pairs = None
+            del pieces
+        elif seam_tasks is not None:
+            pairs = run_tasks(seam_tasks, client=client, progress=False)
+            pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
 
         # 3. plan on the driver: union-find over boundary labels only
         if pairs is not None:
