@@ -27,6 +27,13 @@ LIMIT = 3  # tasks per phase in these tests: tiny images then make groups of sev
 @pytest.fixture
 def small_groups(monkeypatch):
     monkeypatch.setattr(execute, "MAX_TASKS", LIMIT)
+    monkeypatch.setattr(execute, "MIN_GROUP_VOXELS", 1)  # groups as MAX_TASKS makes them: LIMIT per phase
+
+
+@pytest.fixture
+def per_item(monkeypatch):
+    """No grouping by work: groups only as MAX_TASKS asks (one item per task below it)."""
+    monkeypatch.setattr(execute, "MIN_GROUP_VOXELS", 1)
 
 
 @pytest.fixture
@@ -74,9 +81,13 @@ def test_no_phase_exceeds_max_tasks_and_small_runs_keep_a_task_per_item(n):
     groups = execute.task_groups(np.arange(n), size)
     assert len(groups) <= execute.MAX_TASKS
     if n <= execute.MAX_TASKS:
-        assert size == 1, "every worker gets work on a small run"
+        assert size == 1, "large items: one per task"
     else:
         assert len(groups) >= execute.MAX_TASKS // 2
+    small = execute.group_size(n, 32 * 32)            # 32^2 tiles: about 2^20 voxels per task ...
+    assert math.ceil(n / small) <= execute.MAX_TASKS
+    assert small * 32 * 32 <= max(execute.MIN_GROUP_VOXELS, size * 32 * 32)
+    assert n < execute.MIN_GROUPS or math.ceil(n / small) >= execute.MIN_GROUPS, "... and work for every worker"
     if n:
         np.testing.assert_array_equal(np.concatenate(groups), np.arange(n))  # each item once, in order
 
@@ -158,6 +169,7 @@ def _iou_runs(monkeypatch, image, **kw):
             seen[keys[0].rsplit("-", 1)[0]] = len(keys)
         return real(tasks, **k)
 
+    monkeypatch.setattr(execute, "MIN_GROUP_VOXELS", 1)
     ungrouped = tile_process(image, threshold(0.5), stitch="iou", compute=True, progress=False, **kw)
     monkeypatch.setattr(execute, "MAX_TASKS", LIMIT)
     monkeypatch.setattr(process, "run_tasks", spy)
@@ -237,6 +249,7 @@ def test_grouped_table_equals_ungrouped(monkeypatch, small_batches, stitch, tmp_
     image = random_blobs((40, 44), density=0.35, sigma=1.2, seed=8)
     kw = dict(tile_shape=4 if stitch == "touch" else 8, overlap=0 if stitch == "touch" else 3, stitch=stitch,
               table=True, progress=False, client=False)
+    monkeypatch.setattr(execute, "MIN_GROUP_VOXELS", 1)
     tile_process(image, threshold(0.5), write_to=tmp_path / "a.zarr", **kw)
     monkeypatch.setattr(execute, "MAX_TASKS", LIMIT)
     tile_process(image, threshold(0.5), write_to=tmp_path / "b.zarr", **kw)
@@ -306,7 +319,7 @@ def _relabel_arguments(monkeypatch, n_side, max_tasks):
     return seen["args"]
 
 
-def test_bytes_per_relabel_task_bounded_per_item_and_per_task(monkeypatch):
+def test_bytes_per_relabel_task_bounded_per_item_and_per_task(per_item, monkeypatch):
     small = _relabel_arguments(monkeypatch, 12, 16)      # 144 tiles in groups of 9
     large = _relabel_arguments(monkeypatch, 24, 64)      # 576 tiles in groups of 9
     assert max(len(a[0]) for a in small) == max(len(a[0]) for a in large) == 9
@@ -315,6 +328,15 @@ def test_bytes_per_relabel_task_bounded_per_item_and_per_task(monkeypatch):
     assert size(large) < 1.5 * size(small), "a task gets its own items' plan pieces, not the run's"
     one = _relabel_arguments(monkeypatch, 24, 10**6)     # one item per task
     assert size(large) < 9 * size(one), "a group's bytes: its items' pieces, no more"
+
+
+def test_small_iou_tiles_are_grouped_by_work_with_a_task_for_every_worker(phase_tasks):
+    image = random_blobs((64, 64), density=0.4, sigma=2, seed=3)
+    out = tile_process(image, threshold(0.5), tile_shape=4, overlap=1, stitch="iou", compute=True, progress=False,
+                       client=False)                  # 256 tiles of 16 voxels
+    assert_labels_equivalent(out, whole(image > 0.5)[0])
+    stage = next(v for k, v in phase_tasks.items() if "-stage-" in k)
+    assert stage == execute.MIN_GROUPS, "small tiles grouped, down to MIN_GROUPS tasks and no further"
 
 
 def test_progress_counts_tiles_of_grouped_tasks(small_groups, capsys):

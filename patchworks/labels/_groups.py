@@ -6,9 +6,11 @@ A group is a run of consecutive items (C order) handled by one task, each
 still staged, scanned, relabelled and measured as its own item: staged
 keys, memory per item (a task holds one item at a time) and exactness are
 those of one item per task. The group size is
-:func:`patchworks.run._execute.group_size` of the phase's item count, so
-every phase makes at most ``MAX_TASKS`` tasks whatever the tile count, and
-a run of up to ``MAX_TASKS`` items keeps one task per item.
+:func:`patchworks.run._execute.group_size` of the phase's item count and
+item size: every phase makes at most ``MAX_TASKS`` tasks whatever the tile
+count, items smaller than 2^20 voxels (small tiles with ``stitch="iou"``,
+which are never batched) are grouped to about that much work per task, and
+a small run keeps at least ``MIN_GROUPS`` tasks for its workers.
 
 Resume does not depend on the grouping: the driver lists the items already
 staged and groups only the others. A group that fails part way (an error,

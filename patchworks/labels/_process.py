@@ -146,11 +146,17 @@ def _plane_task(job: _PlaneJob, axis, first, stop):
                                  job.iou_threshold)
 
 
+def _item_voxels(grid: TileGrid) -> int:
+    """Voxels of one staged item (a tile, or a batch: the grid's tile) for :func:`group_size`."""
+    return int(np.prod(grid.tile_shape))
+
+
 def _iou_tasks(staging, grid, counts, offsets, iou_threshold, token):
     """The band-matching tasks of stitch="iou": groups of tiles with labels, each tile matched with its neighbours."""
+    items = np.flatnonzero(counts)
     return graph_tasks(f"patchworks-seam-{token}", _iou_task,
                        _IouJob(staging, grid, offsets, counts, float(iou_threshold)),
-                       [(items,) for items in task_groups(np.flatnonzero(counts), group_size(grid.n_tiles))])
+                       [(items,) for items in task_groups(items, group_size(len(items), _item_voxels(grid)))])
 
 
 def _reduces(client, grid, tasks) -> bool:
@@ -308,9 +314,9 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         prefix = f"patchworks-stage-{token}"
         if batched:
             job = BatchJob(job, grid, block, connectivity)
-        # task groups: consecutive items per task, sized from the grid alone (resume regroups what is left)
+        # task groups: consecutive items per task (a resumed run groups what is left; see _groups)
         todo = np.asarray(todo, dtype=np.int64)
-        size = group_size(grid.n_tiles)
+        size = group_size(len(todo), _item_voxels(grid))
         if windows is None:
             tasks = graph_tasks(prefix, stage_group, job, [(items,) for items in task_groups(todo, size)])
         else:  # windows of a dask array: their graphs come along, a group's together
@@ -379,7 +385,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         gaps = not (sequential or iou or label_counts is not None or batched)  # batches number 1..m
         # one task per group of items, each sent only its items' plan pieces (bytes bounded per item)
         items = np.flatnonzero(counts)
-        n_tiles, size = tiles_per_item(tiles, block, items), group_size(grid.n_tiles)
+        n_tiles, size = tiles_per_item(tiles, block, items), group_size(len(items), _item_voxels(grid))
         tasks = graph_tasks(prefix, _relabel_task, _RelabelJob(staging, output, grid, count=gaps and return_count),
                             [(items[k:k + size], plan.tiles.piece(items[k:k + size]), int(n_tiles[k:k + size].sum()))
                              for k in range(0, len(items), size)])

@@ -92,7 +92,8 @@ def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path
     ndim = len(grid.spatial_axes)
     job = _TableJob(scratch, ndim, n_channels)
     prefix = f"patchworks-table-{token}"
-    items, size = np.flatnonzero(plan.tiles.counts), group_size(grid.n_tiles)
+    items = np.flatnonzero(plan.tiles.counts)
+    size = group_size(len(items), int(np.prod(grid.tile_shape)))
     tasks = graph_tasks(prefix, table_group_task, job,
                         [(items[k:k + size], plan.tiles.piece(items[k:k + size])) for k in range(0, len(items), size)])
     results = run_tasks(tasks, client=client, progress=progress, desc="measuring objects", prefix=prefix,

@@ -130,18 +130,29 @@ def local_threads() -> int:
 
 
 # A phase makes at most this many tasks, whatever the tile count: dask advises graphs well under 10^6
-# tasks, and the scheduler's ~0.1-0.3 ms per task would otherwise outweigh small tiles' own work.
+# tasks, and the scheduler's ~0.1-0.3 ms (and ~2-4 KB of the driver's memory) per task would otherwise
+# outweigh small tiles' own work.
 MAX_TASKS = 50_000
+# Small items are grouped further, to at least this many voxels of work per task (as batches are) ...
+MIN_GROUP_VOXELS = 1 << 20
+# ... while leaving at least this many tasks to spread over the workers.
+MIN_GROUPS = 16
 
 
-def group_size(n_items: int) -> int:
-    """Items per task so that ``n_items`` make at most :data:`MAX_TASKS` tasks (1 up to that many).
+def group_size(n_items: int, item_voxels: int | None = None) -> int:
+    """Items per task: at most :data:`MAX_TASKS` tasks for ``n_items``, and a few ms of work per task.
 
-    Up to ``MAX_TASKS`` items every item is its own task, so a small run keeps
-    a task per item for every worker; beyond, tasks hold ``ceil(n / MAX_TASKS)``
-    items each, i.e. between ``MAX_TASKS / 2`` and ``MAX_TASKS`` tasks.
+    ``ceil(n / MAX_TASKS)`` items at least (between ``MAX_TASKS / 2`` and
+    ``MAX_TASKS`` tasks beyond that many items). With ``item_voxels``,
+    items smaller than :data:`MIN_GROUP_VOXELS` are grouped up to that many
+    voxels, but never into fewer than :data:`MIN_GROUPS` tasks, so every
+    worker of a small run has work. One item per task for large items.
     """
-    return max(1, math.ceil(int(n_items) / MAX_TASKS))
+    n = int(n_items)
+    size = max(1, math.ceil(n / MAX_TASKS))
+    if item_voxels:
+        size = max(size, min(MIN_GROUP_VOXELS // max(1, int(item_voxels)), n // MIN_GROUPS))
+    return size
 
 
 def task_groups(items, size: int) -> list:
