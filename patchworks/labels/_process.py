@@ -402,8 +402,9 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             for level in sorted({k for k, _ in seams}):  # a derived level reads the finished level before it
                 prefix = f"patchworks-pyramid-{token}-{level}"
                 chunks = np.array([c for k, c in seams if k == level], dtype=np.int64)
+                size = group_size(len(chunks), int(np.prod(writer.levels[level].chunks)))
                 run_tasks(graph_tasks(prefix, _shared_chunk_task, _PyramidJob(writer, grid),
-                                      [(level, g) for g in task_groups(chunks, group_size(len(chunks)))]),
+                                      [(level, g) for g in task_groups(chunks, size)]),
                           client=client, progress=progress, total=len(chunks),
                           desc=f"pyramid level {level}, chunks shared by tiles", prefix=prefix)
             record = writer.record()
