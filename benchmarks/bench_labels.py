@@ -405,7 +405,9 @@ def _install_op_timers(acc: dict) -> None:
     wrap(S, "write_seam_planes", "stage: write_seam_planes (incl. zarr write)")
     import patchworks.labels._process as L
 
-    wrap(L, "stage_tile", "stage: stage_tile total")
+    import patchworks.labels._groups as G
+
+    wrap(G, "stage_tile", "stage: stage_tile total")  # a staging task runs its group's tiles through it
     wrap(L, "touch_pairs_for_seam", "seams: touch_pairs_for_seam total")
     wrap(L, "relabel_tile", "relabel: relabel_tile total")
     wrap(M.TilePlan, "lookup", "relabel: TilePlan.lookup")

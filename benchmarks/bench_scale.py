@@ -3,12 +3,14 @@
     python benchmarks/bench_scale.py            # 51200^2 sparse image, 512^2 tiles (10^4 tiles)
     python benchmarks/bench_scale.py --smoke    # 4096^2, 256^2 tiles (CI)
     python benchmarks/bench_scale.py --tiles 1e3,1e4,6.5e4,2.6e5   # 32^2 tiles, numpy in, compute=True
+    python benchmarks/bench_scale.py --tiles 1e3,6.5e4 --stitch iou  # the same with IoU stitching, overlap 4
 
 The sweep runs ``threshold`` on threads over a sparse uint8 numpy image of
 about N tiles of 32^2 and prints per size: tiles/s end to end, the graph
 build on the driver (task lists + union-find plan), tiles per CPU second of
 this process (steadier than wall time on a shared machine), the number of
-tasks of all phases, the driver's peak RSS above its baseline less the returned array
+tasks of all phases and of the largest phase (then the tasks of each phase),
+the driver's peak RSS above its baseline less the returned array
 (which ``compute=True`` must hold: 4 bytes per voxel), and that per tile.
 
 The image is sparse (blobs in a few percent of the tiles, many of them
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import patchworks  # noqa: E402
 import patchworks.labels._process as labels_module  # noqa: E402
+import patchworks.labels._table_merge as table_module  # noqa: E402
 from patchworks.testing import random_blobs  # noqa: E402
 
 
@@ -68,11 +71,18 @@ def sparse_image(n_tiles: int, tile: int, occupied: float = 0.03, seed: int = 0)
 
 
 class GraphClock:
-    """Driver-side graph work (task lists and plan) and the number of tasks, by wrapping the pipeline's hooks."""
+    """Driver-side graph work (task lists and plan) and the tasks of each phase, by wrapping the pipeline's hooks."""
+
+    _MODULES = (labels_module, table_module)
 
     def __init__(self):
-        self.seconds, self.tasks = 0.0, 0
-        self._hooks = {name: getattr(labels_module, name) for name in ("graph_tasks", "plan_relabel", "run_tasks")}
+        self.seconds, self.phases = 0.0, {}
+        self._hooks = [(m, name, getattr(m, name)) for m in self._MODULES
+                       for name in ("graph_tasks", "plan_relabel", "run_tasks") if hasattr(m, name)]
+
+    @property
+    def tasks(self) -> int:
+        return sum(self.phases.values())
 
     def __enter__(self):
         def timed(f):
@@ -84,38 +94,46 @@ class GraphClock:
                     self.seconds += time.perf_counter() - t
             return inner
 
-        def run_tasks(tasks, **kw):
-            self.tasks += len(tasks[1]) if isinstance(tasks, tuple) else len(tasks)
-            return self._hooks["run_tasks"](tasks, **kw)
+        def counted(f):
+            def run_tasks(tasks, **kw):
+                keys = tasks[1] if isinstance(tasks, tuple) else [t.key for t in tasks]
+                if keys:  # patchworks-<phase>-<token>-...: the phase's name
+                    key = keys[0] if isinstance(keys[0], str) else keys[0][0]
+                    parts = key.split("-")
+                    phase = parts[1] + (f" {parts[3]}" if parts[1] == "pyramid" and len(parts) > 4 else "")
+                    self.phases[phase] = self.phases.get(phase, 0) + len(keys)
+                return f(tasks, **kw)
+            return run_tasks
 
-        labels_module.graph_tasks = timed(self._hooks["graph_tasks"])
-        labels_module.plan_relabel = timed(self._hooks["plan_relabel"])
-        labels_module.run_tasks = run_tasks
+        for m, name, f in self._hooks:
+            setattr(m, name, counted(f) if name == "run_tasks" else timed(f))
         return self
 
     def __exit__(self, *exc):
-        for name, f in self._hooks.items():
-            setattr(labels_module, name, f)
+        for m, name, f in self._hooks:
+            setattr(m, name, f)
 
 
-def sweep(sizes, tile: int = 32) -> None:
+def sweep(sizes, tile: int = 32, stitch: str = "touch", overlap: int = 0) -> None:
     """End-to-end runs at each tile count (see the module docstring)."""
-    print(f"patchworks scale sweep: {tile}^2 tiles, threshold, threads, compute=True, sparse uint8 numpy image; "
-          f"{os.cpu_count()} cores", flush=True)
-    print(f"{'tiles':>8s} {'tiles/s':>8s} {'total s':>8s} {'tiles/cpu-s':>9s} {'graph s':>8s} {'tasks':>7s} {'driver MB':>9s} "
-          f"{'B/tile':>7s} {'objects':>8s}")
+    print(f"patchworks scale sweep: {tile}^2 tiles, threshold, stitch={stitch!r}, overlap={overlap}, threads, "
+          f"compute=True, sparse uint8 numpy image; {os.cpu_count()} cores", flush=True)
+    print(f"{'tiles':>8s} {'tiles/s':>8s} {'total s':>8s} {'tiles/cpu-s':>9s} {'graph s':>8s} {'tasks':>7s} "
+          f"{'max/phase':>9s} {'driver MB':>9s} {'B/tile':>7s} {'objects':>8s}  tasks per phase")
     for n in sizes:
         img = sparse_image(n, tile)
         n_tiles = (img.shape[0] // tile) ** 2
         cpu = sum(psutil.Process().cpu_times()[:2])
         with GraphClock() as clock:
             (labels, count), seconds, rss = peak_rss(lambda: patchworks.tile_process(
-                img, patchworks.threshold(127.5), tile_shape=tile, compute=True, progress=False,
-                return_count=True, client=False))
+                img, patchworks.threshold(127.5), tile_shape=tile, overlap=overlap, stitch=stitch, compute=True,
+                progress=False, return_count=True, client=False))
         cpu = sum(psutil.Process().cpu_times()[:2]) - cpu  # a shared machine: CPU seconds drift less than wall
         driver = rss - labels.nbytes / 2**20  # the returned labels are the caller's, not overhead
+        phases = " ".join(f"{k}={v}" for k, v in clock.phases.items())
         print(f"{n_tiles:8d} {n_tiles / seconds:8.0f} {seconds:8.2f} {n_tiles / cpu:9.0f} {clock.seconds:8.3f} "
-              f"{clock.tasks:7d} {driver:9.1f} {driver * 2**20 / n_tiles:7.0f} {count:8d}", flush=True)
+              f"{clock.tasks:7d} {max(clock.phases.values(), default=0):9d} {driver:9.1f} "
+              f"{driver * 2**20 / n_tiles:7.0f} {count:8d}  {phases}", flush=True)
         del labels, img
 
 
@@ -210,9 +228,12 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny size for CI")
     ap.add_argument("--no-cluster", action="store_true", help="threads only")
     ap.add_argument("--tiles", help="comma-separated tile counts for the 32^2-tile sweep, e.g. 1e3,1e4,6.5e4")
+    ap.add_argument("--stitch", choices=("touch", "iou"), default="touch", help="the sweep's stitch (iou: overlap 4)")
+    ap.add_argument("--overlap", type=int, default=None, help="the sweep's overlap (default 0 touch, 4 iou)")
     args = ap.parse_args(argv)
     if args.tiles:
-        sweep([int(float(v)) for v in args.tiles.split(",")])
+        overlap = args.overlap if args.overlap is not None else (4 if args.stitch == "iou" else 0)
+        sweep([int(float(v)) for v in args.tiles.split(",")], stitch=args.stitch, overlap=overlap)
         return 0
     size, tile, occupied = (4096, 256, 0.1) if args.smoke else (51200, 512, 0.03)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))

@@ -15,6 +15,7 @@ from skimage.measure import regionprops_table
 import patchworks
 import patchworks.labels._batch as batch
 import patchworks.labels._process as process
+import patchworks.run._execute as execute
 from patchworks import TileGrid, merge_tile_labels, read_table, threshold, tile_process
 from patchworks.testing import assert_labels_equivalent, random_blobs
 
@@ -161,6 +162,7 @@ def _relabel_arguments(monkeypatch, n_side):
 
 def test_bytes_sent_per_relabel_task_stay_bounded(monkeypatch):
     monkeypatch.setattr(batch, "MIN_BATCH_VOXELS", 16 * 16)   # 16 tiles per batch at both sizes
+    monkeypatch.setattr(execute, "MIN_GROUP_VOXELS", 1)       # one batch per task (groups: test_task_groups.py)
     small = _relabel_arguments(monkeypatch, 24)     # 576 tiles
     large = _relabel_arguments(monkeypatch, 80)     # 6,400 tiles
     assert len(large) > 5 * len(small)

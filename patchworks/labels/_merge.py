@@ -354,6 +354,61 @@ class TilePlans:
     def __iter__(self):
         return (self[t] for t in range(len(self)))
 
+    def piece(self, items) -> PlanPiece:
+        """The plans of the tiles ``items`` (a task group's) as a few flat arrays: what one task is sent.
+
+        Its size grows with the group's tiles and their boundary labels only,
+        never with the run's tile count.
+        """
+        items = np.asarray(items, dtype=np.int64).reshape(-1)
+        b_lo, b_hi = self.b_lo[items], self.b_hi[items]
+        boundary, b_bounds = _slices(self.boundary, b_lo, b_hi)
+        final, _ = _slices(self.boundary_final, b_lo, b_hi)
+        boundary = boundary - np.repeat(self.offsets[items], np.diff(b_bounds))  # local ids
+        a_lo, a_hi = self.a_lo[items], self.a_hi[items]
+        if self.sequential:
+            absorbed, a_bounds = _slices(self.absorbed, a_lo, a_hi)
+        else:  # not needed by a non-sequential plan
+            absorbed, a_bounds = self.absorbed[:0], np.zeros(items.size + 1, np.int64)
+        return PlanPiece(items=items, offsets=self.offsets[items], counts=self.counts[items],
+                         base=a_lo if self.sequential else np.zeros_like(a_lo), n_absorbed=a_hi - a_lo,
+                         absorbed=absorbed, a_bounds=a_bounds, boundary=boundary, final=final, b_bounds=b_bounds)
+
+
+def _slices(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``values[lo[k]:hi[k]]`` for every k, concatenated, and where each one starts (``len(lo) + 1`` bounds)."""
+    bounds = np.zeros(len(lo) + 1, np.int64)
+    np.cumsum(hi - lo, out=bounds[1:])
+    if not len(lo) or bounds[-1] == 0:
+        return values[:0], bounds
+    return np.concatenate([values[a:b] for a, b in zip(lo.tolist(), hi.tolist())]), bounds
+
+
+@dataclass(frozen=True)
+class PlanPiece:
+    """The :class:`TilePlan` of a few tiles in flat arrays (see :meth:`TilePlans.piece`); ``piece[k]`` is item k's."""
+
+    items: np.ndarray        # linear tile indices
+    offsets: np.ndarray
+    counts: np.ndarray
+    base: np.ndarray
+    n_absorbed: np.ndarray
+    absorbed: np.ndarray     # sequential only: each item's absorbed global ids, concatenated
+    a_bounds: np.ndarray
+    boundary: np.ndarray     # each item's boundary labels, as its local ids, concatenated
+    final: np.ndarray
+    b_bounds: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> TilePlan:
+        a, b = int(self.a_bounds[k]), int(self.a_bounds[k + 1])
+        c, d = int(self.b_bounds[k]), int(self.b_bounds[k + 1])
+        return TilePlan(offset=int(self.offsets[k]), n_labels=int(self.counts[k]), base=int(self.base[k]),
+                        absorbed=self.absorbed[a:b], override_local=self.boundary[c:d],
+                        override_final=self.final[c:d], n_absorbed=int(self.n_absorbed[k]))
+
 
 @dataclass(frozen=True)
 class MergePlan:

@@ -35,11 +35,12 @@ from ._merge import (PLANE_SEAMS_PER_TASK, ArrayOutput, iou_pairs_for_tile, plan
 from ..io._ngff_write import build_label_image, check_ngff_labels, image_multiscales, register_label
 from ..segment._threshold import Threshold, otsu_threshold, sample_values
 from ..segment._instances import LogBlobs, Watershed
-from ..run._execute import (active_client, graph_tasks, input_chunks, new_token, resolve_tile_shape, run_tasks,
-                             shared, tile_windows)
+from ..run._execute import (active_client, graph_tasks, group_size, input_chunks, new_token, resolve_tile_shape,
+                             run_tasks, shared, task_groups, tile_windows)
 from ..run._rundir import RunDir, describe_fn, describe_source, fn_token, source_token
-from ._tile_task import StageJob, stage_tile
-from ._batch import BatchJob, batch_block, batch_grid, stage_batch, tiles_of
+from ._tile_task import StageJob
+from ._batch import BatchJob, batch_block, batch_grid, tiles_of
+from ._groups import Counted, stage_group, tiles_per_item, window_group_size
 from ._table_merge import spatial_voxel_size, write_object_table
 from ..io._table_store import table_location
 from ._stage_store import STAGING_FORMAT, TileStaging
@@ -116,12 +117,20 @@ class _RelabelJob:
     count: bool = False      # ids staged with gaps: count those present
 
 
-def _seam_task(job: _SeamJob, axis, row):
-    return touch_pairs_for_seam(job.staging, job.grid, axis, row, job.offsets, job.connectivity)
+def _pairs(found) -> np.ndarray:
+    found = [p for p in found if len(p)]
+    return np.concatenate(found) if found else np.zeros((0, 2), np.uint64)
 
 
-def _iou_task(job: _IouJob, linear_index):
-    return iou_pairs_for_tile(job.staging, job.grid, linear_index, job.counts, job.offsets, job.iou_threshold)
+def _seam_task(job: _SeamJob, seams):
+    """The pairs across a group of seam planes, ``seams`` an ``(k, 2)`` array of (axis, row)."""
+    return _pairs([touch_pairs_for_seam(job.staging, job.grid, int(a), int(r), job.offsets, job.connectivity)
+                   for a, r in seams])
+
+
+def _iou_task(job: _IouJob, items):
+    return _pairs([iou_pairs_for_tile(job.staging, job.grid, i, job.counts, job.offsets, job.iou_threshold)
+                   for i in items.tolist()])
 
 
 @dataclass
@@ -137,11 +146,27 @@ def _plane_task(job: _PlaneJob, axis, first, stop):
                                  job.iou_threshold)
 
 
+def _item_voxels(grid: TileGrid) -> int:
+    """Voxels of one staged item (a tile, or a batch: the grid's tile) for :func:`group_size`."""
+    return int(np.prod(grid.tile_shape))
+
+
+def _iou_tasks(staging, grid, counts, offsets, iou_threshold, token):
+    """The band-matching tasks of stitch="iou": groups of tiles with labels, each tile matched with its neighbours."""
+    items = np.flatnonzero(counts)
+    return graph_tasks(f"patchworks-seam-{token}", _iou_task,
+                       _IouJob(staging, grid, offsets, counts, float(iou_threshold)),
+                       [(items,) for items in task_groups(items, group_size(len(items), _item_voxels(grid)))])
+
+
+def _reduces(client, grid, tasks) -> bool:
+    """Plan by the tree reduction on the cluster (the pairs stay on the workers): many tiles on a cluster."""
+    return active_client(client) is not None and grid.n_tiles >= _reduce.REDUCE_MIN_TILES and bool(tasks[1])
+
+
 def _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token) -> np.ndarray:
     """stitch="iou": band matching between neighbours, then whole-plane matching across plane-by-plane axes."""
-    tasks = graph_tasks(f"patchworks-seam-{token}", _iou_task,
-                        _IouJob(staging, grid, offsets, counts, float(iou_threshold)),
-                        [(i,) for i in range(grid.n_tiles) if counts[i]])
+    tasks = _iou_tasks(staging, grid, counts, offsets, iou_threshold, token)
     pairs = run_tasks(tasks, client=client, progress=False)
     pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
     planar = plane_axes(grid)
@@ -161,8 +186,11 @@ def _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token) -> 
     return pairs
 
 
-def _relabel_task(job: _RelabelJob, linear_index, plan):
-    return relabel_tile(job.staging, job.output, job.grid, linear_index, plan, job.count)
+def _relabel_task(job: _RelabelJob, items, piece, n_tiles):
+    """Relabel a group of items, each from its own plan in ``piece``; the objects they name first."""
+    named = sum(relabel_tile(job.staging, job.output, job.grid, i, piece[k], job.count)
+                for k, i in enumerate(items.tolist()))
+    return Counted(n_tiles=int(n_tiles), value=int(named))
 
 
 @dataclass
@@ -171,8 +199,10 @@ class _PyramidJob:
     grid: TileGrid
 
 
-def _shared_chunk_task(job: _PyramidJob, level, chunk_index):
-    job.writer.write_shared_chunk(job.grid, level, chunk_index)
+def _shared_chunk_task(job: _PyramidJob, level, chunks):
+    for chunk_index in chunks.tolist():
+        job.writer.write_shared_chunk(job.grid, level, tuple(chunk_index))
+    return Counted(n_tiles=len(chunks))
 
 
 _FORMATS = ("ngff", "array")
@@ -282,43 +312,54 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
                        empty_threshold=empty_threshold, table_scratch=staging.scratch if table else None,
                        intensity=bool(table and intensity))
         prefix = f"patchworks-stage-{token}"
-        func = stage_tile
         if batched:
-            job, func = BatchJob(job, grid, block, connectivity), stage_batch
+            job = BatchJob(job, grid, block, connectivity)
+        # task groups: consecutive items per task (a resumed run groups what is left; see _groups)
+        todo = np.asarray(todo, dtype=np.int64)
+        size = group_size(len(todo), _item_voxels(grid))
         if windows is None:
-            tasks = graph_tasks(prefix, func, job, [(i,) for i in todo])
-        else:  # windows of a dask array: their graphs come along
-            stage, jobd = dask.delayed(func, pure=False), shared(job, f"{prefix}-shared")
-            tasks = [stage(jobd, i, [windows(tiles.tile(t)) for t in tiles_of(tiles, block, grid.tile(i).index)]
-                           if batched else windows(tiles.tile(i)), dask_key_name=f"{prefix}-{i}") for i in todo]
-        n_todo = sum(len(list(tiles_of(tiles, block, grid.tile(i).index))) for i in todo) if batched else len(todo)
+            tasks = graph_tasks(prefix, stage_group, job, [(items,) for items in task_groups(todo, size)])
+        else:  # windows of a dask array: their graphs come along, a group's together
+            stage, jobd = dask.delayed(stage_group, pure=False), shared(job, f"{prefix}-shared")
+            item_window = (lambda i: [windows(tiles.tile(t)) for t in tiles_of(tiles, block, grid.tile(i).index)]) \
+                if batched else (lambda i: windows(tiles.tile(i)))
+            size = window_group_size(size, np.prod(grid.tile_shape))
+            tasks = [stage(jobd, items, [item_window(i) for i in items.tolist()], dask_key_name=f"{prefix}-{k}")
+                     for k, items in enumerate(task_groups(todo, size))]
+        n_todo = int(tiles_per_item(tiles, block, todo).sum())
         results = run_tasks(tasks, client=client, progress=progress, desc="staging tiles", prefix=prefix,
-                            total=n_todo)  # the bar counts tiles, one update per batch
+                            total=n_todo)  # the bar counts tiles, one update per task
         for r in results:
-            counts[r.linear_index] = r.n_labels
+            counts[r.index] = r.n_labels
         n_skipped = int(sum(r.skipped for r in results))
+        del results
 
         # 2. seams: pairs of global ids to join; touch: one task per seam plane of the grid,
         #    iou: one task per tile matching its bands with its neighbours', then one per plane seam
         offsets = np.zeros(grid.n_tiles, dtype=np.uint64)
         np.cumsum(counts[:-1], out=offsets[1:])
-        if iou:
+        seam_tasks = None
+        if iou and plane_axes(grid):  # in-plane objects first, then whole planes: on the driver
             pairs = _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token)
+        elif iou:
+            seam_tasks = _iou_tasks(staging, grid, counts, offsets, iou_threshold, token)
         else:
+            seams = np.array([(a, r) for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)],
+                             dtype=np.int64).reshape(-1, 2)
             seam_tasks = graph_tasks(f"patchworks-seam-{token}", _seam_task,
                                      _SeamJob(staging, grid, offsets, connectivity),
-                                     [(a, r) for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)])
+                                     [(rows,) for rows in task_groups(seams, group_size(len(seams)))])
+        if seam_tasks is not None and _reduces(client, grid, seam_tasks):
+            # 3'. many tiles on a cluster: the pairs (touch or iou) stay on the workers and a tree
+            #     reduction there resolves them; the driver gets the boundary labels' final ids only
             cluster = active_client(client)
-            if cluster is not None and grid.n_tiles >= _reduce.REDUCE_MIN_TILES and seam_tasks[1]:
-                # 3'. many tiles on a cluster: the pairs stay on the workers and a tree reduction there
-                #     resolves them; the driver gets the boundary labels' final ids only
-                pieces = cluster.get(*seam_tasks, sync=False)
-                plan = _reduce.reduce_plan(cluster, counts, pieces, sequential=sequential)
-                pairs = None
-                del pieces
-            else:
-                pairs = run_tasks(seam_tasks, client=client, progress=False)
-                pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
+            pieces = cluster.get(*seam_tasks, sync=False)
+            plan = _reduce.reduce_plan(cluster, counts, pieces, sequential=sequential)
+            pairs = None
+            del pieces
+        elif seam_tasks is not None:
+            pairs = run_tasks(seam_tasks, client=client, progress=False)
+            pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
 
         # 3. plan on the driver: union-find over boundary labels only
         if pairs is not None:
@@ -342,11 +383,15 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         # ids kept raw (not sequential, touch) may leave gaps (labels seen only in a halo): then
         # the count costs a pass over every tile, paid only when the caller asks for it
         gaps = not (sequential or iou or label_counts is not None or batched)  # batches number 1..m
+        # one task per group of items, each sent only its items' plan pieces (bytes bounded per item)
+        items = np.flatnonzero(counts)
+        n_tiles, size = tiles_per_item(tiles, block, items), group_size(len(items), _item_voxels(grid))
         tasks = graph_tasks(prefix, _relabel_task, _RelabelJob(staging, output, grid, count=gaps and return_count),
-                            [(i, plan.tiles[i]) for i in np.flatnonzero(counts).tolist()])
+                            [(items[k:k + size], plan.tiles.piece(items[k:k + size]), int(n_tiles[k:k + size].sum()))
+                             for k in range(0, len(items), size)])
         desc = "relabelling tiles" if writer is None else "relabel + pyramid"
-        n_objects = int(sum(run_tasks(tasks, client=client, progress=progress, desc=desc,
-                                      prefix=prefix)))
+        n_objects = int(sum(r.value for r in run_tasks(tasks, client=client, progress=progress, desc=desc,
+                                                       prefix=prefix, total=int(n_tiles.sum()))))
         if gaps and not return_count:
             n_objects = None  # unknown without that pass; ids are unique, max_label bounds them
         record = {}
@@ -356,8 +401,11 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             seams = writer.shared_chunks(grid)
             for level in sorted({k for k, _ in seams}):  # a derived level reads the finished level before it
                 prefix = f"patchworks-pyramid-{token}-{level}"
+                chunks = np.array([c for k, c in seams if k == level], dtype=np.int64)
+                size = group_size(len(chunks), int(np.prod(writer.levels[level].chunks)))
                 run_tasks(graph_tasks(prefix, _shared_chunk_task, _PyramidJob(writer, grid),
-                                      [s for s in seams if s[0] == level]), client=client, progress=progress,
+                                      [(level, g) for g in task_groups(chunks, size)]),
+                          client=client, progress=progress, total=len(chunks),
                           desc=f"pyramid level {level}, chunks shared by tiles", prefix=prefix)
             record = writer.record()
         # 5. the object table from the staged partials, through the same plan (no read of the labels);

@@ -1,8 +1,8 @@
 """The object table of a labelling run: staged partials -> final ids -> rows on disk.
 
 The tile tasks staged per-label partials of their cores (``table-<i>`` next
-to the staged tile). After the relabel plan, one task per tile maps its
-partials through the same :class:`~patchworks.labels._merge.TilePlan` the
+to the staged tile). After the relabel plan, each tile (one after the other
+in a task group of consecutive tiles, see ``_groups``) maps its partials through the same :class:`~patchworks.labels._merge.TilePlan` the
 relabel task uses. An object's final id is its root's, the smallest global
 id of the object, so every object belongs to exactly one tile, the one
 holding its root; and since final ids grow with the root, the tiles' own
@@ -22,7 +22,7 @@ import numpy as np
 
 from ..grid import TileGrid
 from ..io._table_store import TableWriter, labels_stamp
-from ..run._execute import graph_tasks, run_tasks
+from ..run._execute import graph_tasks, group_size, run_tasks
 from ._table import Partials, column_dtypes, reduce_partials, table_columns
 
 
@@ -59,6 +59,27 @@ def table_task(job: _TableJob, linear_index: int, plan):
     return linear_index, len(mine), parts.take(~own).relabel(final[~own])
 
 
+@dataclass(frozen=True)
+class _GroupRows:
+    """A table task's result: its tiles, the rows each keeps, the rows they send on (one Partials)."""
+
+    index: np.ndarray
+    n_own: np.ndarray
+    foreign: Partials
+    n_tiles: int          # for the progress bar
+
+
+def table_group_task(job: _TableJob, items, piece) -> _GroupRows:
+    """:func:`table_task` for a group of tiles, each with its own plan from ``piece``."""
+    n_own, foreign = np.zeros(len(items), np.int64), []
+    for k, i in enumerate(items.tolist()):
+        _, n_own[k], rows = table_task(job, i, piece[k])
+        if len(rows):
+            foreign.append(rows)
+    foreign = Partials.concat(foreign) if foreign else Partials.empty(job.ndim, job.n_channels)
+    return _GroupRows(index=items, n_own=n_own, foreign=foreign, n_tiles=len(items))
+
+
 def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path, labels_rel: str, n_channels: int,
                        voxel_size=None, units=None, zarr_format: int = 3, client=None, progress=None,
                        token: str = "", storage_options: dict | None = None) -> int:
@@ -71,15 +92,19 @@ def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path
     ndim = len(grid.spatial_axes)
     job = _TableJob(scratch, ndim, n_channels)
     prefix = f"patchworks-table-{token}"
-    tasks = graph_tasks(prefix, table_task, job,
-                        [(i, plan.tiles[i]) for i in range(grid.n_tiles) if plan.tiles[i].n_labels])
-    results = run_tasks(tasks, client=client, progress=progress, desc="measuring objects", prefix=prefix)
+    items = np.flatnonzero(plan.tiles.counts)
+    size = group_size(len(items), int(np.prod(grid.tile_shape)))
+    tasks = graph_tasks(prefix, table_group_task, job,
+                        [(items[k:k + size], plan.tiles.piece(items[k:k + size])) for k in range(0, len(items), size)])
+    results = run_tasks(tasks, client=client, progress=progress, desc="measuring objects", prefix=prefix,
+                        total=len(items))
     n_own = np.zeros(grid.n_tiles, np.int64)
     foreign = []
-    for i, n, rows in results:
-        n_own[i] = n
-        if len(rows):
-            foreign.append(rows)
+    for r in results:
+        n_own[r.index] = r.n_own
+        if len(r.foreign):
+            foreign.append(r.foreign)
+    del results
     foreign = Partials.concat(foreign) if foreign else Partials.empty(ndim, n_channels)
     lower = np.array([_own_lower(p) for p in plan.tiles], dtype=np.uint64)
     owner = np.searchsorted(lower, foreign.label, side="left") - 1

@@ -1,14 +1,16 @@
 """Execution: run lists of tile tasks on threads or on a distributed cluster.
 
-One task per tile, in a plain dask graph; big shared arguments (the job:
-grid, function, stores) enter the graph once under a fixed key, so a cluster
-ships them once per worker instead of once per task.
+One task per tile (or per task group of tiles, :func:`task_groups`), in a
+plain dask graph; big shared arguments (the job: grid, function, stores)
+enter the graph once under a fixed key, so a cluster ships them once per
+worker instead of once per task.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -125,6 +127,42 @@ def resolve_tile_shape(tile_shape, source, overlap, client, *, use_gpu=False, ch
 def local_threads() -> int:
     """Threads for a local run: as many as cores this process may use (affinity, cgroup quota, SLURM)."""
     return int(dask.config.get("num_workers", None) or available_cores())
+
+
+# A phase makes at most this many tasks, whatever the tile count: dask advises graphs well under 10^6
+# tasks, and the scheduler's ~0.1-0.3 ms (and ~2-4 KB of the driver's memory) per task would otherwise
+# outweigh small tiles' own work.
+MAX_TASKS = 50_000
+# Small items are grouped further, to at least this many voxels of work per task (as batches are) ...
+MIN_GROUP_VOXELS = 1 << 20
+# ... while leaving at least this many tasks to spread over the workers.
+MIN_GROUPS = 16
+
+
+def group_size(n_items: int, item_voxels: int | None = None) -> int:
+    """Items per task: at most :data:`MAX_TASKS` tasks for ``n_items``, and a few ms of work per task.
+
+    ``ceil(n / MAX_TASKS)`` items at least (between ``MAX_TASKS / 2`` and
+    ``MAX_TASKS`` tasks beyond that many items). With ``item_voxels``,
+    items smaller than :data:`MIN_GROUP_VOXELS` are grouped up to that many
+    voxels, but never into fewer than :data:`MIN_GROUPS` tasks, so every
+    worker of a small run has work. One item per task for large items.
+    """
+    n = int(n_items)
+    size = max(1, math.ceil(n / MAX_TASKS))
+    if item_voxels:
+        size = max(size, min(MIN_GROUP_VOXELS // max(1, int(item_voxels)), n // MIN_GROUPS))
+    return size
+
+
+def task_groups(items, size: int) -> list:
+    """``items`` (a sequence, e.g. sorted tile indices) cut into consecutive runs of ``size``.
+
+    Consecutive, so that a group's tiles are neighbours in C order (one
+    task's reads stay close together).
+    """
+    size = max(1, int(size))
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def shared(obj, name: str):
