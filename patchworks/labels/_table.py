@@ -108,24 +108,47 @@ def _slabs(shape, n_planes_total: int):
 
 
 def _runs(flat: np.ndarray, row: int):
-    """``(starts, stops, labels)`` of the runs of one non-zero label along the rows of a flat block.
+    """``(starts, stops, labels, every start, foreground)`` of the runs of equal labels along the rows of a flat block.
 
     A run never crosses a row (``row`` voxels, the last axis), so each run
     is one row index plus an interval on the last axis. Blobs cut into runs
     leave far fewer runs than voxels, and everything after this one pass
-    over the block works on runs.
+    over the block works on runs. The first three are the non-zero runs;
+    ``every start`` (background runs included) partitions the block, so
+    ``ufunc.reduceat`` over it reduces each run in place, and
+    ``foreground`` picks the non-zero runs from that.
     """
     change = np.empty(flat.size, dtype=bool)
     change[0] = True
     np.not_equal(flat[1:], flat[:-1], out=change[1:])
     change[::row] = True
-    starts = np.flatnonzero(change)
-    stops = np.empty_like(starts)
-    stops[:-1] = starts[1:]
+    every = np.flatnonzero(change)
+    stops = np.empty_like(every)
+    stops[:-1] = every[1:]
     stops[-1] = flat.size
-    labels = flat[starts]
+    labels = flat[every]
     fg = labels != 0
-    return starts[fg], stops[fg], labels[fg]
+    return every[fg], stops[fg], labels[fg], every, fg
+
+
+def _exact_intensities(dtype: np.dtype, n_voxels: int) -> bool:
+    """Whether the sums and squared sums of a block of ``dtype`` values fit int64 exactly (8/16-bit integers)."""
+    if dtype.kind not in "biu" or dtype.itemsize > 2:
+        return False
+    top = 1 if dtype.kind == "b" else max(abs(int(np.iinfo(dtype).min)), int(np.iinfo(dtype).max))
+    return top * top * max(n_voxels, 1) < 2 ** 62
+
+
+def _exact_m2(count: np.ndarray, s: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``sum (x - mean)^2 = (n q - s^2) / n`` from exact integer sums: the numerator exact, one rounding."""
+    n = np.maximum(count, 1)
+    if len(n) == 0:
+        return np.zeros(s.shape)
+    if int(n.max()) * int(q.max()) < 2 ** 63 and int(np.abs(s).max()) ** 2 < 2 ** 63:
+        return (n * q - s * s) / n
+    # Python ints do not overflow and int / int is correctly rounded
+    n, s, q = n.astype(object), s.astype(object), q.astype(object)
+    return ((n * q - s * s) / n).astype(np.float64)
 
 
 def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None = None) -> Partials:
@@ -133,10 +156,13 @@ def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None 
 
     One pass over the block finds the runs of equal labels along the last
     axis; counts, coordinate sums (closed form per run) and boxes come from
-    the runs, intensities from the foreground voxels only, gathered in run
-    order: sums, minima and maxima per run, then the second moment around
-    each label's mean over the block (a second pass over the foreground
-    only, which keeps ``std`` exact where ``sum x**2 - n mean**2`` would
+    the runs. Intensities of 8/16-bit integer images are reduced per run in
+    place (sum, sum of squares in int64, min, max), and the second moment
+    follows exactly from the integer sums, ``(n q - s^2) / n``. Other
+    images have their foreground voxels gathered in run order: sums, minima
+    and maxima per run, then the second moment around each label's mean
+    over the block (a second pass over the foreground only, which keeps
+    ``std`` exact where ``sum x**2 - n mean**2`` in floating point would
     cancel).
 
     Parameters
@@ -173,10 +199,15 @@ def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None 
     isum = np.zeros((c, nb))
     imin, imax = np.full((c, nb), np.inf), np.full((c, nb), -np.inf)
     slab_moments = []  # per slab (count, sum, M2 around the slab's mean): combined exactly below
+    # 8/16-bit integer images: sums and squared sums per run, in place and exact, give M2 without a
+    # second pass and without gathering the foreground (4x less time on a 512^2 uint8 tile)
+    exact = c > 0 and _exact_intensities(np.dtype(intensity.dtype), int(np.prod(shape)))
+    if exact:
+        isum_i, isq_i = np.zeros((c, nb), np.int64), np.zeros((c, nb), np.int64)
     for s0, s1 in _slabs(shape, shape[0]):
         block = ids[s0:s1]
         flat = block.reshape(-1)
-        starts, stops, lab = _runs(flat, block.shape[-1])
+        starts, stops, lab, every, fg = _runs(flat, block.shape[-1])
         if starts.size == 0:
             continue
         lab = lab.astype(np.intp)
@@ -200,7 +231,19 @@ def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None 
                 np.add.at(csum[a], lab, lo[a] * length)
                 np.maximum.at(bmax[a], lab, lo[a] + 1)
             np.minimum.at(bmin[a], lab, lo[a])
-        if c:
+        if exact:
+            values = intensity[:, s0:s1].reshape(c, -1)
+            if values.dtype == np.bool_:
+                values = values.view(np.uint8)
+            for ch in range(c):
+                raw = values[ch]
+                v = raw.astype(np.int64)  # one cast: reduceat with dtype= casts slower, ufunc.at mixed dtypes too
+                np.add.at(isum_i[ch], lab, np.add.reduceat(v, every)[fg])
+                np.multiply(v, v, out=v)
+                np.add.at(isq_i[ch], lab, np.add.reduceat(v, every)[fg])
+                np.minimum.at(imin[ch], lab, np.minimum.reduceat(raw, every)[fg].astype(np.float64))
+                np.maximum.at(imax[ch], lab, np.maximum.reduceat(raw, every)[fg].astype(np.float64))
+        elif c:
             values = intensity[:, s0:s1].reshape(c, -1)
             offsets = np.zeros(length.size, np.intp)  # each run's first voxel among the foreground ones
             np.cumsum(length[:-1], out=offsets[1:])
@@ -223,7 +266,10 @@ def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None 
     bmin = np.stack(bmin, axis=1)[keep] + origin
     bmax = np.stack(bmax, axis=1)[keep] + origin
     im2 = np.zeros((c, nb))
-    if c:  # parallel variance over the slabs
+    if exact:
+        isum = isum_i.astype(np.float64)
+        im2[:, keep] = _exact_m2(count[keep], isum_i[:, keep], isq_i[:, keep])
+    elif c:  # parallel variance over the slabs
         mean = isum / np.maximum(count, 1)
         for n_here, sums, m2s in slab_moments:
             im2 += m2s + n_here * np.square(sums / np.maximum(n_here, 1) - mean)
