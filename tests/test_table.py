@@ -474,3 +474,17 @@ def test_uint16_image_table_equals_regionprops(tmp_path):
     out = tmp_path / "cells.zarr"
     labels = tile_process(image, threshold(0), tile_shape=(16, 12), write_to=out)
     assert_table_matches(read_table(out), np.asarray(labels), image)
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_owner_bounds_are_each_plans_own(sequential):
+    """The table's owner search uses one array for all tiles: the same bound each TilePlan gives."""
+    rng = np.random.default_rng(2)
+    counts = rng.integers(0, 6, 40)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint64)
+    tiles = rng.integers(0, 40, (30, 2))
+    tiles = tiles[counts[tiles].min(axis=1) > 0]
+    pairs = np.stack([offsets[t] + 1 + rng.integers(0, counts[t]) for t in tiles.T], axis=1).astype(np.uint64)
+    plan = plan_relabel(counts, pairs, sequential=sequential)
+    assert plan.tiles.own_lower().tolist() == [p.offset - p.base for p in plan.tiles]
+    assert plan.n_boundary_labels > 0

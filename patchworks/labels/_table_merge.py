@@ -81,7 +81,7 @@ def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path
         if len(rows):
             foreign.append(rows)
     foreign = Partials.concat(foreign) if foreign else Partials.empty(ndim, n_channels)
-    lower = np.array([_own_lower(p) for p in plan.tiles], dtype=np.uint64)
+    lower = plan.tiles.own_lower()  # array arithmetic, not one TilePlan per tile
     owner = np.searchsorted(lower, foreign.label, side="left") - 1
     order = np.argsort(owner, kind="stable")
     foreign, owner = foreign.take(order), owner[order]
