@@ -101,3 +101,31 @@ def test_partial_edge_chunk_is_stored_padded_like_zarr(tmp_path):
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "a.zarr", mode="r")[4], [7, 8, 9])
     np.testing.assert_array_equal(read_region(arr, (slice(4, 5), slice(0, 3))), [[7, 8, 9]])
     assert read_region(arr, (slice(0, 4), slice(0, 3))).sum() == 0  # a chunk never written: its fill value
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.lists(st.integers(1, 23), min_size=1, max_size=3), chunk=st.integers(1, 9),
+       dtype=st.sampled_from(["uint8", "uint32", "float32"]), seed=st.integers(0, 2**16))
+def test_boxes_across_chunks_read_as_zarr_reads_them(tmp_path_factory, shape, chunk, dtype, seed):
+    """read_box assembles any box from the chunk files, chunks never written holding the fill value."""
+    from patchworks.io._chunk_io import read_box
+
+    shape = tuple(shape)
+    chunks = tuple(min(chunk + k, s) for k, s in enumerate(shape))
+    rng = np.random.default_rng(seed)
+    data = rng.integers(1, 7, shape).astype(dtype)
+    arr = zarr.create_array(tmp_path_factory.mktemp("box") / "a.zarr", shape=shape, chunks=chunks, dtype=dtype,
+                            fill_value=5, compressors=BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"))
+    for box in _boxes(shape, chunks):
+        if rng.random() < 0.7:  # the others are never written: fill value
+            arr[box] = data[box]
+    expected = arr[...]
+    assert chunk_files(arr) is not None
+    for _ in range(5):
+        start = [int(rng.integers(0, s)) for s in shape]
+        stop = [int(rng.integers(a + 1, s + 1)) for a, s in zip(start, shape)]
+        box = tuple(slice(a, b) for a, b in zip(start, stop))
+        assert chunk_files(arr).read_box(box) is not None  # the direct path, not zarr's
+        got = read_box(arr, box)
+        np.testing.assert_array_equal(got, expected[box])
+        assert got.dtype == expected.dtype

@@ -8,12 +8,14 @@ docs/how-it-works.md). For the plain layout patchworks itself writes (zarr v3
 on a local disk, regular chunks, ``bytes`` + ``blosc``, no sharding) this
 module reads and writes the chunk's file directly, with the very codec
 configuration the array declares, so the bytes are the ones zarr would
-write. Anything else (sharding, other codecs, zarr v2, remote stores,
+write (``read_box`` assembles a box across chunks from their files: the
+coarse pyramid levels read their finer level that way). Anything else (sharding, other codecs, zarr v2, remote stores,
 windows spanning chunks) returns ``None`` and the caller goes through zarr.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 from pathlib import Path
@@ -54,20 +56,48 @@ class ChunkFiles:
             inner.append(slice(start - i * c, stop - i * c))
         return tuple(coords), tuple(inner)
 
+    def _decoded(self, coords) -> np.ndarray | None:
+        """One whole chunk, decoded (little-endian, read-only); None when it was never written (fill value)."""
+        try:
+            with open(self._path(coords), "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        return np.frombuffer(self.codec.decode(raw), dtype=self.dtype.newbyteorder("<")).reshape(self.chunks)
+
     def read(self, key) -> np.ndarray | None:
         """The region ``key`` (a tuple of slices inside one chunk) as a new array, or None when not applicable."""
         where = self._chunk_of(key)
         if where is None:
             return None
         coords, inner = where
-        try:
-            with open(self._path(coords), "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:  # a chunk never written holds the fill value
+        chunk = self._decoded(coords)
+        if chunk is None:  # a chunk never written holds the fill value
             return np.full(tuple(s.stop - s.start for s in inner), self.fill, dtype=self.dtype)
-        chunk = np.frombuffer(self.codec.decode(raw), dtype=self.dtype.newbyteorder("<"))
-        chunk = chunk.reshape(self.chunks)[inner]
+        chunk = chunk[inner]
         return chunk.astype(self.dtype, copy=True) if chunk.dtype != self.dtype else chunk.copy()
+
+    def read_box(self, key) -> np.ndarray | None:
+        """The region ``key`` (unit-step slices, across any number of chunks) assembled from the chunk files."""
+        if not isinstance(key, tuple) or len(key) != len(self.shape):
+            return None
+        bounds = []
+        for k, n in zip(key, self.shape):
+            if not isinstance(k, slice) or k.step not in (None, 1):
+                return None
+            start, stop, _ = k.indices(n)
+            if stop <= start:
+                return None
+            bounds.append((start, stop))
+        out = np.empty([b - a for a, b in bounds], dtype=self.dtype)
+        for coords in itertools.product(*[range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, self.chunks)]):
+            origin = [i * c for i, c in zip(coords, self.chunks)]
+            meet = [(max(a, o), min(b, o + c)) for (a, b), o, c in zip(bounds, origin, self.chunks)]
+            dest = tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(meet, bounds))
+            chunk = self._decoded(coords)
+            out[dest] = self.fill if chunk is None else chunk[tuple(slice(lo - o, hi - o)
+                                                                   for (lo, hi), o in zip(meet, origin))]
+        return out
 
     def write(self, key, data) -> bool:
         """Write ``data`` to ``key`` when ``key`` is one whole chunk (clipped by the array's end); else False."""
@@ -156,6 +186,16 @@ def read_region(array, key):
     files = chunk_files(array)
     if files is not None:
         out = files.read(key)
+        if out is not None:
+            return out
+    return np.asarray(array[key])
+
+
+def read_box(array, key):
+    """``array[key]`` as numpy for a box across several chunks: chunk by chunk from their files when it can."""
+    files = chunk_files(array)
+    if files is not None:
+        out = files.read_box(key)
         if out is not None:
             return out
     return np.asarray(array[key])
