@@ -40,7 +40,7 @@ from ..run._execute import (active_client, graph_tasks, input_chunks, new_token,
 from ..run._rundir import RunDir, describe_fn, describe_source, fn_token, source_token
 from ._tile_task import StageJob, stage_tile
 from ._batch import BatchJob, batch_block, batch_grid, stage_batch, tiles_of
-from ._table_merge import spatial_voxel_size, write_object_table
+from ._table_merge import spatial_voxel_size, table_tasks, write_object_table
 from ..io._table_store import table_location
 from ._stage_store import STAGING_FORMAT, TileStaging
 
@@ -345,8 +345,16 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         tasks = graph_tasks(prefix, _relabel_task, _RelabelJob(staging, output, grid, count=gaps and return_count),
                             [(i, plan.tiles[i]) for i in np.flatnonzero(counts).tolist()])
         desc = "relabelling tiles" if writer is None else "relabel + pyramid"
-        n_objects = int(sum(run_tasks(tasks, client=client, progress=progress, desc=desc,
-                                      prefix=prefix)))
+        n_relabel, table_results = len(tasks[1]), None
+        if table:  # the table's tasks need the plan only: they run alongside, no phase of their own
+            extra = table_tasks(scratch=staging.scratch, grid=grid, plan=plan,
+                                n_channels=_table_channels(tiles, intensity), token=token)
+            tasks, desc = ({**tasks[0], **extra[0]}, tasks[1] + extra[1]), desc + " + table"
+        results = run_tasks(tasks, client=client, progress=progress, desc=desc, prefix=prefix)
+        n_objects = int(sum(results[:n_relabel]))
+        if table:
+            table_results = results[n_relabel:]
+        del results
         if gaps and not return_count:
             n_objects = None  # unknown without that pass; ids are unique, max_label bounds them
         record = {}
@@ -368,7 +376,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             (table_path, labels_rel), labels_path = table_location(run.path, run.component), run.target
         if table:
             n_objects = _write_table(staging, tiles, grid, plan, run, table_path, labels_rel, labels_path, source,
-                                     intensity, client, progress, token, writer)
+                                     intensity, client, progress, token, writer, table_results)
         elif run.exists(table_path):  # a replaced run's table would describe labels that are gone
             run.remove_output(table_path)
         output = writer.group("r+") if writer is not None else output.array
@@ -388,18 +396,23 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
     return _result(output, run, compute, return_count, n_objects)
 
 
+def _table_channels(tiles, intensity) -> int:
+    """Intensity channels the table measures: every non-spatial voxel of the image (0 without intensities)."""
+    if not intensity:
+        return 0
+    return int(np.prod([s for a, s in enumerate(tiles.shape) if a not in tiles.spatial_axes]))
+
+
 def _write_table(staging, tiles, grid, plan, run, table_path, labels_rel, labels_path, source, intensity, client,
-                 progress, token, writer=None):
+                 progress, token, writer=None, results=None):
     # a label image's scales are the truth (voxel_size= given by hand, the source's, or the image's
     # written into); a bare array has only the source's metadata
     voxel_size, units = writer.spatial_voxel_size() if writer is not None else spatial_voxel_size(source, tiles)
-    n_channels = 0
-    if intensity:
-        n_channels = int(np.prod([s for a, s in enumerate(tiles.shape) if a not in tiles.spatial_axes]))
     return write_object_table(scratch=staging.scratch, grid=grid, plan=plan, table_path=table_path,
-                              labels_path=labels_path, labels_rel=labels_rel, n_channels=n_channels,
+                              labels_path=labels_path, labels_rel=labels_rel,
+                              n_channels=_table_channels(tiles, intensity),
                               voxel_size=voxel_size, units=units, zarr_format=run.zarr_format, client=client,
-                              progress=progress, token=token, storage_options=run.storage_options)
+                              progress=progress, token=token, storage_options=run.storage_options, results=results)
 
 
 def _measures_intensity(source) -> bool:

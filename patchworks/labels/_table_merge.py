@@ -59,21 +59,32 @@ def table_task(job: _TableJob, linear_index: int, plan):
     return linear_index, len(mine), parts.take(~own).relabel(final[~own])
 
 
+def table_tasks(*, scratch, grid: TileGrid, plan, n_channels: int, token: str = "") -> tuple[dict, list]:
+    """The per-tile table tasks (a :func:`graph_tasks` pair); they need the plan and the staged partials only.
+
+    So they can run alongside the relabel tasks (one phase less); pass
+    their results to :func:`write_object_table`.
+    """
+    job = _TableJob(scratch, len(grid.spatial_axes), n_channels)
+    return graph_tasks(f"patchworks-table-{token}", table_task, job,
+                       [(i, plan.tiles[i]) for i in range(grid.n_tiles) if plan.tiles[i].n_labels])
+
+
 def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path, labels_rel: str, n_channels: int,
                        voxel_size=None, units=None, zarr_format: int = 3, client=None, progress=None,
-                       token: str = "", storage_options: dict | None = None) -> int:
+                       token: str = "", storage_options: dict | None = None, results=None) -> int:
     """Build the run's table from the staged partials and write it at ``table_path``; returns its rows.
 
     ``labels_path`` is the finished level-0 array (stamped so that a later
     change of it makes the table stale), ``labels_rel`` the same seen from
-    the table.
+    the table. ``results``: those of :func:`table_tasks` when the caller ran
+    them already (else they run here).
     """
     ndim = len(grid.spatial_axes)
-    job = _TableJob(scratch, ndim, n_channels)
-    prefix = f"patchworks-table-{token}"
-    tasks = graph_tasks(prefix, table_task, job,
-                        [(i, plan.tiles[i]) for i in range(grid.n_tiles) if plan.tiles[i].n_labels])
-    results = run_tasks(tasks, client=client, progress=progress, desc="measuring objects", prefix=prefix)
+    if results is None:
+        prefix = f"patchworks-table-{token}"
+        results = run_tasks(table_tasks(scratch=scratch, grid=grid, plan=plan, n_channels=n_channels, token=token),
+                            client=client, progress=progress, desc="measuring objects", prefix=prefix)
     n_own = np.zeros(grid.n_tiles, np.int64)
     foreign = []
     for i, n, rows in results:
