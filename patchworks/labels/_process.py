@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+from concurrent import futures
 from dataclasses import dataclass
 
 import dask
@@ -173,6 +174,25 @@ class _PyramidJob:
 
 def _shared_chunk_task(job: _PyramidJob, level, chunk_index):
     job.writer.write_shared_chunk(job.grid, level, chunk_index)
+
+
+def _shared_levels(writer, grid, client, progress, token) -> None:
+    """Write the pyramid chunks no tile writes alone, one phase per level (a derived level reads the one before)."""
+    seams = writer.shared_chunks(grid)
+    for level in sorted({k for k, _ in seams}):
+        prefix = f"patchworks-pyramid-{token}-{level}"
+        run_tasks(graph_tasks(prefix, _shared_chunk_task, _PyramidJob(writer, grid),
+                              [s for s in seams if s[0] == level]), client=client, progress=progress,
+                  desc=f"pyramid level {level}, chunks shared by tiles", prefix=prefix)
+
+
+def _in_background(func, *args) -> futures.Future:
+    """``func(*args)`` in a thread of its own; the caller waits on the future before it completes the run."""
+    pool = futures.ThreadPoolExecutor(1, thread_name_prefix="patchworks-pyramid")
+    try:
+        return pool.submit(func, *args)
+    finally:
+        pool.shutdown(wait=False)
 
 
 _FORMATS = ("ngff", "array")
@@ -357,16 +377,12 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         del results
         if gaps and not return_count:
             n_objects = None  # unknown without that pass; ids are unique, max_label bounds them
-        record = {}
+        record, pyramid = {}, None
         if writer is not None:
             # pyramid chunks holding parts of several tiles (coarse levels, or cores not multiples of the
-            # factor): one task each assembles the parts the relabel tasks left in scratch
-            seams = writer.shared_chunks(grid)
-            for level in sorted({k for k, _ in seams}):  # a derived level reads the finished level before it
-                prefix = f"patchworks-pyramid-{token}-{level}"
-                run_tasks(graph_tasks(prefix, _shared_chunk_task, _PyramidJob(writer, grid),
-                                      [s for s in seams if s[0] == level]), client=client, progress=progress,
-                          desc=f"pyramid level {level}, chunks shared by tiles", prefix=prefix)
+            # factor), level by level; meanwhile the driver writes the table (both need only level 0 and
+            # the scratch, finished now)
+            pyramid = _in_background(_shared_levels, writer, grid, client, progress, token)
             record = writer.record()
         # 5. the object table from the staged partials, through the same plan (no read of the labels);
         #    a label image keeps it at G/table, next to its levels
@@ -374,11 +390,18 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             table_path, labels_rel, labels_path = join(run.target, "table"), "../0", join(run.target, "0")
         else:
             (table_path, labels_rel), labels_path = table_location(run.path, run.component), run.target
-        if table:
-            n_objects = _write_table(staging, tiles, grid, plan, run, table_path, labels_rel, labels_path, source,
-                                     intensity, client, progress, token, writer, table_results)
-        elif run.exists(table_path):  # a replaced run's table would describe labels that are gone
-            run.remove_output(table_path)
+        try:
+            if table:
+                n_objects = _write_table(staging, tiles, grid, plan, run, table_path, labels_rel, labels_path,
+                                         source, intensity, client, progress, token, writer, table_results)
+            elif run.exists(table_path):  # a replaced run's table would describe labels that are gone
+                run.remove_output(table_path)
+        except BaseException:
+            if pyramid is not None:  # nothing keeps writing behind the caller's back
+                futures.wait([pyramid])
+            raise
+        if pyramid is not None:
+            pyramid.result()
         output = writer.group("r+") if writer is not None else output.array
         run.mark_complete(output, {**record, "n_objects": n_objects, "max_label": plan.max_label,
                                    "sequential_labels": bool(sequential),
