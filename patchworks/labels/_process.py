@@ -368,7 +368,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         n_relabel, table_results = len(tasks[1]), None
         if table:  # the table's tasks need the plan only: they run alongside, no phase of their own
             extra = table_tasks(scratch=staging.scratch, grid=grid, plan=plan,
-                                n_channels=_table_channels(tiles, intensity), token=token)
+                                n_channels=_table_channels(tiles, intensity), name=f"{prefix}-table")
             tasks, desc = ({**tasks[0], **extra[0]}, tasks[1] + extra[1]), desc + " + table"
         results = run_tasks(tasks, client=client, progress=progress, desc=desc, prefix=prefix)
         n_objects = int(sum(results[:n_relabel]))

@@ -59,14 +59,15 @@ def table_task(job: _TableJob, linear_index: int, plan):
     return linear_index, len(mine), parts.take(~own).relabel(final[~own])
 
 
-def table_tasks(*, scratch, grid: TileGrid, plan, n_channels: int, token: str = "") -> tuple[dict, list]:
+def table_tasks(*, scratch, grid: TileGrid, plan, n_channels: int, token: str = "", name: str | None = None):
     """The per-tile table tasks (a :func:`graph_tasks` pair); they need the plan and the staged partials only.
 
-    So they can run alongside the relabel tasks (one phase less); pass
-    their results to :func:`write_object_table`.
+    So they can run alongside the relabel tasks (one phase less; ``name``
+    then under the relabel tasks' prefix, which the progress bar counts);
+    pass their results to :func:`write_object_table`.
     """
     job = _TableJob(scratch, len(grid.spatial_axes), n_channels)
-    return graph_tasks(f"patchworks-table-{token}", table_task, job,
+    return graph_tasks(name or f"patchworks-table-{token}", table_task, job,
                        [(i, plan.tiles[i]) for i in range(grid.n_tiles) if plan.tiles[i].n_labels])
 
 
