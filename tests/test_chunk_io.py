@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import zarr
 from hypothesis import given, settings, strategies as st
 from zarr.codecs import BloscCodec, ZstdCodec
@@ -129,3 +130,30 @@ def test_boxes_across_chunks_read_as_zarr_reads_them(tmp_path_factory, shape, ch
         got = read_box(arr, box)
         np.testing.assert_array_equal(got, expected[box])
         assert got.dtype == expected.dtype
+
+
+@pytest.mark.parametrize("tile_shape,min_chunk", [((16, 16), 1), ((16, 16), 16 * 16), ((10, 14), 1)],
+                         ids=["by-tiles", "derived", "shared-parts"])
+def test_every_pyramid_level_has_zarrs_own_bytes(tmp_path, monkeypatch, tile_shape, min_chunk):
+    """Coarse levels (written by tiles, assembled from parts, or derived) hold the chunk bytes zarr writes."""
+    import patchworks.io._ngff_write as W
+    from patchworks import threshold, tile_process
+    from patchworks.testing import random_blobs
+
+    monkeypatch.setattr(W, "MIN_CHUNK_VOXELS", min_chunk)
+    out = tmp_path / "labels.zarr"
+    tile_process(random_blobs((70, 90), seed=4), threshold(0.5), tile_shape=tile_shape, write_to=out,
+                 pyramid_levels=4, table=False)
+    group = zarr.open_group(str(out), mode="r")
+    for k in range(4):
+        ours = group[str(k)]
+        assert chunk_files(ours) is not None  # the layout of the direct path
+        twin = zarr.create_array(tmp_path / f"twin{k}.zarr", shape=ours.shape, chunks=ours.chunks, dtype=ours.dtype,
+                                 compressors=ours.compressors, fill_value=0, config={"write_empty_chunks": True})
+        twin[...] = ours[...]
+        theirs = sorted(p.relative_to(tmp_path / f"twin{k}.zarr") for p in (tmp_path / f"twin{k}.zarr").rglob("c/**/*")
+                        if p.is_file())
+        assert theirs and theirs == sorted(p.relative_to(out / str(k)) for p in (out / str(k)).rglob("c/**/*")
+                                           if p.is_file())
+        for rel in theirs:
+            assert (out / str(k) / rel).read_bytes() == (tmp_path / f"twin{k}.zarr" / rel).read_bytes(), (k, rel)
