@@ -104,7 +104,7 @@ def test_partial_edge_chunk_is_stored_padded_like_zarr(tmp_path):
     assert read_region(arr, (slice(0, 4), slice(0, 3))).sum() == 0  # a chunk never written: its fill value
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(shape=st.lists(st.integers(1, 23), min_size=1, max_size=3), chunk=st.integers(1, 9),
        dtype=st.sampled_from(["uint8", "uint32", "float32"]), seed=st.integers(0, 2**16))
 def test_boxes_across_chunks_read_as_zarr_reads_them(tmp_path_factory, shape, chunk, dtype, seed):
