@@ -412,6 +412,21 @@ def _install_op_timers(acc: dict) -> None:
     wrap(L, "relabel_tile", "relabel: relabel_tile total")
     wrap(M.TilePlan, "lookup", "relabel: TilePlan.lookup")
     wrap(M.TilePlan, "apply", "relabel: TilePlan.apply")
+    # what the pyramid and the table add (the default output), to find where their cost goes
+    import patchworks.io._chunk_io as C
+    import patchworks.io._ngff_write as W
+    import patchworks.labels._batch as BA
+    import patchworks.labels._table as T
+    import patchworks.labels._table_merge as TM
+
+    wrap(BA, "tile_partials", "table: tile_partials (batched tiles)")
+    wrap(S, "tile_partials", "table: tile_partials (one tile per task)")
+    wrap(T.Partials, "save", "table: Partials.save (staged partials, own rows)")
+    wrap(TM, "table_task", "table: table_task (map partials through the plan)")
+    wrap(L, "write_object_table", "table: write_object_table total (driver)")
+    wrap(W.LabelImageWriter, "write_tile", "relabel: write_tile, every level (incl. direct chunk writes)")
+    wrap(W.LabelImageWriter, "write_shared_chunk", "pyramid: write_shared_chunk (chunks no tile writes alone)")
+    wrap(C.ChunkFiles, "write", "direct chunk write (ChunkFiles.write)")
 
 
 def _apply_config(spec: dict) -> None:

@@ -140,3 +140,56 @@ def test_window_across_written_and_missing_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr("patchworks.io._chunk_io.MAX_DIRECT_READ_VOXELS", 16)
     assert files.read((slice(0, 5), slice(0, 4))) is None  # a big read goes through zarr
     np.testing.assert_array_equal(read_region(arr, (slice(0, 5), slice(0, 4))), data[0:5, 0:4])
+
+
+@settings(max_examples=12, deadline=None)
+@given(shape=st.lists(st.integers(1, 23), min_size=1, max_size=3), chunk=st.integers(1, 9),
+       dtype=st.sampled_from(["uint8", "uint32", "float32"]), seed=st.integers(0, 2**16))
+def test_boxes_across_chunks_read_as_zarr_reads_them(tmp_path_factory, shape, chunk, dtype, seed):
+    """Boxes across chunks are assembled from the chunk files, chunks never written holding the fill value."""
+    shape = tuple(shape)
+    chunks = tuple(min(chunk + k, s) for k, s in enumerate(shape))
+    rng = np.random.default_rng(seed)
+    data = rng.integers(1, 7, shape).astype(dtype)
+    arr = zarr.create_array(tmp_path_factory.mktemp("box") / "a.zarr", shape=shape, chunks=chunks, dtype=dtype,
+                            fill_value=5, compressors=BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"))
+    for box in _boxes(shape, chunks):
+        if rng.random() < 0.7:  # the others are never written: fill value
+            arr[box] = data[box]
+    expected = arr[...]
+    assert chunk_files(arr) is not None
+    for _ in range(5):
+        start = [int(rng.integers(0, s)) for s in shape]
+        stop = [int(rng.integers(a + 1, s + 1)) for a, s in zip(start, shape)]
+        box = tuple(slice(a, b) for a, b in zip(start, stop))
+        assert chunk_files(arr).read(box) is not None  # the direct path, not zarr's
+        got = read_region(arr, box)
+        np.testing.assert_array_equal(got, expected[box])
+        assert got.dtype == expected.dtype
+
+
+@pytest.mark.parametrize("tile_shape,min_chunk", [((16, 16), 1), ((16, 16), 16 * 16), ((10, 14), 1)],
+                         ids=["by-tiles", "derived", "shared-parts"])
+def test_every_pyramid_level_has_zarrs_own_bytes(tmp_path, monkeypatch, tile_shape, min_chunk):
+    """Coarse levels (written by tiles, assembled from parts, or derived) hold the chunk bytes zarr writes."""
+    import patchworks.io._ngff_write as W
+    from patchworks import threshold, tile_process
+    from patchworks.testing import random_blobs
+
+    monkeypatch.setattr(W, "MIN_CHUNK_VOXELS", min_chunk)
+    out = tmp_path / "labels.zarr"
+    tile_process(random_blobs((70, 90), seed=4), threshold(0.5), tile_shape=tile_shape, write_to=out,
+                 pyramid_levels=4, table=False)
+    group = zarr.open_group(str(out), mode="r")
+    for k in range(4):
+        ours = group[str(k)]
+        assert chunk_files(ours) is not None  # the layout of the direct path
+        twin = zarr.create_array(tmp_path / f"twin{k}.zarr", shape=ours.shape, chunks=ours.chunks, dtype=ours.dtype,
+                                 compressors=ours.compressors, fill_value=0, config={"write_empty_chunks": True})
+        twin[...] = ours[...]
+        theirs = sorted(p.relative_to(tmp_path / f"twin{k}.zarr") for p in (tmp_path / f"twin{k}.zarr").rglob("c/**/*")
+                        if p.is_file())
+        assert theirs and theirs == sorted(p.relative_to(out / str(k)) for p in (out / str(k)).rglob("c/**/*")
+                                           if p.is_file())
+        for rel in theirs:
+            assert (out / str(k) / rel).read_bytes() == (tmp_path / f"twin{k}.zarr" / rel).read_bytes(), (k, rel)

@@ -430,3 +430,61 @@ def test_tile_partials_equal_a_direct_loop(ndim, seed, gaps, strided):
                                    rtol=1e-9, atol=1e-9)
         np.testing.assert_array_equal(parts.imin[row], values.min(axis=1))
         np.testing.assert_array_equal(parts.imax[row], values.max(axis=1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(0, 2**16), st.sampled_from(["uint8", "int8", "uint16", "int16", "bool"]))
+def test_tile_partials_of_integer_images_are_exact(ndim, seed, dtype):
+    """8/16-bit images are reduced per run in int64: sums, extremes and M2 exactly (0 on a constant object)."""
+    from patchworks.labels._table import tile_partials
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(1, 9, ndim))
+    ids = rng.integers(0, 4, shape).astype(np.uint32)
+    if dtype == "bool":
+        image = rng.random((2,) + shape) > 0.5
+    else:
+        info = np.iinfo(dtype)
+        image = rng.integers(info.min, info.max, (2,) + shape, endpoint=True).astype(dtype)
+    image[1] = image[1].flat[0]  # a constant channel: its M2 is exactly 0
+    parts = tile_partials(ids, int(ids.max()), (0,) * ndim, image)
+    present = [v for v in np.unique(ids) if v]
+    assert parts.label.tolist() == present
+    for row, v in enumerate(present):
+        for ch in range(2):
+            values = [int(x) for x in image[ch][ids == v]]
+            n, s, q = len(values), sum(values), sum(x * x for x in values)
+            assert parts.isum[row, ch] == s
+            assert parts.im2[row, ch] == (n * q - s * s) / n  # Python's int / int: correctly rounded
+            assert (parts.imin[row, ch], parts.imax[row, ch]) == (min(values), max(values))
+        assert parts.im2[row, 1] == 0
+
+
+def test_exact_second_moment_beyond_int64():
+    """Sums whose products overflow int64 fall back to Python ints, still exact."""
+    from patchworks.labels._table import _exact_m2
+    n, s = np.array([2 ** 21, 3]), np.array([2 ** 21 * 32767 - 5, 7])
+    q = np.array([(2 ** 21 - 1) * 32767 ** 2 + 32762 ** 2, 25 + 1 + 1])  # all 32767 but one 32762; 5, 1, 1
+    expected = [(int(a) * int(c) - int(b) ** 2) / int(a) for a, b, c in zip(n, s, q)]
+    assert _exact_m2(n, s, q).tolist() == expected
+    assert int(n[0]) * int(q[0]) >= 2 ** 63  # the case this test is about
+
+
+def test_uint16_image_table_equals_regionprops(tmp_path):
+    image = (blobs((40, 36), 4) * 60000).astype(np.uint16)
+    out = tmp_path / "cells.zarr"
+    labels = tile_process(image, threshold(0), tile_shape=(16, 12), write_to=out)
+    assert_table_matches(read_table(out), np.asarray(labels), image)
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_owner_bounds_are_each_plans_own(sequential):
+    """The table's owner search uses one array for all tiles: the same bound each TilePlan gives."""
+    rng = np.random.default_rng(2)
+    counts = rng.integers(0, 6, 40)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint64)
+    tiles = rng.integers(0, 40, (30, 2))
+    tiles = tiles[counts[tiles].min(axis=1) > 0]
+    pairs = np.stack([offsets[t] + 1 + rng.integers(0, counts[t]) for t in tiles.T], axis=1).astype(np.uint64)
+    plan = plan_relabel(counts, pairs, sequential=sequential)
+    assert plan.tiles.own_lower().tolist() == [p.offset - p.base for p in plan.tiles]
+    assert plan.n_boundary_labels > 0

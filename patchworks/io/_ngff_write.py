@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from ._npy import load_npz
-from ._chunk_io import write_region
+from ._chunk_io import read_region, write_region
 from ._scratch import Scratch
 from ._urls import is_remote, zarr_store
 
@@ -426,7 +426,8 @@ class LabelImageWriter:
             finer = self.levels[level_index - 1]
             ratio = [q // p for q, p in zip(level.factors, finer.factors)]
             read = tuple(slice(s * r, (e - 1) * r + 1) for (s, e), r in zip(box, ratio))
-            data = self.arrays()[level_index - 1][self._key(read)].reshape([x.stop - x.start for x in read])
+            # the finer level's chunks straight from their files (zarr's machinery costs ~3 ms per chunk)
+            data = read_region(self.arrays()[level_index - 1], self._key(read)).reshape([x.stop - x.start for x in read])
             self._put(level_index, tuple(slice(s, e) for s, e in box), data[tuple(slice(None, None, r) for r in ratio)])
             return
         out = np.zeros([e - s for s, e in box], dtype=self.dtype)

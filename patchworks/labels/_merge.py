@@ -354,6 +354,11 @@ class TilePlans:
     def __iter__(self):
         return (self[t] for t in range(len(self)))
 
+    def own_lower(self) -> np.ndarray:
+        """Per tile, ``offset - base`` of its plan: final ids above it belong to objects rooted in that tile."""
+        base = self.a_lo.astype(np.uint64) if self.sequential else np.uint64(0)  # a_lo <= offset: no wrap
+        return np.asarray(self.offsets[:-1], dtype=np.uint64) - base
+
     def piece(self, items) -> PlanPiece:
         """The plans of the tiles ``items`` (a task group's) as a few flat arrays: what one task is sent.
 

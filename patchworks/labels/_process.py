@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+from concurrent import futures
 from dataclasses import dataclass
 
 import dask
@@ -41,7 +42,7 @@ from ..run._rundir import RunDir, describe_fn, describe_source, fn_token, source
 from ._tile_task import StageJob
 from ._batch import BatchJob, batch_block, batch_grid, tiles_of
 from ._groups import Counted, stage_group, tiles_per_item, window_group_size
-from ._table_merge import spatial_voxel_size, write_object_table
+from ._table_merge import spatial_voxel_size, table_tasks, write_object_table
 from ..io._table_store import table_location
 from ._stage_store import STAGING_FORMAT, TileStaging
 
@@ -203,6 +204,29 @@ def _shared_chunk_task(job: _PyramidJob, level, chunks):
     for chunk_index in chunks.tolist():
         job.writer.write_shared_chunk(job.grid, level, tuple(chunk_index))
     return Counted(n_tiles=len(chunks))
+
+
+def _shared_levels(writer, grid, client, progress, token) -> None:
+    """Write the pyramid chunks no tile writes alone, one phase per level (a derived level reads the one before);
+    each phase's chunks in groups (by work, as the other phases' items)."""
+    seams = writer.shared_chunks(grid)
+    for level in sorted({k for k, _ in seams}):
+        prefix = f"patchworks-pyramid-{token}-{level}"
+        chunks = np.array([c for k, c in seams if k == level], dtype=np.int64)
+        size = group_size(len(chunks), int(np.prod(writer.levels[level].chunks)))
+        run_tasks(graph_tasks(prefix, _shared_chunk_task, _PyramidJob(writer, grid),
+                              [(level, g) for g in task_groups(chunks, size)]),
+                  client=client, progress=progress, total=len(chunks),
+                  desc=f"pyramid level {level}, chunks shared by tiles", prefix=prefix)
+
+
+def _in_background(func, *args) -> futures.Future:
+    """``func(*args)`` in a thread of its own; the caller waits on the future before it completes the run."""
+    pool = futures.ThreadPoolExecutor(1, thread_name_prefix="patchworks-pyramid")
+    try:
+        return pool.submit(func, *args)
+    finally:
+        pool.shutdown(wait=False)
 
 
 _FORMATS = ("ngff", "array")
@@ -390,23 +414,26 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
                             [(items[k:k + size], plan.tiles.piece(items[k:k + size]), int(n_tiles[k:k + size].sum()))
                              for k in range(0, len(items), size)])
         desc = "relabelling tiles" if writer is None else "relabel + pyramid"
-        n_objects = int(sum(r.value for r in run_tasks(tasks, client=client, progress=progress, desc=desc,
-                                                       prefix=prefix, total=int(n_tiles.sum()))))
+        n_relabel, table_results = len(tasks[1]), None
+        total = int(n_tiles.sum())
+        if table:  # the table's tasks need the plan only: they run alongside, no phase of their own
+            extra = table_tasks(scratch=staging.scratch, grid=grid, plan=plan,
+                                n_channels=_table_channels(tiles, intensity), name=f"{prefix}-table")
+            tasks, desc = ({**tasks[0], **extra[0]}, tasks[1] + extra[1]), desc + " + table"
+            total += int(np.count_nonzero(plan.tiles.counts))  # the table's tasks count their items
+        results = run_tasks(tasks, client=client, progress=progress, desc=desc, prefix=prefix, total=total)
+        n_objects = int(sum(r.value for r in results[:n_relabel]))
+        if table:
+            table_results = results[n_relabel:]
+        del results
         if gaps and not return_count:
             n_objects = None  # unknown without that pass; ids are unique, max_label bounds them
-        record = {}
+        record, pyramid = {}, None
         if writer is not None:
             # pyramid chunks holding parts of several tiles (coarse levels, or cores not multiples of the
-            # factor): one task each assembles the parts the relabel tasks left in scratch
-            seams = writer.shared_chunks(grid)
-            for level in sorted({k for k, _ in seams}):  # a derived level reads the finished level before it
-                prefix = f"patchworks-pyramid-{token}-{level}"
-                chunks = np.array([c for k, c in seams if k == level], dtype=np.int64)
-                size = group_size(len(chunks), int(np.prod(writer.levels[level].chunks)))
-                run_tasks(graph_tasks(prefix, _shared_chunk_task, _PyramidJob(writer, grid),
-                                      [(level, g) for g in task_groups(chunks, size)]),
-                          client=client, progress=progress, total=len(chunks),
-                          desc=f"pyramid level {level}, chunks shared by tiles", prefix=prefix)
+            # factor), level by level; meanwhile the driver writes the table (both need only level 0 and
+            # the scratch, finished now)
+            pyramid = _in_background(_shared_levels, writer, grid, client, progress, token)
             record = writer.record()
         # 5. the object table from the staged partials, through the same plan (no read of the labels);
         #    a label image keeps it at G/table, next to its levels
@@ -414,11 +441,18 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             table_path, labels_rel, labels_path = join(run.target, "table"), "../0", join(run.target, "0")
         else:
             (table_path, labels_rel), labels_path = table_location(run.path, run.component), run.target
-        if table:
-            n_objects = _write_table(staging, tiles, grid, plan, run, table_path, labels_rel, labels_path, source,
-                                     intensity, client, progress, token, writer)
-        elif run.exists(table_path):  # a replaced run's table would describe labels that are gone
-            run.remove_output(table_path)
+        try:
+            if table:
+                n_objects = _write_table(staging, tiles, grid, plan, run, table_path, labels_rel, labels_path,
+                                         source, intensity, client, progress, token, writer, table_results)
+            elif run.exists(table_path):  # a replaced run's table would describe labels that are gone
+                run.remove_output(table_path)
+        except BaseException:
+            if pyramid is not None:  # nothing keeps writing behind the caller's back
+                futures.wait([pyramid])
+            raise
+        if pyramid is not None:
+            pyramid.result()
         output = writer.group("r+") if writer is not None else output.array
         run.mark_complete(output, {**record, "n_objects": n_objects, "max_label": plan.max_label,
                                    "sequential_labels": bool(sequential),
@@ -436,18 +470,23 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
     return _result(output, run, compute, return_count, n_objects)
 
 
+def _table_channels(tiles, intensity) -> int:
+    """Intensity channels the table measures: every non-spatial voxel of the image (0 without intensities)."""
+    if not intensity:
+        return 0
+    return int(np.prod([s for a, s in enumerate(tiles.shape) if a not in tiles.spatial_axes]))
+
+
 def _write_table(staging, tiles, grid, plan, run, table_path, labels_rel, labels_path, source, intensity, client,
-                 progress, token, writer=None):
+                 progress, token, writer=None, results=None):
     # a label image's scales are the truth (voxel_size= given by hand, the source's, or the image's
     # written into); a bare array has only the source's metadata
     voxel_size, units = writer.spatial_voxel_size() if writer is not None else spatial_voxel_size(source, tiles)
-    n_channels = 0
-    if intensity:
-        n_channels = int(np.prod([s for a, s in enumerate(tiles.shape) if a not in tiles.spatial_axes]))
     return write_object_table(scratch=staging.scratch, grid=grid, plan=plan, table_path=table_path,
-                              labels_path=labels_path, labels_rel=labels_rel, n_channels=n_channels,
+                              labels_path=labels_path, labels_rel=labels_rel,
+                              n_channels=_table_channels(tiles, intensity),
                               voxel_size=voxel_size, units=units, zarr_format=run.zarr_format, client=client,
-                              progress=progress, token=token, storage_options=run.storage_options)
+                              progress=progress, token=token, storage_options=run.storage_options, results=results)
 
 
 def _measures_intensity(source) -> bool:

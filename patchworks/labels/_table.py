@@ -128,15 +128,38 @@ def _runs(flat: np.ndarray, row: int):
     return starts[fg], stops[fg], labels[fg]
 
 
+def _exact_intensities(dtype: np.dtype, n_voxels: int) -> bool:
+    """Whether the sums and squared sums of a block of ``dtype`` values fit int64 exactly (8/16-bit integers)."""
+    if dtype.kind not in "biu" or dtype.itemsize > 2:
+        return False
+    top = 1 if dtype.kind == "b" else max(abs(int(np.iinfo(dtype).min)), int(np.iinfo(dtype).max))
+    return top * top * max(n_voxels, 1) < 2 ** 62
+
+
+def _exact_m2(count: np.ndarray, s: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``sum (x - mean)^2 = (n q - s^2) / n`` from exact integer sums: the numerator exact, one rounding."""
+    n = np.maximum(count, 1)
+    if len(n) == 0:
+        return np.zeros(s.shape)
+    if int(n.max()) * int(q.max()) < 2 ** 63 and int(np.abs(s).max()) ** 2 < 2 ** 63:
+        return (n * q - s * s) / n
+    # Python ints do not overflow and int / int is correctly rounded
+    n, s, q = n.astype(object), s.astype(object), q.astype(object)
+    return ((n * q - s * s) / n).astype(np.float64)
+
+
 def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None = None) -> Partials:
     """Partial sums of labels ``1..n`` in one block of local ids (0 = background).
 
     One pass over the block finds the runs of equal labels along the last
     axis; counts, coordinate sums (closed form per run) and boxes come from
     the runs, intensities from the foreground voxels only, gathered in run
-    order: sums, minima and maxima per run, then the second moment around
-    each label's mean over the block (a second pass over the foreground
-    only, which keeps ``std`` exact where ``sum x**2 - n mean**2`` would
+    order. For 8/16-bit integer images: sums, sums of squares (int64,
+    exact), minima and maxima per run, and the second moment exactly from
+    the integer sums, ``(n q - s^2) / n``. For other images: sums, minima
+    and maxima per run, then the second moment around each label's mean
+    over the block (a second pass over the foreground only, which keeps
+    ``std`` exact where ``sum x**2 - n mean**2`` in floating point would
     cancel).
 
     Parameters
@@ -173,6 +196,11 @@ def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None 
     isum = np.zeros((c, nb))
     imin, imax = np.full((c, nb), np.inf), np.full((c, nb), -np.inf)
     slab_moments = []  # per slab (count, sum, M2 around the slab's mean): combined exactly below
+    # 8/16-bit integer images: exact int64 sums and squared sums give M2 without a second pass and
+    # without floats (a 512^2 uint8 tile: 5.8 -> 2.5 ms)
+    exact = c > 0 and _exact_intensities(np.dtype(intensity.dtype), int(np.prod(shape)))
+    if exact:
+        isum_i, isq_i = np.zeros((c, nb), np.int64), np.zeros((c, nb), np.int64)
     for s0, s1 in _slabs(shape, shape[0]):
         block = ids[s0:s1]
         flat = block.reshape(-1)
@@ -202,10 +230,23 @@ def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None 
             np.minimum.at(bmin[a], lab, lo[a])
         if c:
             values = intensity[:, s0:s1].reshape(c, -1)
+            if values.dtype == np.bool_:
+                values = values.view(np.uint8)
             offsets = np.zeros(length.size, np.intp)  # each run's first voxel among the foreground ones
             np.cumsum(length[:-1], out=offsets[1:])
             # the foreground's flat indices, run after run (a boolean mask over the block costs ~20x more)
             where = np.repeat(starts - offsets, length) + np.arange(int(length.sum()), dtype=np.intp)
+        if exact:
+            for ch in range(c):
+                raw = values[ch].take(where)
+                v = raw.astype(np.int64)
+                np.add.at(isum_i[ch], lab, np.add.reduceat(v, offsets))
+                np.multiply(v, v, out=v)
+                np.add.at(isq_i[ch], lab, np.add.reduceat(v, offsets))
+                # extremes as floats before ufunc.at: it is slow on mixed dtypes
+                np.minimum.at(imin[ch], lab, np.minimum.reduceat(raw, offsets).astype(np.float64))
+                np.maximum.at(imax[ch], lab, np.maximum.reduceat(raw, offsets).astype(np.float64))
+        elif c:
             per_voxel = np.repeat(lab, length)
             sums, m2s = np.zeros((c, nb)), np.zeros((c, nb))
             for ch in range(c):
@@ -223,7 +264,10 @@ def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None 
     bmin = np.stack(bmin, axis=1)[keep] + origin
     bmax = np.stack(bmax, axis=1)[keep] + origin
     im2 = np.zeros((c, nb))
-    if c:  # parallel variance over the slabs
+    if exact:
+        isum = isum_i.astype(np.float64)
+        im2[:, keep] = _exact_m2(count[keep], isum_i[:, keep], isq_i[:, keep])
+    elif c:  # parallel variance over the slabs
         mean = isum / np.maximum(count, 1)
         for n_here, sums, m2s in slab_moments:
             im2 += m2s + n_here * np.square(sums / np.maximum(n_here, 1) - mean)

@@ -80,24 +80,37 @@ def table_group_task(job: _TableJob, items, piece) -> _GroupRows:
     return _GroupRows(index=items, n_own=n_own, foreign=foreign, n_tiles=len(items))
 
 
+def table_tasks(*, scratch, grid: TileGrid, plan, n_channels: int, token: str = "", name: str | None = None):
+    """The table tasks (a :func:`graph_tasks` pair), one per group of tiles; they need the plan and the staged
+    partials only.
+
+    So they can run alongside the relabel tasks (one phase less; ``name``
+    then under the relabel tasks' prefix, which the progress bar counts);
+    pass their results to :func:`write_object_table`.
+    """
+    job = _TableJob(scratch, len(grid.spatial_axes), n_channels)
+    items = np.flatnonzero(plan.tiles.counts)
+    size = group_size(len(items), int(np.prod(grid.tile_shape)))
+    return graph_tasks(name or f"patchworks-table-{token}", table_group_task, job,
+                       [(items[k:k + size], plan.tiles.piece(items[k:k + size])) for k in range(0, len(items), size)])
+
+
 def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path, labels_rel: str, n_channels: int,
                        voxel_size=None, units=None, zarr_format: int = 3, client=None, progress=None,
-                       token: str = "", storage_options: dict | None = None) -> int:
+                       token: str = "", storage_options: dict | None = None, results=None) -> int:
     """Build the run's table from the staged partials and write it at ``table_path``; returns its rows.
 
     ``labels_path`` is the finished level-0 array (stamped so that a later
     change of it makes the table stale), ``labels_rel`` the same seen from
-    the table.
+    the table. ``results``: those of :func:`table_tasks` when the caller ran
+    them already (else they run here).
     """
     ndim = len(grid.spatial_axes)
-    job = _TableJob(scratch, ndim, n_channels)
-    prefix = f"patchworks-table-{token}"
-    items = np.flatnonzero(plan.tiles.counts)
-    size = group_size(len(items), int(np.prod(grid.tile_shape)))
-    tasks = graph_tasks(prefix, table_group_task, job,
-                        [(items[k:k + size], plan.tiles.piece(items[k:k + size])) for k in range(0, len(items), size)])
-    results = run_tasks(tasks, client=client, progress=progress, desc="measuring objects", prefix=prefix,
-                        total=len(items))
+    if results is None:
+        prefix = f"patchworks-table-{token}"
+        tasks = table_tasks(scratch=scratch, grid=grid, plan=plan, n_channels=n_channels, token=token)
+        results = run_tasks(tasks, client=client, progress=progress, desc="measuring objects", prefix=prefix,
+                            total=int(np.count_nonzero(plan.tiles.counts)))
     n_own = np.zeros(grid.n_tiles, np.int64)
     foreign = []
     for r in results:
@@ -106,7 +119,7 @@ def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path
             foreign.append(r.foreign)
     del results
     foreign = Partials.concat(foreign) if foreign else Partials.empty(ndim, n_channels)
-    lower = np.array([_own_lower(p) for p in plan.tiles], dtype=np.uint64)
+    lower = plan.tiles.own_lower()  # array arithmetic, not one TilePlan per tile
     owner = np.searchsorted(lower, foreign.label, side="left") - 1
     order = np.argsort(owner, kind="stable")
     foreign, owner = foreign.take(order), owner[order]
