@@ -46,10 +46,10 @@ SIZES = {"small": [((32, 32, 32), 16), ((256, 256), 64)],
          "full": [((512, 512, 512), 128), ((16384, 16384), 512)]}
 
 
-def start_server():
-    """``(process, endpoint)``: a counting moto server in a child process."""
+def start_server(server: str = "cheroot"):
+    """``(process, endpoint)``: a counting moto server in a child process (``server``: its HTTP server)."""
     port_file = Path(tempfile.mkdtemp(prefix="pw-bench-s3-")) / "endpoint"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_servers.py"), "s3", str(port_file)],
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_servers.py"), "s3", str(port_file), server],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not port_file.exists():
@@ -61,6 +61,38 @@ def start_server():
 
 def counts(endpoint) -> dict:
     return json.loads(urllib.request.urlopen(endpoint + "/__counts__").read())
+
+
+def paths(endpoint) -> list:
+    """``[[kind, key pattern, requests], ...]`` the server answered since the last reset."""
+    return json.loads(urllib.request.urlopen(endpoint + "/__paths__").read())
+
+
+# which of the run's objects a key pattern names (first match wins)
+_OBJECTS = [("lock", r"/lock$"), ("run record", r"/run\.json$"), ("probe", r"\.patchworks-probe"),
+            ("staged tiles", r"/tiles/tile-#\.bin$"), ("table partials", r"/tiles/.*part"),
+            ("own rows", r"rows-#"), ("pyramid pieces", r"/pyramid/"),
+            ("zarr metadata", r"(zarr\.json|\.zarray|\.zattrs|\.zgroup)$"),
+            ("input chunks", r"/in-[^/]*\.zarr/"), ("table", r"/table/"), ("output chunks", r"/out-[^/]*\.zarr/"),
+            ("scratch", r"/\.patchworks-")]
+
+
+def object_of(pattern: str) -> str:
+    import re
+
+    for name, rx in _OBJECTS:
+        if re.search(rx, pattern.split("?")[0]) or (name == "scratch" and ".patchworks-" in pattern):
+            return name
+    return "other"
+
+
+def by_object(rows, n_tiles) -> dict:
+    """``{(object, kind): requests per tile}``."""
+    out: dict = {}
+    for kind, pattern, n in rows:
+        key = (object_of(pattern), kind)
+        out[key] = out.get(key, 0) + n / n_tiles
+    return out
 
 
 def reset(endpoint) -> None:
@@ -96,6 +128,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--executors", default="threads,cluster", help="threads, cluster or both")
+    parser.add_argument("--by-object", action="store_true",
+                        help="also print the requests per tile by object (staged tiles, zarr metadata, ...)")
+    parser.add_argument("--patterns", action="store_true", help="also print every key pattern the server saw")
     args = parser.parse_args(argv)
     import s3fs
 
@@ -105,7 +140,7 @@ def main(argv=None) -> int:
     bucket = "bench"
     s3fs.S3FileSystem(skip_instance_cache=True, **so).mkdir(bucket)
     work = Path(tempfile.mkdtemp(prefix="pw-bench-remote-"))
-    rows, ok = [], True
+    rows, ok, detail = [], True, []
     clients = []
     try:
         for executor in args.executors.split(","):
@@ -131,6 +166,7 @@ def main(argv=None) -> int:
                 _, t_remote, m_remote = tree_peak(
                     lambda: run(remote_src, f"s3://{bucket}/out-{name}.zarr", tile, client, so))
                 c = counts(endpoint)
+                detail.append((executor, f"{name}/{tile}", n_tiles, paths(endpoint)))
                 same = np.array_equal(
                     zarr.open_group(str(work / f"out-{name}.zarr"), mode="r")["0"][...],
                     zarr.open_group(store=zarr_store(f"s3://{bucket}/out-{name}.zarr", so, read_only=True),
@@ -152,6 +188,14 @@ def main(argv=None) -> int:
     for r in rows:
         cells = [f"{v:>12.2f}" if isinstance(v, float) else f"{v!s:>12}" for v in r]
         print("  ".join(cells))
+    if args.by_object or args.patterns:
+        for executor, case, n_tiles, seen in detail:
+            print(f"\n{executor} {case}: requests per tile by object")
+            for (obj, kind), v in sorted(by_object(seen, n_tiles).items(), key=lambda kv: -kv[1]):
+                print(f"  {obj:<16} {kind:<7} {v:8.2f}")
+            if args.patterns:
+                for kind, pattern, n in seen:
+                    print(f"    {kind:<7} {n:6d}  {pattern}")
     print("requests per tile: read = object GETs (ranged or whole), write = PUT/POST, list, head, delete; "
           "counted by the server")
     print("target: remote/local <= 1.5 (the server is on 127.0.0.1, so the difference is request overhead)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import re
 import http.server
 import threading
 import uuid
@@ -24,19 +25,32 @@ class RequestCounter:
     def __init__(self):
         self._lock = threading.Lock()
         self.counts: collections.Counter = collections.Counter()
+        self.paths: collections.Counter = collections.Counter()   # (kind, key pattern) -> requests
 
-    def add(self, kind: str) -> None:
+    def add(self, kind: str, path: str = "") -> None:
         with self._lock:
             self.counts[kind] += 1
+            self.paths[(kind, key_pattern(path))] += 1
 
     def reset(self) -> None:
         with self._lock:
             self.counts.clear()
+            self.paths.clear()
+
+    def by_path(self) -> list:
+        """``[[kind, pattern, requests], ...]``, most requests first (what a benchmark attributes by object)."""
+        with self._lock:
+            return [[k, p, n] for (k, p), n in self.paths.most_common()]
 
     def snapshot(self) -> dict:
         """The counts, with 0 for every kind not seen."""
         with self._lock:
             return {**dict.fromkeys(("read", "write", "list", "head", "delete"), 0), **self.counts}
+
+
+def key_pattern(path: str) -> str:
+    """An object's path with its numbers replaced by ``#`` (``/b/x/tiles/tile-#.bin``): one pattern per kind of object."""
+    return re.sub(r"\d+", "#", path)
 
 
 def _s3_kind(environ) -> str:
@@ -64,11 +78,19 @@ def _counting(app, counter: RequestCounter):
             body = json.dumps(counter.snapshot()).encode()
             start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
+        if path == "/__paths__":
+            body = json.dumps(counter.by_path()).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
         if path == "/__reset__":
             counter.reset()
             start_response("200 OK", [("Content-Length", "0")])
             return [b""]
-        counter.add(_s3_kind(environ))
+        kind = _s3_kind(environ)
+        if kind == "list":  # a listing names its prefix in the query
+            prefix = parse_qs(environ.get("QUERY_STRING", "")).get("prefix", [""])[0]
+            path = f"{path}?prefix={prefix}"
+        counter.add(kind, path)
         return app(environ, start_response)
     return wrapped
 
@@ -104,23 +126,66 @@ class S3Server:
         self._server.stop()
 
 
-def start_s3() -> S3Server:
-    """A moto S3 server in a thread of this process; its requests are counted by kind (``.requests``)."""
+S3_SERVERS = ("cheroot", "werkzeug")
+
+
+class _CherootServer:
+    """moto's WSGI app under cheroot (a thread pool, one keep-alive connection per client socket)."""
+
+    def __init__(self, app, threads: int = 8):
+        from cheroot import wsgi
+
+        self._server = wsgi.Server(("127.0.0.1", 0), app, numthreads=threads)
+        self._server.prepare()                  # binds, so that the port is known before serving
+        self._thread = threading.Thread(target=self._server.serve, daemon=True)
+        self._thread.start()
+
+    def get_host_and_port(self):
+        return self._server.bind_addr[:2]
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._thread.join(timeout=10)
+
+
+def start_s3(server: str = "cheroot") -> S3Server:
+    """A moto S3 server in a thread of this process; its requests are counted by kind (``.requests``).
+
+    ``server`` is the HTTP server in front of moto's WSGI app: ``"cheroot"``
+    (a thread pool; the default where it is installed, as it answers a small
+    request several times faster) or ``"werkzeug"`` (moto's own
+    ``ThreadedMotoServer``: a thread per connection).
+    """
     import logging
 
+    if server not in S3_SERVERS:
+        raise ValueError(f"server={server!r}: use one of {S3_SERVERS}")
+    if server == "cheroot":
+        try:
+            import cheroot  # noqa: F401
+        except ImportError:
+            server = "werkzeug"
+    if server == "cheroot":
+        from moto.server import DomainDispatcherApplication, create_backend_app
+
+        s3 = S3Server(endpoint="")
+        running = _CherootServer(_counting(DomainDispatcherApplication(create_backend_app), s3.requests))
+        host, port = running.get_host_and_port()
+        s3.endpoint, s3._server = f"http://{host}:{port}", running
+        return s3
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    s3 = S3Server(endpoint=f"http://{host}:{port}", _server=server)
+    running = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    running.start()
+    host, port = running.get_host_and_port()
+    s3 = S3Server(endpoint=f"http://{host}:{port}", _server=running)
     # werkzeug's handler looks the app up on its server at each request: wrap it to count them
-    server._server.app = _counting(server._server.app, s3.requests)
+    running._server.app = _counting(running._server.app, s3.requests)
     return s3
 
 
-def serve_s3(port_file: str) -> None:
+def serve_s3(port_file: str, server: str = "cheroot") -> None:
     """Run a counting moto server in this process until killed, writing its port to ``port_file``.
 
     A benchmark starts it as ``python tests/_servers.py s3 PORTFILE`` so that the server does not share
@@ -129,7 +194,7 @@ def serve_s3(port_file: str) -> None:
     import os
     import time
 
-    server = start_s3()
+    server = start_s3(server)
     tmp = port_file + ".part"
     with open(tmp, "w") as f:
         f.write(server.endpoint)
@@ -180,7 +245,7 @@ def start_http(root) -> HTTPServer:
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) == 3 and sys.argv[1] == "s3":
-        serve_s3(sys.argv[2])
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "s3":
+        serve_s3(*sys.argv[2:])
     else:
-        raise SystemExit("usage: python tests/_servers.py s3 PORTFILE")
+        raise SystemExit(f"usage: python tests/_servers.py s3 PORTFILE [{'|'.join(S3_SERVERS)}]")
