@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
+from zarr.storage import MemoryStore
 
 from ._urls import READ_ONLY_PROTOCOLS, filesystem, is_remote, join, protocol_of, zarr_store
 
@@ -187,27 +189,28 @@ class TableWriter:
 
     def __init__(self, path, n_rows: int, dtypes: dict, *, record: dict, zarr_format: int = 3,
                  chunk_rows: int = _CHUNK_ROWS, storage_options: dict | None = None):
-        if is_remote(path):  # mode="w" below clears the prefix of an object store
+        if is_remote(path):
             self.path = str(path)
-            store = zarr_store(self.path, storage_options, read_only=False, parameter="write_to")
         else:
             self.path = Path(os.fspath(path))
             if self.path.exists():
                 shutil.rmtree(self.path)
-            store = str(self.path)
+        store = zarr_store(self.path, storage_options, read_only=False, parameter="write_to")
         names = list(dtypes)
         self.index = names[0]
-        self.group = zarr.open_group(store=store, mode="w", zarr_format=zarr_format)
-        self.group.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.2.0", "_index": self.index,
-                                 "column-order": names[1:],
-                                 "patchworks": {**record, "complete": False}})
         self.n_rows, self.chunk = int(n_rows), int(max(1, min(chunk_rows, max(n_rows, 1))))
-        self.arrays = {}
-        for name, dtype in dtypes.items():
-            # attributes at creation: one metadata write per column, not two (each a request remotely)
-            a = self.group.create_array(name, shape=(self.n_rows,), chunks=(self.chunk,), dtype=np.dtype(dtype),
-                                        fill_value=0, attributes=_array_attrs())
-            self.arrays[name] = a
+        # Every node's metadata is drafted in memory, then written in one concurrent batch: one PUT per node.
+        # Creating the columns one by one in the store sent ~5 requests each (existence checks of the array
+        # and its parents, then the write), one after the other: 2/3 of the table's time on S3.
+        draft = zarr.open_group(store=MemoryStore(), mode="w", zarr_format=zarr_format)
+        nodes = {name: draft.create_array(name, shape=(self.n_rows,), chunks=(self.chunk,), dtype=np.dtype(dtype),
+                                          fill_value=0, attributes=_array_attrs()).metadata
+                 for name, dtype in dtypes.items()}
+        draft.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.2.0", "_index": self.index,
+                            "column-order": names[1:], "patchworks": {**record, "complete": False}})
+        if is_remote(path):  # a table written before over the same prefix: none of its chunks may survive
+            sync(store.delete_dir(""))
+        self.group, self.arrays = _write_nodes(store, draft.metadata, nodes)
         self.buffer = {name: [] for name in names}
         self.buffered = 0
         self.written = 0
@@ -224,11 +227,18 @@ class TableWriter:
             self._flush(self.chunk)
 
     def _flush(self, n: int) -> None:
-        start = self.written
+        import asyncio
+
+        start, writes = self.written, []
         for name, a in self.arrays.items():
             data = np.concatenate(self.buffer[name])
-            a[start:start + n] = data[:n]
+            writes.append(a._async_array.setitem(slice(start, start + n), data[:n]))
             self.buffer[name] = [data[n:]] if data.size > n else []
+
+        async def write_all():  # one chunk per column: sent together, not one column after the other
+            await asyncio.gather(*writes)
+
+        sync(write_all())
         self.written += n
         self.buffered -= n
 
@@ -239,6 +249,31 @@ class TableWriter:
         if self.written != self.n_rows:
             raise RuntimeError(f"table {self.path}: {self.written} rows written, {self.n_rows} announced")
         self.group.attrs["patchworks"] = {**self.record, "complete": True}
+
+
+def _write_nodes(store, group_metadata, arrays: dict):
+    """A group and its child arrays written from their metadata in one concurrent batch: ``(group, {name: array})``.
+
+    The arrays are opened from the metadata in hand: nothing is read back.
+    """
+    import asyncio
+
+    from zarr.core.array import AsyncArray
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.group import AsyncGroup
+    from zarr.storage import StorePath
+
+    proto = default_buffer_prototype()
+    docs = [(key, buf) for key, buf in group_metadata.to_buffer_dict(proto).items()]
+    docs += [(f"{name}/{key}", buf) for name, meta in arrays.items() for key, buf in meta.to_buffer_dict(proto).items()]
+
+    async def put_all():
+        await asyncio.gather(*(store.set(key, buf) for key, buf in docs))
+
+    sync(put_all())
+    group = zarr.Group(AsyncGroup(metadata=group_metadata, store_path=StorePath(store)))
+    return group, {name: zarr.Array(AsyncArray(metadata=meta, store_path=StorePath(store, name)))
+                   for name, meta in arrays.items()}
 
 
 def _open_group(location, storage_options=None):
