@@ -78,7 +78,9 @@ def staged_tile(shape, tile) -> tuple:
 
 
 def time_tile(staging: TileStaging, tile, ids, n, repeat: int) -> tuple[float, float, int]:
-    """``(ms per put, ms per take, bytes)`` of one staged tile."""
+    """``(ms per put, ms per take, bytes)`` of one staged tile (after one of each, which opens the client)."""
+    staging.put(tile, ids, None, n)
+    staging.take(tile)
     start = time.perf_counter()
     for _ in range(repeat):
         staging.put(tile, ids, None, n)
@@ -93,7 +95,7 @@ def time_tile(staging: TileStaging, tile, ids, n, repeat: int) -> tuple[float, f
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=100, help="requests per loop and thread")
+    parser.add_argument("--n", type=int, default=50, help="requests per loop and thread")
     parser.add_argument("--repeat", type=int, default=5, help="puts / gets of each staged tile")
     parser.add_argument("--server", default="cheroot", choices=("cheroot", "werkzeug"),
                         help="the HTTP server in front of moto (tests/_servers.py)")
@@ -105,6 +107,7 @@ def main(argv=None) -> int:
         fs, _ = filesystem("s3://floor", read_options("s3://floor", so))
         fs.mkdir("floor")
         small = b"x" * 1024
+        big = np.random.default_rng(0).integers(0, 255, 1 << 20, dtype=np.uint8).tobytes()
         for t in range(2):
             for i in range(args.n):
                 fs.pipe_file(f"floor/get-{t}/{i}", small)
@@ -116,10 +119,16 @@ def main(argv=None) -> int:
             "HEAD": lambda t, i: (fs.invalidate_cache(f"floor/get-{t}/{i}"), fs.info(f"floor/get-{t}/{i}")),
             "LIST 10 keys": lambda t, i: (fs.invalidate_cache(f"floor/list-{t}"), fs.ls(f"floor/list-{t}")),
             "DELETE": lambda t, i: fs.rm_file(f"floor/put-{t}/{i}"),
+            "PUT 1 MB": lambda t, i: fs.pipe_file(f"floor/big-{t}/{i % 10}", big),
+            "GET 1 MB": lambda t, i: fs.cat_file(f"floor/big-{t}/{i % 10}", start=0),
         }
         print(f"moto under {args.server} at {endpoint}; ms per request: wall (client CPU + server CPU)")
         print(f"{'request':<14}{'1 thread':>24}{'2 threads':>24}")
         for name, op in ops.items():
+            if name == "GET 1 MB":  # the objects the PUT loop left
+                for t in range(2):
+                    for i in range(10):
+                        fs.pipe_file(f"floor/big-{t}/{i}", big)
             one = per_request(op, args.n, 1, server.pid)
             if name == "DELETE":  # the keys must be there again for the two-thread loop
                 for t in range(2):
