@@ -70,7 +70,7 @@ def paths(endpoint) -> list:
 
 # which of the run's objects a key pattern names (first match wins)
 _OBJECTS = [("lock", r"/lock$"), ("run record", r"/run\.json$"), ("probe", r"\.patchworks-probe"),
-            ("staged tiles", r"/tiles/tile-#\.bin$"), ("table partials", r"/tiles/.*part"),
+            ("staged tiles", r"/tiles/tile-#\.bin$"), ("table partials", r"/tiles/table-#\.npy$"),
             ("own rows", r"rows-#"), ("pyramid pieces", r"/pyramid/"),
             ("zarr metadata", r"(zarr\.json|\.zarray|\.zattrs|\.zgroup)$"),
             ("input chunks", r"/in-[^/]*\.zarr/"), ("table", r"/table/"), ("output chunks", r"/out-[^/]*\.zarr/"),

@@ -95,6 +95,29 @@ def table_tasks(*, scratch, grid: TileGrid, plan, n_channels: int, token: str = 
                        [(items[k:k + size], plan.tiles.piece(items[k:k + size])) for k in range(0, len(items), size)])
 
 
+class _Prefetch:
+    """The tiles' own rows read ahead in batches of ``window`` keys, in the order the driver takes them.
+
+    An object store answers a batch concurrently (one round trip, not one per
+    tile); the window bounds what waits in the driver's memory. Each key is
+    handed out once (a :class:`Scratch`'s ``get``) and then dropped.
+    """
+
+    def __init__(self, scratch, keys: list, window: int = 32):
+        self.scratch, self.keys, self.window = scratch, list(keys), int(window)
+        self.position = {k: j for j, k in enumerate(self.keys)}
+        self.ready: dict = {}
+
+    def get(self, key: str) -> bytes:
+        if key not in self.ready and key in self.position:
+            ahead = self.keys[self.position[key]:self.position[key] + self.window]
+            self.ready.update(zip(ahead, self.scratch.get_many(ahead)))
+        data = self.ready.pop(key, None) if key in self.position else self.scratch.get(key)
+        if data is None:
+            raise FileNotFoundError(f"{key} is not in {self.scratch}")
+        return data
+
+
 def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path, labels_rel: str, n_channels: int,
                        voxel_size=None, units=None, zarr_format: int = 3, client=None, progress=None,
                        token: str = "", storage_options: dict | None = None, results=None) -> int:
@@ -132,8 +155,10 @@ def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path
                          record=record, zarr_format=zarr_format,
                          storage_options=storage_options)
     batch, n_batch = [], 0  # finished columns made for many tiles at once: per-call costs, not per tile
-    for i in np.flatnonzero(n_own):
-        rows = Partials.load(scratch, _own_stem(i), ndim, n_channels)
+    owners = np.flatnonzero(n_own)
+    stored = _Prefetch(scratch, [_own_stem(i) + ".npy" for i in owners])
+    for i in owners:
+        rows = Partials.load(stored, _own_stem(i), ndim, n_channels)
         lo, hi = bounds[i], bounds[i + 1]
         if hi > lo:
             rows = reduce_partials(Partials.concat([rows, foreign.take(slice(lo, hi))]))

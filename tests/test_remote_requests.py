@@ -1,0 +1,74 @@
+"""What a run asks of an object store: batched reads, tables in one batch, counted by the S3 server itself.
+
+The moto server on 127.0.0.1 counts every request it answers by kind and by
+key (tests/_servers.py); these tests pin the request budgets that make a
+remote run cost little more than a local one, and check that the batched
+paths return exactly what the one-by-one reads return.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from patchworks.io._scratch import Scratch
+from patchworks.io._table_store import TableWriter
+from patchworks.io._urls import zarr_store
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+
+def _scratches(s3_server, s3_bucket, tmp_path):
+    return [Scratch(tmp_path / "scratch"), Scratch(f"s3://{s3_bucket}/scratch", s3_server.storage_options)]
+
+
+def test_get_many_equals_get_one_by_one_and_is_one_get_per_key(s3_server, s3_bucket, tmp_path):
+    rng = np.random.default_rng(0)
+    blobs = {f"k{i}": rng.bytes(int(rng.integers(0, 3000))) for i in range(7)}
+    for scratch in _scratches(s3_server, s3_bucket, tmp_path):
+        for key, data in blobs.items():
+            scratch.put(key, data)
+        keys = ["k3", "missing", *blobs]
+        s3_server.requests.reset()
+        got = scratch.get_many(keys)
+        assert got == [scratch.get(k) if k in blobs else None for k in keys]
+        if scratch.remote:  # one GET per key, no HEAD before it, no listing
+            seen = s3_server.requests.snapshot()
+            assert (seen["read"], seen["head"], seen["list"]) == (2 * len(keys) - 1, 0, 0)
+        assert scratch.get_many([]) == []
+
+
+def _columns(n):
+    return {"label": np.arange(1, n + 1, dtype=np.uint64), "area": np.arange(n, dtype=np.int64),
+            **{f"m{j}": np.linspace(0, 1, n) + j for j in range(6)}}
+
+
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_a_table_on_s3_is_one_write_per_node_and_chunk(s3_server, s3_bucket, zarr_format):
+    so = s3_server.storage_options
+    url = f"s3://{s3_bucket}/out.zarr/table"
+    columns = _columns(10)
+    dtypes = {k: v.dtype for k, v in columns.items()}
+    for attempt in range(2):  # the second replaces the first: nothing of the first may survive
+        s3_server.requests.reset()
+        writer = TableWriter(url, 10, dtypes, record={"n": attempt}, zarr_format=zarr_format, storage_options=so,
+                             chunk_rows=6)
+        writer.append({k: v + attempt for k, v in columns.items()})
+        writer.close()
+        seen = s3_server.requests.snapshot()
+        docs = 1 if zarr_format == 3 else 2             # zarr.json, or .zarray / .zgroup + .zattrs
+        # the group (twice: created, then marked complete), every column's metadata, two chunks per column
+        assert seen["write"] == 2 * docs + len(columns) * (docs + 2)
+        # no existence checks per column (they were ~5 requests each): a few for the store and the clearing
+        assert seen["read"] == 0 and seen["head"] + seen["list"] <= 5 < len(columns)
+        group = zarr.open_group(store=zarr_store(url, so, read_only=True), mode="r")
+        assert group.attrs["patchworks"] == {"n": attempt, "complete": True}
+        assert group.attrs["column-order"] == list(columns)[1:]
+        for name, values in columns.items():
+            assert np.array_equal(group[name][...], values + attempt)
+            assert group[name].attrs["encoding-type"] == "array"
+    fs = s3_server.filesystem()
+    assert sorted(k.rsplit("/", 1)[-1] for k in fs.ls(f"{s3_bucket}/out.zarr/table")) == sorted(
+        [*columns, *(["zarr.json"] if zarr_format == 3 else [".zattrs", ".zgroup"])])
