@@ -128,13 +128,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--executors", default="threads,cluster", help="threads, cluster or both")
+    parser.add_argument("--dims", default="2,3", help="which cases: 2 (the 2-D one), 3 (the 3-D one) or both")
+    parser.add_argument("--server", default="cheroot", choices=("cheroot", "werkzeug"),
+                        help="the HTTP server in front of moto (tests/_servers.py)")
     parser.add_argument("--by-object", action="store_true",
                         help="also print the requests per tile by object (staged tiles, zarr metadata, ...)")
     parser.add_argument("--patterns", action="store_true", help="also print every key pattern the server saw")
     args = parser.parse_args(argv)
     import s3fs
 
-    server, endpoint = start_server()
+    server, endpoint = start_server(args.server)
+    dims = {int(d) for d in args.dims.split(",")}
     so = {"key": "testing", "secret": "testing",
           "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-west-2"}}
     bucket = "bench"
@@ -151,7 +155,7 @@ def main(argv=None) -> int:
                                        dashboard_address=":0", silence_logs=40)
                 client = Client(cluster)
                 clients.append((client, cluster))
-            for shape, tile in SIZES[args.size]:
+            for shape, tile in [c for c in SIZES[args.size] if len(c[0]) in dims]:
                 name = "x".join(map(str, shape))
                 image = make_image(shape, tile)
                 n_tiles = int(np.prod([-(-s // tile) for s in shape]))

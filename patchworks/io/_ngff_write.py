@@ -347,14 +347,15 @@ class LabelImageWriter:
 
     def arrays(self) -> list:
         if self._arrays is None:
-            group = zarr.open_group(store=self._zarr_store("r+"), path=self.path, mode="r+")
+            group = zarr.open_group(store=self._zarr_store("r+"), path=self.path, mode="r+",
+                                    zarr_format=self.zarr_format)  # known: no probing of both formats' keys
             # the run-time config is not stored with the array: without it zarr scans every chunk for
             # all-zero content before writing it (measured ~35 % of the relabel)
             self._arrays = [group[str(k)].with_config({"write_empty_chunks": True}) for k in range(len(self.levels))]
         return self._arrays
 
     def group(self, mode="r"):
-        return zarr.open_group(store=self._zarr_store(mode), path=self.path, mode=mode)
+        return zarr.open_group(store=self._zarr_store(mode), path=self.path, mode=mode, zarr_format=self.zarr_format)
 
     def _key(self, spatial_slices):
         return self._place(spatial_slices, slice(0, 1))

@@ -131,7 +131,9 @@ def labels_stamp(labels_path, storage_options: dict | None = None) -> dict:
     record = dict(arr.attrs).get("patchworks") or {}
     if not record.get("fingerprint"):  # an NGFF label image keeps the run record on its group
         try:
-            record = dict(zarr.open_group(store=parent_store(), mode="r").attrs).get("patchworks") or {}
+            # the array's format is the group's: naming it spares zarr probing both (3 requests remotely)
+            record = dict(zarr.open_group(store=parent_store(), mode="r", zarr_format=arr.metadata.zarr_format
+                                          ).attrs).get("patchworks") or {}
         except Exception:
             record = {}
     listable = protocol_of(labels_path) not in READ_ONLY_PROTOCOLS
