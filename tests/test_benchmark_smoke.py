@@ -92,7 +92,7 @@ def test_bench_remote_smoke():
     pytest.importorskip("moto")
     pytest.importorskip("s3fs")
     script = BENCH.parent / "bench_remote.py"
-    proc = subprocess.run([sys.executable, str(script), "--size", "small", "--executors", "threads"],
+    proc = subprocess.run([sys.executable, str(script), "--size", "small", "--executors", "threads", "--by-object"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     header = next(line.split() for line in proc.stdout.splitlines() if line.strip().startswith("executor"))
@@ -102,3 +102,20 @@ def test_bench_remote_smoke():
     assert len(rows) == 2 and all(r[-1] == "yes" for r in rows), proc.stdout
     assert all(float(r[header.index("list/t")]) < 2 for r in rows), "no listing per tile"
     assert "identical labels remote vs local: yes" in proc.stdout
+    by_object = {tuple(line.split()[:-1]) for line in proc.stdout.splitlines() if line.startswith("  ")}
+    for seen in [("staged tiles", "write"), ("staged tiles", "read"), ("input chunks", "read")]:
+        assert seen in {(" ".join(k[:-1]), k[-1]) for k in by_object}, by_object
+
+
+def test_bench_s3_floor_smoke():
+    """The per-request floor of the S3 test server: every kind of request timed, a staged tile put and got."""
+    import pytest
+    pytest.importorskip("moto")
+    pytest.importorskip("s3fs")
+    script = BENCH.parent / "bench_s3_floor.py"
+    proc = subprocess.run([sys.executable, str(script), "--n", "3", "--repeat", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for kind in ("PUT 1 kB", "GET 1 kB", "HEAD", "LIST 10 keys", "DELETE", "PUT 1 MB", "GET 1 MB", "ranged GET",
+                 "128x128x128 s3", "512x512 local"):
+        assert kind in proc.stdout, proc.stdout
