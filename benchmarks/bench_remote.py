@@ -194,7 +194,7 @@ def main(argv=None) -> int:
         print("  ".join(cells))
     if args.by_object or args.patterns:
         for executor, case, n_tiles, seen in detail:
-            print(f"\n{executor} {case}: requests per tile by object")
+            print(f"\nrequests per tile by object, {executor} {case}:")
             for (obj, kind), v in sorted(by_object(seen, n_tiles).items(), key=lambda kv: -kv[1]):
                 print(f"  {obj:<16} {kind:<7} {v:8.2f}")
             if args.patterns:
