@@ -260,7 +260,7 @@ def main(argv=None) -> int:
     for r in rows:
         ph = r["phases"]
         print(f"{r['label']:18s} {n_tiles / r['seconds']:8.0f} {r['seconds']:8.2f} "
-              f"{ph.get('staging tiles', 0):8.2f} {ph.get('seams', 0):8.2f} {ph.get('relabelling tiles', ph.get('relabel + pyramid', 0)):9.2f} "
+              f"{ph.get('staging tiles', 0):8.2f} {ph.get('seams', 0):8.2f} {sum(v for k, v in ph.items() if k.startswith('relabel')):9.2f} "
               f"{r['plan']:7.3f} {r['n']:8d} {r['boundary']:9d} {r['rss']:9.0f}")
     graph = build + rows[0]["plan"]
     print()
