@@ -354,3 +354,20 @@ def test_the_count_is_paid_for_only_when_asked(tmp_path):
     # with the object table (the default with write_to) the count comes free: one row per object
     tile_process(img, threshold(0.5), tile_shape=24, overlap=6, write_to=out, overwrite=True)
     assert zarr.open_group(str(out)).attrs["patchworks"]["n_objects"] == n
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(st.integers(0, 40), min_size=1, max_size=60),
+       dtype=st.sampled_from(["uint8", "uint16", "uint32", "uint64", "int32"]))
+def test_local_ids_number_a_tiles_labels_1_to_n_in_order(values, dtype):
+    """local_ids against np.unique: labels 1..n in increasing order of their raw ids, 0 stays 0."""
+    from patchworks.labels._tile_task import local_ids
+
+    core = np.asarray(values, dtype=dtype).reshape(1, -1)
+    ids, lut, n = local_ids(core, True)
+    got = ids if lut is None else lut[ids]
+    raw = np.unique(core[core != 0])
+    expected = np.zeros(core.shape, np.int64)
+    expected[core != 0] = np.searchsorted(raw, core[core != 0]) + 1
+    np.testing.assert_array_equal(got, expected)
+    assert n == raw.size
