@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 from ._urls import filesystem, is_remote, join, local_path, protocol_of
@@ -97,7 +98,8 @@ class Scratch:
             self.fs.pipe_file(self._full(key), bytes(data))
             return
         target = self._file(key)
-        tmp = target.with_name(target.name + ".part")
+        # a name of its own per writer: a retried task and the ghost of the first try may put one key at once
+        tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex[:12]}.part")
         try:
             f = open(tmp, "wb")
         except FileNotFoundError:
