@@ -14,10 +14,11 @@ from skimage.measure import regionprops_table
 
 import patchworks
 import patchworks.labels._batch as batch
-import patchworks.labels._process as process
 import patchworks.run._execute as execute
 from patchworks import TileGrid, merge_tile_labels, read_table, threshold, tile_process
 from patchworks.testing import assert_labels_equivalent, random_blobs
+
+from _probes import relabel_task_arguments
 
 
 @pytest.fixture
@@ -144,27 +145,11 @@ def test_progress_counts_tiles_not_tasks(small_batches, capsys):
 
 # -- what the driver sends a relabel task -------------------------------------------------------------------
 
-def _relabel_arguments(monkeypatch, n_side):
-    """The per-task arguments of the relabel phase of a run on ``n_side``^2 tiles of 4^2."""
-    seen = {}
-    real = process.graph_tasks
-
-    def spy(name, func, shared, per_task):
-        if name.startswith("patchworks-relabel"):
-            seen["args"] = per_task
-        return real(name, func, shared, per_task)
-
-    monkeypatch.setattr(process, "graph_tasks", spy)
-    image = random_blobs((4 * n_side, 4 * n_side), density=0.5, sigma=1.0, seed=n_side)
-    tile_process(image, threshold(0.5), tile_shape=4, compute=True, progress=False)
-    return seen["args"]
-
-
 def test_bytes_sent_per_relabel_task_stay_bounded(monkeypatch):
     monkeypatch.setattr(batch, "MIN_BATCH_VOXELS", 16 * 16)   # 16 tiles per batch at both sizes
     monkeypatch.setattr(execute, "MIN_GROUP_VOXELS", 1)       # one batch per task (groups: test_task_groups.py)
-    small = _relabel_arguments(monkeypatch, 24)     # 576 tiles
-    large = _relabel_arguments(monkeypatch, 80)     # 6,400 tiles
+    small = relabel_task_arguments(monkeypatch, 24)     # 576 tiles
+    large = relabel_task_arguments(monkeypatch, 80)     # 6,400 tiles
     assert len(large) > 5 * len(small)
     size = lambda args: max(len(pickle.dumps(a)) for a in args)  # noqa: E731
     assert size(large) < 1.5 * size(small), "a task gets its own batch's plan pieces, not the run's"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-import threading
 from pathlib import Path
 
 import dask.array as da
@@ -26,6 +25,7 @@ from patchworks.io._ngff_write import register_label
 from patchworks.io._urls import zarr_store
 from patchworks.testing import assert_labels_equivalent, random_blobs, write_ome_zarr
 
+from _probes import run_on_threads
 from _remote_fns import CountingLabel, ForbidPaths, KillOnRelabel, calls, double, label_faces
 
 pytest.importorskip("s3fs")
@@ -113,20 +113,7 @@ def test_concurrent_label_registrations_on_s3_lose_nothing(s3_server, s3_bucket,
     so = s3_server.storage_options
     image = _upload_image(s3_server, s3_bucket, tmp_path)
     names = [f"l{i}" for i in range(6)]
-    errors = []
-
-    def add(n):
-        try:
-            register_label(image, n, storage_options=so)
-        except Exception as exc:  # noqa: BLE001 -- reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=add, args=(n,)) for n in names]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    assert not run_on_threads(lambda n: register_label(image, n, storage_options=so), names)
     assert sorted(_group(f"{image}/labels", so).attrs["ome"]["labels"]) == names
 
 

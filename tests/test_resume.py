@@ -218,27 +218,20 @@ def test_library_logger_installs_no_handlers():
 
 def test_two_writers_of_one_scratch_key_never_leave_half_a_file(tmp_path):
     """A retried task and the ghost of its first try may put one key at once: each write stays whole."""
-    import threading
+    from _probes import run_on_threads
 
     from patchworks.io._scratch import Scratch
 
     scratch = Scratch(tmp_path / "scratch")
     payloads = [bytes([k]) * (1 << 20) for k in (1, 2)]
-    errors, seen = [], set()
+    seen = set()
 
     def writer(data):
-        try:
-            for _ in range(40):
-                scratch.put("tile-0.bin", data)
-                seen.add(scratch.get("tile-0.bin"))
-        except Exception as exc:  # any error is a failure of the test
-            errors.append(exc)
+        for _ in range(40):
+            scratch.put("tile-0.bin", data)
+            seen.add(scratch.get("tile-0.bin"))
 
-    threads = [threading.Thread(target=writer, args=(p,)) for p in payloads]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_on_threads(writer, payloads)
     assert not errors
     assert seen <= set(payloads)
     assert scratch.keys() == {"tile-0.bin": 1 << 20}  # no temporary file listed or left behind

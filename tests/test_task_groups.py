@@ -21,6 +21,8 @@ from patchworks.labels._stage_store import TileStaging
 from patchworks.labels._tile_task import StageJob
 from patchworks.testing import assert_labels_equivalent, random_blobs
 
+from _probes import relabel_task_arguments
+
 LIMIT = 3  # tasks per phase in these tests: tiny images then make groups of several items
 
 
@@ -304,20 +306,8 @@ def test_a_retried_group_stages_its_items_again_identically(tmp_path):
 # -- what the driver sends a task, and the bar --------------------------------------------------------------
 
 def _relabel_arguments(monkeypatch, n_side, max_tasks):
-    seen = {}
-    real = process.graph_tasks
-
-    def spy(name, func, shared, per_task):
-        if name.startswith("patchworks-relabel"):
-            seen["args"] = per_task
-        return real(name, func, shared, per_task)
-
-    monkeypatch.setattr(process, "graph_tasks", spy)
     monkeypatch.setattr(execute, "MAX_TASKS", max_tasks)
-    image = random_blobs((4 * n_side, 4 * n_side), density=0.5, sigma=1.0, seed=n_side)
-    tile_process(image, threshold(0.5), tile_shape=4, stitch="iou", overlap=1, compute=True, progress=False,
-                 client=False)
-    return seen["args"]
+    return relabel_task_arguments(monkeypatch, n_side, stitch="iou", overlap=1, client=False)
 
 
 def test_bytes_per_relabel_task_bounded_per_item_and_per_task(per_item, monkeypatch):

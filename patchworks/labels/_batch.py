@@ -30,6 +30,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..grid import TileGrid
+from ..run._execute import MAX_TASKS  # the graph stays under ~10^5 tasks per phase when batches allow it
 from ._merge import _in_plane_shifts
 from ._table import Partials, reduce_partials, tile_partials
 from ._table_merge import partials_stem
@@ -39,8 +40,6 @@ from ._tile_task import StageJob, TileResult, counted_ids, local_ids, validate_l
 MIN_BATCH_VOXELS = 1 << 20
 # ... and never holds more than this many in one core array (uint32 ids: 64 MiB).
 MAX_BATCH_VOXELS = 1 << 24
-# The graph stays under ~10^5 tasks per phase when the batch size allows it.
-MAX_TASKS = 50_000
 # Enough batches to keep every core busy on a small run.
 MIN_BATCHES = 16
 

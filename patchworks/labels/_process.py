@@ -411,8 +411,8 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         items = np.flatnonzero(counts)
         n_tiles, size = tiles_per_item(tiles, block, items), group_size(len(items), _item_voxels(grid))
         tasks = graph_tasks(prefix, _relabel_task, _RelabelJob(staging, output, grid, count=gaps and return_count),
-                            [(items[k:k + size], plan.tiles.piece(items[k:k + size]), int(n_tiles[k:k + size].sum()))
-                             for k in range(0, len(items), size)])
+                            [(g, plan.tiles.piece(g), int(n.sum())) for g, n in
+                             zip(task_groups(items, size), task_groups(n_tiles, size))])
         desc = "relabelling tiles" if writer is None else "relabel + pyramid"
         n_relabel, table_results = len(tasks[1]), None
         total = int(n_tiles.sum())

@@ -18,11 +18,12 @@ the table's column arrays one chunk at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 
 from ..grid import TileGrid
 from ..io._table_store import TableWriter, labels_stamp
-from ..run._execute import graph_tasks, group_size, run_tasks
+from ..run._execute import graph_tasks, group_size, run_tasks, task_groups
 from ._table import Partials, column_dtypes, reduce_partials, table_columns
 
 
@@ -92,7 +93,7 @@ def table_tasks(*, scratch, grid: TileGrid, plan, n_channels: int, token: str = 
     items = np.flatnonzero(plan.tiles.counts)
     size = group_size(len(items), int(np.prod(grid.tile_shape)))
     return graph_tasks(name or f"patchworks-table-{token}", table_group_task, job,
-                       [(items[k:k + size], plan.tiles.piece(items[k:k + size])) for k in range(0, len(items), size)])
+                       [(g, plan.tiles.piece(g)) for g in task_groups(items, size)])
 
 
 class _Prefetch:
