@@ -16,6 +16,7 @@ a table of 10**7 objects needs memory for one chunk of rows only.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import posixpath
@@ -229,8 +230,6 @@ class TableWriter:
             self._flush(self.chunk)
 
     def _flush(self, n: int) -> None:
-        import asyncio
-
         start, writes = self.written, []
         for name, a in self.arrays.items():
             data = np.concatenate(self.buffer[name])
@@ -258,8 +257,6 @@ def _write_nodes(store, group_metadata, arrays: dict):
 
     The arrays are opened from the metadata in hand: nothing is read back.
     """
-    import asyncio
-
     from zarr.core.array import AsyncArray
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.group import AsyncGroup

@@ -168,8 +168,7 @@ def _reduces(client, grid, tasks) -> bool:
 def _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token) -> np.ndarray:
     """stitch="iou": band matching between neighbours, then whole-plane matching across plane-by-plane axes."""
     tasks = _iou_tasks(staging, grid, counts, offsets, iou_threshold, token)
-    pairs = run_tasks(tasks, client=client, progress=False)
-    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
+    pairs = _pairs(run_tasks(tasks, client=client, progress=False))
     planar = plane_axes(grid)
     if planar:  # the objects of each plane first, then one task per plane seam
         plans = plan_relabel(counts, pairs, sequential=False).tiles
@@ -382,8 +381,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             pairs = None
             del pieces
         elif seam_tasks is not None:
-            pairs = run_tasks(seam_tasks, client=client, progress=False)
-            pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
+            pairs = _pairs(run_tasks(seam_tasks, client=client, progress=False))
 
         # 3. plan on the driver: union-find over boundary labels only
         if pairs is not None:

@@ -49,15 +49,15 @@ def _own_lower(plan) -> int:
 
 
 def table_task(job: _TableJob, linear_index: int, plan):
-    """Map one tile's partials to final ids; keep its own objects' rows, return the others'."""
+    """Map one tile's partials to final ids; keep its own objects' rows: ``(their count, the others' rows)``."""
     parts = Partials.load(job.scratch, partials_stem(linear_index), job.ndim, job.n_channels)
     if parts is None:  # a tile with no labels in its core (or skipped as empty)
-        return linear_index, 0, Partials.empty(job.ndim, job.n_channels)
+        return 0, Partials.empty(job.ndim, job.n_channels)
     final = plan.final_ids(parts.label)
     own = final > np.uint64(_own_lower(plan))
     mine = reduce_partials(parts.take(own).relabel(final[own]))  # two labels of the tile may be one object
     mine.save(job.scratch, _own_stem(linear_index))
-    return linear_index, len(mine), parts.take(~own).relabel(final[~own])
+    return len(mine), parts.take(~own).relabel(final[~own])
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def table_group_task(job: _TableJob, items, piece) -> _GroupRows:
     """:func:`table_task` for a group of tiles, each with its own plan from ``piece``."""
     n_own, foreign = np.zeros(len(items), np.int64), []
     for k, i in enumerate(items.tolist()):
-        _, n_own[k], rows = table_task(job, i, piece[k])
+        n_own[k], rows = table_task(job, i, piece[k])
         if len(rows):
             foreign.append(rows)
     foreign = Partials.concat(foreign) if foreign else Partials.empty(job.ndim, job.n_channels)
