@@ -223,7 +223,7 @@ class _Raw:
 def _bytes_codec(zcodec, dtype: np.dtype):
     """The numcodecs codec doing what zarr's bytes-to-bytes codec ``zcodec`` does (None: not supported).
 
-    Blosc (what patchworks writes) and Zstd (zarr-python 3's default, so most
+    Blosc and Zstd (zarr-python 3's default and what patchworks writes, so most
     inputs) are numcodecs' own codecs inside zarr too: same bytes either way.
     """
     from numcodecs import Blosc, Zstd

@@ -342,7 +342,7 @@ class LabelImageWriter:
             else:
                 chunks = place(level.chunks, 1)
             group.create_array(str(k), shape=self.array_shape(k), chunks=chunks, dtype=self.dtype,
-                               compressors=output_compressors(self.zarr_format), fill_value=0,
+                               compressors=output_compressors(self.zarr_format, self.dtype), fill_value=0,
                                config={"write_empty_chunks": True}, **extra)
 
     def arrays(self) -> list:

@@ -167,7 +167,7 @@ def stage_batch(job: BatchJob, batch_index: int, windows=None) -> BatchResult:
             ids, lut, n = local_ids(ids, True)
         if n == 0:
             continue
-        local = ids if lut is None else lut[ids]
+        local = ids if lut is None else np.take(lut, ids)
         slot = core[tuple(slice(c.start - o, c.stop - o) for c, o in zip(tile.spatial_core, origin))]
         np.add(local, np.uint32(n_total), out=slot, where=local != 0)
         if tj.table_scratch is not None:

