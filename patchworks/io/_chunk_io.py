@@ -97,6 +97,21 @@ class ChunkFiles:
                 out[tuple(place)] = chunk[tuple(inner)]
         return out[drop] if drop else out
 
+    def blank(self, key):
+        """The fill value when no chunk under ``key`` was ever written (one ``stat`` per chunk), else None.
+
+        What lets an empty tile of a sparse image be skipped, and an empty
+        pyramid chunk be left unwritten, without reading or decoding anything.
+        """
+        spans = self._spans(key)
+        if spans is None:
+            return None
+        box = spans[0]
+        ranges = [range(b.start // c, (b.stop - 1) // c + 1) for b, c in zip(box, self.chunks)]
+        if any(os.path.exists(self._path(coords)) for coords in itertools.product(*ranges)):
+            return None
+        return self.fill[()]
+
     def _spans(self, key):
         """``(box of slices, index dropping the int axes)`` for a key of slices (step 1) and ints, else None."""
         if not isinstance(key, tuple) or len(key) != len(self.shape):
@@ -248,6 +263,12 @@ def read_region(array, key):
         if out is not None:
             return out
     return np.asarray(array[key])
+
+
+def blank_value(array, key):
+    """The one value every voxel of ``array[key]`` holds when known without a read (no chunk written), else None."""
+    files = chunk_files(array)
+    return None if files is None else files.blank(key)
 
 
 def write_region(array, key, data) -> None:

@@ -19,7 +19,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from patchworks.io._ngff import parse_multiscales
-from ._chunk_io import read_region
+from ._chunk_io import blank_value, read_region
 from ._npy import RemoteNpy, load_npy
 from ._urls import (explain_remote_error, filesystem, hides_connection_error, is_remote, local_path, protocol_of,
                     read_options, zarr_store)
@@ -547,6 +547,20 @@ class LazySource:
         if self.kind in ("zarr", "zarr-array") and not self.remote:
             return read_region(h, key)  # straight from the chunk files where the layout allows
         return np.asarray(h[key])
+
+    def blank(self, key):
+        """The value every voxel of window ``key`` holds when known without reading it, else None.
+
+        A local zarr array whose chunks under ``key`` were never written holds
+        its fill value there (sparse images store no empty chunks); any other
+        case is unknown (None) and the caller reads the window.
+        """
+        if self.kind not in ("zarr", "zarr-array") or self.remote:
+            return None
+        key = _normalize_key(key, self.shape)
+        if self._c is not None:
+            key = key[: self._c] + (self.channel,) + key[self._c :]
+        return blank_value(self._get(), key)
 
     def __repr__(self):
         return f"LazySource({self.description}, shape={self.shape}, dtype={self.dtype}, axes={self.axes!r})"

@@ -34,7 +34,7 @@ from ..run._execute import MAX_TASKS  # the graph stays under ~10^5 tasks per ph
 from ._merge import _in_plane_shifts
 from ._table import Partials, reduce_partials, tile_partials
 from ._table_merge import partials_stem
-from ._tile_task import StageJob, TileResult, counted_ids, local_ids, validate_labels
+from ._tile_task import StageJob, TileResult, counted_ids, known_empty, local_ids, validate_labels
 
 # A batch does at least this many voxels of work (a few ms of fn + staging on small tiles) ...
 MIN_BATCH_VOXELS = 1 << 20
@@ -144,11 +144,16 @@ def stage_batch(job: BatchJob, batch_index: int, windows=None) -> BatchResult:
     origin = [s.start for s in batch.spatial_core]
     core = np.zeros(batch.core_shape, np.uint32)
     parts, n_total, skipped, n_tiles = [], 0, 0, 0
-    members = [grid.tile(index) for index in tiles_of(grid, job.block, batch.index)]
+    indices = list(tiles_of(grid, job.block, batch.index))
     if windows is None:  # one read for the whole block (halos included): one zarr call, not one per tile
-        first, last = members[0].window, members[-1].window
+        first, last = grid.tile(indices[0]).window, grid.tile(indices[-1]).window
         box = tuple(slice(a.start, b.stop) for a, b in zip(first, last))
+        if known_empty(tj, box):  # a sparse image's empty block: skipped unread
+            tj.staging.put(batch, None, None, 0)
+            return BatchResult(linear_index=batch.linear_index, n_labels=0, skipped=len(indices),
+                               n_tiles=len(indices))
         block = np.asarray(tj.source[box])
+    members = [grid.tile(index) for index in indices]
     for j, tile in enumerate(members):
         n_tiles += 1
         if windows is not None:

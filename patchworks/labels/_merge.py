@@ -59,14 +59,21 @@ def _shift_slices(shift, lo_start, lo_len, hi_start, hi_len):
 
 
 def touch_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, offsets: np.ndarray,
-                         connectivity: int) -> np.ndarray:
+                         connectivity: int, counts: np.ndarray | None = None) -> np.ndarray:
     """Pairs of global ids that touch across the seam after tile row ``row`` on ``axis``.
 
     Compares the last core plane of row ``row`` with the first of row
     ``row + 1`` over the whole cross-section, so contacts through an edge or
     a corner of the tile grid are found too. Returns a ``(k, 2)`` uint64
-    array without duplicates.
+    array without duplicates. ``counts`` (labels per tile): tiles staged
+    empty are never read, and a seam with an empty side costs nothing.
     """
+    occupied = None
+    if counts is not None:
+        occupied = np.asarray(counts) > 0
+        on_grid = occupied.reshape(grid.grid_shape)
+        if not on_grid.take(row, axis=axis).any() or not on_grid.take(row + 1, axis=axis).any():
+            return np.zeros((0, 2), np.uint64)
     in_plane = [a for a in range(len(grid.grid_shape)) if a != axis]
     bounds = [grid.boundaries[a] for a in in_plane]
     sizes = [grid.spatial_shape[a] for a in in_plane]
@@ -84,8 +91,8 @@ def touch_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, offsets: 
         b1 = min(b0 + step, first_len)
         r0, r1 = (max(b0 - 1, 0), min(b1 + 1, first_len)) if sizes else (0, 1)
 
-        lo_local = staging.read_plane(axis, 2 * row + 1, b0, b1)
-        hi_local = staging.read_plane(axis, 2 * row + 2, r0, r1)
+        lo_local = staging.read_plane(axis, 2 * row + 1, b0, b1, occupied)
+        hi_local = staging.read_plane(axis, 2 * row + 2, r0, r1, occupied)
         if not lo_local.any() or not hi_local.any():
             continue
         starts_lo = [b0] + [0] * (len(sizes) - 1)

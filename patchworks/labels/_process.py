@@ -99,6 +99,7 @@ class _SeamJob:
     grid: TileGrid
     offsets: np.ndarray
     connectivity: int
+    counts: np.ndarray | None = None  # labels per tile: empty tiles are never read
 
 
 @dataclass
@@ -125,8 +126,8 @@ def _pairs(found) -> np.ndarray:
 
 def _seam_task(job: _SeamJob, seams):
     """The pairs across a group of seam planes, ``seams`` an ``(k, 2)`` array of (axis, row)."""
-    return _pairs([touch_pairs_for_seam(job.staging, job.grid, int(a), int(r), job.offsets, job.connectivity)
-                   for a, r in seams])
+    return _pairs([touch_pairs_for_seam(job.staging, job.grid, int(a), int(r), job.offsets, job.connectivity,
+                                        job.counts) for a, r in seams])
 
 
 def _iou_task(job: _IouJob, items):
@@ -370,7 +371,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             seams = np.array([(a, r) for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)],
                              dtype=np.int64).reshape(-1, 2)
             seam_tasks = graph_tasks(f"patchworks-seam-{token}", _seam_task,
-                                     _SeamJob(staging, grid, offsets, connectivity),
+                                     _SeamJob(staging, grid, offsets, connectivity, counts),
                                      [(rows,) for rows in task_groups(seams, group_size(len(seams)))])
         if seam_tasks is not None and _reduces(client, grid, seam_tasks):
             # 3'. many tiles on a cluster: the pairs (touch or iou) stay on the workers and a tree

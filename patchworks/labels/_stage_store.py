@@ -215,11 +215,13 @@ class TileStaging:
             out.append(views)
         return out
 
-    def read_plane(self, axis: int, plane_index: int, lo: int, hi: int) -> np.ndarray:
+    def read_plane(self, axis: int, plane_index: int, lo: int, hi: int, occupied=None) -> np.ndarray:
         """Local ids of one global seam plane, rows ``lo:hi`` of its first in-plane axis.
 
         ``plane_index`` is ``2 * row`` for the first plane of tile row ``row``
-        along ``axis`` and ``2 * row + 1`` for its last.
+        along ``axis`` and ``2 * row + 1`` for its last. ``occupied``: a
+        boolean per tile (linear index); tiles staged without labels are not
+        read (their object holds no planes).
         """
         grid = self.grid
         row, which = divmod(plane_index, 2)
@@ -235,6 +237,8 @@ class TileStaging:
             last = int(np.searchsorted(b, hi, side="left"))
             ranges[in_plane[0]] = range(first, last)
         tiles = [grid.tile(index) for index in itertools.product(*ranges)]
+        if occupied is not None:
+            tiles = [t for t in tiles if occupied[t.linear_index]]
         spans = [self._plane_range(tile, axis, which) for tile in tiles]
         # one batch for every tile of the plane: an object store answers them concurrently
         pieces = self.scratch.get_ranges([self._key(t.linear_index) for t in tiles],

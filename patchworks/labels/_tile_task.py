@@ -177,10 +177,27 @@ def counted_ids(core: np.ndarray, label_counts, tile) -> np.ndarray:
     return core.astype(np.uint32, copy=False)
 
 
+def known_empty(job: StageJob, window) -> bool:
+    """Whether ``skip_empty`` skips the window ``job.source[window]`` without reading it.
+
+    True when the source knows the window holds one value at or below the
+    threshold (a sparse zarr image whose chunks there were never written):
+    no read, no decode and no maximum over the voxels.
+    """
+    if job.empty_threshold is None:
+        return False
+    blank = getattr(job.source, "blank", None)
+    value = blank(window) if blank is not None else None
+    return value is not None and value <= job.empty_threshold
+
+
 def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
     """Run one tile: the body of a staging task."""
     grid = job.grid
     tile = grid.tile(linear_index)
+    if window is None and known_empty(job, tile.window):
+        job.staging.put(tile, None, None, 0)
+        return TileResult(linear_index=tile.linear_index, n_labels=0, skipped=True)
     if window is None:
         window = np.asarray(job.source[tile.window])
     if job.empty_threshold is not None and (window.size == 0 or window.max() <= job.empty_threshold):
