@@ -85,3 +85,17 @@ def test_dtype_is_uint32_until_the_count_needs_more():
     joined = plan_relabel([2**32 - 1, 1], np.array([[1, 2**32]], np.uint64), sequential=False)
     assert joined.dtype == np.uint32 and joined.max_label == 2**32 - 1
     assert int(joined.tiles[1].lookup(np.uint64)[1]) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**16), st.integers(0, 300), st.sampled_from([3, 2**32 - 1, 2**32, 2**40]))
+def test_unique_pairs_is_numpys_unique_rows(seed, n, top):
+    # packed two ids to a uint64 below 2**32, numpy's row unique above: the same sorted distinct rows
+    from patchworks.labels._merge import unique_pairs
+
+    rng = np.random.default_rng(seed)
+    pairs = rng.integers(0, top, (n, 2), dtype=np.uint64, endpoint=True)
+    pairs = np.concatenate([pairs, pairs[: n // 3]])
+    got = unique_pairs(pairs)
+    assert got.dtype == np.uint64 and got.shape[1] == 2
+    np.testing.assert_array_equal(got, np.unique(pairs, axis=0) if len(pairs) > 1 else pairs)

@@ -31,7 +31,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..grid import TileGrid
 from ..run._execute import MAX_TASKS  # the graph stays under ~10^5 tasks per phase when batches allow it
-from ._merge import _in_plane_shifts
+from ._merge import _in_plane_shifts, unique_pairs
 from ._table import Partials, reduce_partials, tile_partials
 from ._table_merge import partials_stem
 from ._tile_task import StageJob, TileResult, counted_ids, known_empty, local_ids, validate_labels
@@ -121,9 +121,7 @@ def _block_pairs(core: np.ndarray, cuts, connectivity: int) -> np.ndarray:
                 found.append(np.stack([a[both], b[both]], axis=1))
     if not found:
         return np.zeros((0, 2), np.uint32)
-    pairs = np.concatenate(found).astype(np.uint64)
-    key = np.unique((pairs[:, 0] << np.uint64(32)) | pairs[:, 1])
-    return np.stack([key >> np.uint64(32), key & np.uint64(0xFFFFFFFF)], axis=1)
+    return unique_pairs(np.concatenate(found))
 
 
 def _join(pairs: np.ndarray, n: int) -> tuple[np.ndarray | None, int]:

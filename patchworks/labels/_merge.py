@@ -114,7 +114,7 @@ def touch_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, offsets: 
                     found.append(np.stack([a[both], b[both]], axis=1))
     if not found:
         return np.zeros((0, 2), np.uint64)
-    return np.unique(np.concatenate(found), axis=0)
+    return unique_pairs(np.concatenate(found))
 
 
 def _forward_neighbours(ndim: int):
@@ -442,6 +442,22 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
         np.not_equal(values[1:], values[:-1], out=keep[1:])
         values = values[keep]
     return values
+
+
+def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    """The distinct rows of a ``(k, 2)`` array of ids, sorted (``np.unique(pairs, axis=0)``).
+
+    Ids below 2**32 (any run with fewer labels) are packed two to a uint64
+    and sorted as one key: ~10x faster than ``np.unique(axis=0)``, which sorts
+    rows as opaque records.
+    """
+    pairs = np.asarray(pairs, dtype=np.uint64).reshape(-1, 2)
+    if len(pairs) < 2:
+        return pairs
+    if int(pairs.max()) >> 32:
+        return np.unique(pairs, axis=0)
+    key = _sorted_unique((pairs[:, 0] << np.uint64(32)) | pairs[:, 1])
+    return np.stack([key >> np.uint64(32), key & np.uint64(0xFFFFFFFF)], axis=1)
 
 
 def index_pairs(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._merge import MergePlan, index_pairs, plan_from, root_positions
+from ._merge import MergePlan, index_pairs, plan_from, root_positions, unique_pairs
 
 # Above this many tiles, on a distributed client, tile_process plans by this reduction instead of on the
 # driver (the driver then never holds the seam pairs); measured in benchmarks/bench_planner.py.
@@ -55,10 +55,6 @@ def _union(labels: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def _root_of(ids, root, x):
     return root[np.searchsorted(ids, x)]
-
-
-def _unique_rows(a: np.ndarray) -> np.ndarray:
-    return np.unique(a, axis=0) if len(a) > 1 else a
 
 
 def _ports(y, r, s):
@@ -89,7 +85,7 @@ def leaf(lo: int, hi: int, parts) -> tuple:
     inner = owned[:, 1] <= hi
     out = owned[~inner]
     ids, root = _union(np.concatenate([out[:, 0], incoming[:, 1]]), owned[inner])
-    up_out = _unique_rows(np.stack([_root_of(ids, root, out[:, 0]), out[:, 1]], axis=1))
+    up_out = unique_pairs(np.stack([_root_of(ids, root, out[:, 0]), out[:, 1]], axis=1))
     ports = _ports(incoming[:, 1], _root_of(ids, root, incoming[:, 1]), incoming[:, 0])
     return (ids, root), (up_out, ports)
 
@@ -104,7 +100,7 @@ def node(lo: int, hi: int, ups) -> tuple:
     landing = pr[np.searchsorted(py, out[inside, 1])]
     ids, root = _union(np.concatenate([out[:, 0], pr]), np.stack([out[inside, 0], landing], axis=1))
     leave = out[~inside]
-    up_out = _unique_rows(np.stack([_root_of(ids, root, leave[:, 0]), leave[:, 1]], axis=1))
+    up_out = unique_pairs(np.stack([_root_of(ids, root, leave[:, 0]), leave[:, 1]], axis=1))
     below = ps <= lo
     ports = (py[below], _root_of(ids, root, pr[below]), ps[below])
     return (ids, root), (up_out, ports)
