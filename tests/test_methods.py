@@ -95,3 +95,22 @@ def test_builtins_refuse_images_with_channels(tmp_path):
     assert threshold(str(path), value=0.5, channel=0) == threshold(0.5)
     with pytest.raises(ValueError, match="fn=threshold labels a single-channel image .* channel=N"):
         tile_process(np.zeros((2, 8, 8)), threshold(0.5), tile_shape=4, channel_axis=0)
+
+
+def test_threshold_labels_are_gap_free_and_staged_without_a_count(monkeypatch):
+    # threshold declares its ids 1..n without gaps; the tiled result is the same with and without trusting it
+    import patchworks.labels._tile_task as tile_task
+
+    image = random_blobs((96, 80), density=0.4, seed=5)
+    fn = threshold(0.5)
+    assert fn.gap_free
+    labels = fn(image)
+    assert set(np.unique(labels)) == set(range(int(labels.max()) + 1))
+    for tile_shape in (32, (16, 80)):      # one tile per task, and batches of small tiles
+        trusted = tile_process(image, fn, tile_shape=tile_shape, compute=True, sequential_labels=True)
+        monkeypatch.setattr(tile_task, "gap_free", lambda *a: False)
+        monkeypatch.setattr("patchworks.labels._batch.gap_free", lambda *a: False)
+        counted = tile_process(image, fn, tile_shape=tile_shape, compute=True, sequential_labels=True)
+        monkeypatch.undo()
+        np.testing.assert_array_equal(trusted, counted)
+        assert_labels_equivalent(trusted, ndimage.label(image > 0.5)[0])

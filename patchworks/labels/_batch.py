@@ -34,7 +34,7 @@ from ..run._execute import MAX_TASKS  # the graph stays under ~10^5 tasks per ph
 from ._merge import _in_plane_shifts, unique_pairs
 from ._table import Partials, reduce_partials, tile_partials
 from ._table_merge import partials_stem
-from ._tile_task import StageJob, TileResult, counted_ids, known_empty, local_ids, validate_labels
+from ._tile_task import StageJob, TileResult, counted_ids, gap_free, known_empty, local_ids, validate_labels
 
 # A batch does at least this many voxels of work (a few ms of fn + staging on small tiles) ...
 MIN_BATCH_VOXELS = 1 << 20
@@ -167,7 +167,7 @@ def stage_batch(job: BatchJob, batch_index: int, windows=None) -> BatchResult:
         if tj.label_counts is not None:
             ids, lut, n = counted_ids(ids, tj.label_counts, tile), None, int(tj.label_counts[tile.index])
         else:  # always 1..n: the batch's own numbering then has no gaps
-            ids, lut, n = local_ids(ids, True)
+            ids, lut, n = local_ids(ids, True, gap_free(tj.fn, labels, ids))
         if n == 0:
             continue
         local = ids if lut is None else np.take(lut, ids)

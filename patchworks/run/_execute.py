@@ -34,6 +34,8 @@ def active_client(client=None):
         return None
     if client is not None:
         return client
+    if "distributed" not in sys.modules:  # no client can exist; importing distributed costs ~0.2 s
+        return None
     try:
         from distributed import default_client
         return default_client()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 import os
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import cc3d
 import numpy as np
@@ -49,11 +50,14 @@ class Threshold:
     """Tile function: foreground is ``tile > value``, labelled as connected components.
 
     ``connectivity=None`` takes the one ``tile_process`` merges with.
+    Its labels are always ``1..n`` without gaps (``gap_free``), so a tile
+    staged whole needs no count of the ids present.
     """
 
     value: float
     connectivity: int | None = None
     method: str = "threshold"
+    gap_free: ClassVar[bool] = True
 
     def with_connectivity(self, connectivity: int) -> "Threshold":
         return replace(self, connectivity=connectivity)
