@@ -41,6 +41,7 @@ class ChunkFiles:
         self.shape = tuple(int(s) for s in meta.shape)
         self.fill = np.asarray(meta.fill_value, dtype=dtype) if meta.fill_value is not None else dtype.type(0)
         self.write_empty = write_empty
+        self._made = set()  # chunk directories known to exist
 
     def _path(self, coords) -> Path:
         return self.root / self.meta.encode_chunk_key(tuple(coords))
@@ -165,7 +166,9 @@ class ChunkFiles:
             path.unlink(missing_ok=True)
             return True
         encoded = self.codec.encode(full.view(np.uint8).reshape(-1))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in self._made:  # one mkdir per directory, not one per chunk
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(path.parent)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
         with open(tmp, "wb") as f:
             f.write(encoded)
