@@ -172,7 +172,10 @@ def stage_batch(job: BatchJob, batch_index: int, windows=None) -> BatchResult:
             continue
         local = ids if lut is None else np.take(lut, ids)
         slot = core[tuple(slice(c.start - o, c.stop - o) for c, o in zip(tile.spatial_core, origin))]
-        np.add(local, np.uint32(n_total), out=slot, where=local != 0)
+        # slot = local + n_total where local != 0, in three plain passes (a where= mask costs 4x: 3.9 vs 0.9 ms)
+        np.minimum(local, 1, out=slot)
+        np.multiply(slot, np.uint32(n_total), out=slot)
+        np.add(slot, local, out=slot)
         if tj.table_scratch is not None:
             parts.append(_tile_parts(tj, tile, ids, lut, n, window, n_total))
         n_total += n
