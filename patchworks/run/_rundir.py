@@ -19,7 +19,9 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
+import weakref
 from pathlib import Path
 
 import dask.array as da
@@ -157,6 +159,44 @@ def _siblings(parent, stem: str, storage_options) -> list:
     scheme = protocol_of(str(parent))
     return [f"{scheme}://{e['name'].rstrip('/')}" for e in entries
             if e.get("type") == "directory" and e["name"].rstrip("/").rsplit("/", 1)[-1].startswith(stem)]
+
+
+# A running run rewrites its lock's time this often; another host takes over a lock silent for LOCK_STALE_S.
+LOCK_HEARTBEAT_S = 30.0
+LOCK_STALE_S = 120.0
+
+
+def _lock_bytes(me: dict) -> bytes:
+    return json.dumps({**me, "time": time.time()}).encode()
+
+
+class _Heartbeat:
+    """A daemon thread that rewrites the run's lock with a fresh time until stopped.
+
+    It stops by itself when the lock is no longer ours (another run took it
+    over after this one stalled): the next write this run does is then its
+    own lookout, and rewriting the other run's lock would hide that run.
+    """
+
+    def __init__(self, scratch, me: dict):
+        self.scratch, self.me, self.stop_event = scratch, me, threading.Event()
+        self._thread = threading.Thread(target=self._run, name="patchworks-lock", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(LOCK_HEARTBEAT_S):
+            try:
+                held = json.loads(self.scratch.get("lock") or b"{}")
+                if not isinstance(held, dict) or held.get("nonce") != self.me["nonce"]:
+                    logger.error("patchworks: %s/lock was taken over by another run", self.scratch)
+                    return
+                self.scratch.put("lock", _lock_bytes(self.me))
+            except Exception:  # an unreachable store for a moment: try again at the next beat
+                logger.debug("patchworks: lock heartbeat failed", exc_info=True)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._thread.join()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -320,27 +360,47 @@ class RunDir:
                 f"to discard it and start this one")
 
     def _take_lock(self) -> None:
-        """One run at a time per scratch: an exclusive create (``O_EXCL``, or S3's ``If-None-Match``)."""
-        me = {"host": socket.gethostname(), "pid": os.getpid()}
-        if self.scratch.create("lock", json.dumps(me).encode()):
-            return
-        try:
-            held = json.loads(self.scratch.get("lock") or b"{}")
-        except (OSError, ValueError):
-            held = {}
-        if isinstance(held, int):  # a lock written by an older version: a bare pid
-            held = {"host": me["host"], "pid": held}
-        pid = int(held.get("pid") or 0) if isinstance(held, dict) else 0
-        host = held.get("host", me["host"]) if isinstance(held, dict) else me["host"]
-        if host != me["host"] and pid:
-            raise RuntimeError(
-                f"another patchworks run (pid {pid} on host {host!r}) holds {self.scratch}/lock for "
-                f"{str(self.target)!r}; it may still be writing. If that run is gone, delete the lock object and "
-                f"re-run to resume it")
-        if pid and pid != os.getpid() and _pid_alive(pid):
-            raise RuntimeError(f"another patchworks run (pid {pid}) is writing {str(self.target)!r} right "
-                               f"now; wait for it to finish or stop it") from None
-        self.scratch.put("lock", json.dumps(me).encode())  # a crashed run's lock: take it over
+        """One run at a time per scratch: an exclusive create (``O_EXCL``, or S3's ``If-None-Match``).
+
+        The holder rewrites the lock's time every ``LOCK_HEARTBEAT_S`` while it
+        runs (:class:`_Heartbeat`). A lock on this host is stale when its
+        process is gone; one from another host (a driver that died on another
+        machine of a cluster) when its time is older than ``LOCK_STALE_S``.
+        """
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "nonce": os.urandom(8).hex()}
+        if not self.scratch.create("lock", _lock_bytes(me)):
+            try:
+                held = json.loads(self.scratch.get("lock") or b"{}")
+            except (OSError, ValueError):
+                held = {}
+            if isinstance(held, int):  # a lock written by an older version: a bare pid
+                held = {"host": me["host"], "pid": held}
+            held = held if isinstance(held, dict) else {}
+            pid, host = int(held.get("pid") or 0), held.get("host", me["host"])
+            if host != me["host"] and pid:
+                age = time.time() - float(held.get("time", time.time()))  # no time: an older version's, kept
+                if age <= LOCK_STALE_S:
+                    raise RuntimeError(
+                        f"another patchworks run (pid {pid} on host {host!r}) holds {self.scratch}/lock for "
+                        f"{str(self.target)!r} (its heartbeat {age:.0f} s ago); it may still be writing. If that "
+                        f"run is gone, wait {LOCK_STALE_S - age:.0f} s or delete the lock object, and re-run to "
+                        f"resume it")
+                logger.warning("patchworks: taking over %s/lock of pid %d on %s, silent for %.0f s",
+                               self.scratch, pid, host, age)
+            elif pid and pid != os.getpid() and _pid_alive(pid):
+                raise RuntimeError(f"another patchworks run (pid {pid}) is writing {str(self.target)!r} right "
+                                   f"now; wait for it to finish or stop it") from None
+            self.scratch.put("lock", _lock_bytes(me))  # a crashed run's lock: take it over
+        self._heartbeat = _Heartbeat(self.scratch, me)
+        # a run dropped without finish() or fail() (an error before its pipeline started) stops beating
+        weakref.finalize(self, self._heartbeat.stop_event.set)
+
+    def _release_lock(self) -> None:
+        beat = getattr(self, "_heartbeat", None)
+        if beat is not None:
+            beat.stop()
+            self._heartbeat = None
+        self.scratch.remove("lock")
 
     # -- outputs -------------------------------------------------------------------------
     def create(self, *, shape, dtype, chunks):
@@ -389,9 +449,10 @@ class RunDir:
 
     def finish(self) -> None:
         if not self.keep_stage:
+            self._release_lock()
             self.scratch.remove_all()
             return
-        self.scratch.remove("lock")
+        self._release_lock()
         try:
             record = json.loads(self.scratch.get("run.json"))
         except (OSError, ValueError):
@@ -414,7 +475,7 @@ class RunDir:
                 self.remove_output(self.target)
             self.finish()
         else:
-            self.scratch.remove("lock")
+            self._release_lock()
 
     def discard_temporary(self) -> None:
         if self.temporary and self.keep_stage:  # the labels go, the stage stays where it was logged
