@@ -415,3 +415,34 @@ def test_measure_remote_labels_into_a_local_table(tmp_path, s3_server, s3_bucket
     s3_server.filesystem().rm(f"{s3_bucket}/cells.zarr", recursive=True)
     with pytest.raises(ValueError, match="are gone"):
         read_table(tmp_path / "t.zarr", storage_options=so)
+
+
+def _presigned(s3_server, bucket, key):
+    import boto3
+
+    options = s3_server.storage_options
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint, aws_access_key_id=options["key"],
+                          aws_secret_access_key=options["secret"], region_name="us-east-1")
+    return client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=600)
+
+
+def test_a_signed_url_of_a_tiff_reads_and_labels(tmp_path, s3_server, s3_bucket, blobs):
+    # a presigned GET URL: its token is the query, which names no format and must reach every ranged read
+    import tifffile
+
+    image = (blobs * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    s3_server.filesystem().put(str(tmp_path / "img.tif"), f"{s3_bucket}/img.tif")
+    url = _presigned(s3_server, s3_bucket, "img.tif")
+    assert "?" in url and url.startswith("http://127.0.0.1")
+    source = open_image(url)
+    assert source.kind == "tiff" and source.shape == image.shape
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(source))[...], image)   # as a worker reopens it
+    labels = tile_process(url, threshold(127), tile_shape=32, compute=True, progress=False)
+    assert_labels_equivalent(labels, ndimage.label(image > 127)[0])
+
+
+def test_a_signed_url_of_a_zarr_store_is_refused_with_the_way_out(s3_server, s3_bucket):
+    url = _presigned(s3_server, s3_bucket, "img.zarr/zarr.json").replace("/zarr.json", "")
+    with pytest.raises(ValueError, match=r"image=.*a signed URL\) must name one image file.*s3://"):
+        open_image(url)

@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 import numpy as np
@@ -184,7 +185,15 @@ def _open_url(url, *, component, level, channel, name, storage_options):
     """A LazySource for a remote URL, after one cheap look that it exists and can be read."""
     fs, path = filesystem(url, read_options(url, storage_options), parameter=name)
     path = path.rstrip("/")
-    kind, zarr_format = _kind_of(path.lower()), None
+    signed = protocol_of(url) in ("http", "https") and "?" in path
+    # a signed URL (S3 / GCS presigned, Azure SAS) names one object and carries its token in the query
+    object_path = urlsplit(path).path if signed else path
+    kind, zarr_format = _kind_of(object_path.lower()), None
+    if signed and kind is None:
+        raise ValueError(
+            f"{name}={url!r}: a URL with a query (a signed URL) must name one image file (.tif, .tiff, .h5, .hdf5, "
+            f".npy); a zarr store is many objects, each with its own signature. Read a zarr store by its "
+            f"s3:// / gs:// / az:// URL with credentials in storage_options, or over plain http(s)")
     try:
         if kind is not None:
             fs.info(path)  # missing, refused or unreachable: said here, before any tile runs
