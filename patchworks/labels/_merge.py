@@ -59,13 +59,14 @@ def _shift_slices(shift, lo_start, lo_len, hi_start, hi_len):
 
 
 def touch_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, offsets: np.ndarray,
-                         connectivity: int) -> np.ndarray:
+                         connectivity: int, span: tuple[int, int] | None = None) -> np.ndarray:
     """Pairs of global ids that touch across the seam after tile row ``row`` on ``axis``.
 
     Compares the last core plane of row ``row`` with the first of row
     ``row + 1`` over the whole cross-section, so contacts through an edge or
-    a corner of the tile grid are found too. Returns a ``(k, 2)`` uint64
-    array without duplicates.
+    a corner of the tile grid are found too. ``span``: only voxels (both
+    ends of a pair) in ``span[0]:span[1]`` of the first in-plane axis.
+    Returns a ``(k, 2)`` uint64 array without duplicates.
     """
     in_plane = [a for a in range(len(grid.grid_shape)) if a != axis]
     bounds = [grid.boundaries[a] for a in in_plane]
@@ -79,10 +80,10 @@ def touch_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, offsets: 
     per_row = int(np.prod(sizes[1:])) if len(sizes) > 1 else 1
     step = max(1, _SEAM_BLOCK_VOXELS // max(per_row, 1))
     found = []
-    first_len = sizes[0] if sizes else 1
-    for b0 in range(0, first_len, step):
-        b1 = min(b0 + step, first_len)
-        r0, r1 = (max(b0 - 1, 0), min(b1 + 1, first_len)) if sizes else (0, 1)
+    first_lo, first_hi = span if span is not None else (0, sizes[0] if sizes else 1)
+    for b0 in range(first_lo, first_hi, step):
+        b1 = min(b0 + step, first_hi)
+        r0, r1 = (max(b0 - 1, first_lo), min(b1 + 1, first_hi)) if sizes else (0, 1)
 
         lo_local = staging.read_plane(axis, 2 * row + 1, b0, b1)
         hi_local = staging.read_plane(axis, 2 * row + 2, r0, r1)
@@ -108,6 +109,42 @@ def touch_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, offsets: 
     if not found:
         return np.zeros((0, 2), np.uint64)
     return np.unique(np.concatenate(found), axis=0)
+
+
+def touch_pairs_for_slabs(staging, grid: TileGrid, rows: range, offsets: np.ndarray,
+                          connectivity: int) -> np.ndarray:
+    """Pairs across every seam of the tiles in tile rows ``rows`` along axis 0 (a run of slabs).
+
+    The seams of the other axes are scanned within the slabs only, and the
+    axis-0 seams after each slab in full: two voxels that are neighbours in
+    different tiles either lie in one slab or in two consecutive ones, and
+    then they lie on the axis-0 seam between these, whose in-plane shifts
+    reach every neighbour. Each tile of the run is read once (all its planes
+    in one ranged GET), the slab after it for its first plane only, instead
+    of one read per seam and tile.
+    """
+    n0 = grid.grid_shape[0]
+    after = rows.stop if rows.stop < n0 else None
+    pick = lambda r: [grid.tile(i) for i in itertools.product(range(r.start, r.stop),  # noqa: E731
+                                                              *map(range, grid.grid_shape[1:]))]
+    planes = staging.with_planes(pick(rows), pick(range(after, after + 1)) if after is not None else [])
+    b = grid.boundaries[0]
+    span = (int(b[rows.start]), int(b[rows.stop]))
+    found = [touch_pairs_for_seam(planes, grid, a, r, offsets, connectivity, span=span)
+             for a in range(1, len(grid.grid_shape)) for r in range(grid.grid_shape[a] - 1)]
+    found += [touch_pairs_for_seam(planes, grid, 0, r, offsets, connectivity) for r in rows if r < n0 - 1]
+    found = [p for p in found if len(p)]
+    return np.concatenate(found) if found else np.zeros((0, 2), np.uint64)
+
+
+def slab_plane_bytes(grid: TileGrid) -> int:
+    """Bytes of the staged seam planes of one tile slab along axis 0 (what :func:`touch_pairs_for_slabs` holds)."""
+    shape = grid.spatial_shape
+    tiled = [a for a, n in enumerate(grid.grid_shape) if n > 1]
+    slab = (int(np.max(np.diff(grid.boundaries[0]))),) + tuple(shape[1:])
+    # every tile's planes: 2 per tiled axis, each the slab's cross-section across that axis
+    per_axis = [int(np.prod(slab[:a] + slab[a + 1:])) * (grid.grid_shape[a] if a else 1) for a in tiled]
+    return 4 * 2 * sum(per_axis)
 
 
 def _forward_neighbours(ndim: int):

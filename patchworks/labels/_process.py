@@ -31,8 +31,8 @@ from ..io._sources import LazySource, open_image
 from . import _reduce
 from ..io._urls import join
 from ._merge import (PLANE_SEAMS_PER_TASK, ArrayOutput, iou_pairs_for_tile, plan_relabel, plane_axes,
-                     plane_links_for_seams, relabel_tile,
-                     touch_pairs_for_seam)
+                     plane_links_for_seams, relabel_tile, slab_plane_bytes,
+                     touch_pairs_for_seam, touch_pairs_for_slabs)
 from ..io._ngff_write import build_label_image, check_ngff_labels, image_multiscales, register_label
 from ..segment._threshold import Threshold, otsu_threshold, sample_values
 from ..segment._instances import LogBlobs, Watershed
@@ -127,6 +127,37 @@ def _seam_task(job: _SeamJob, seams):
     """The pairs across a group of seam planes, ``seams`` an ``(k, 2)`` array of (axis, row)."""
     return _pairs([touch_pairs_for_seam(job.staging, job.grid, int(a), int(r), job.offsets, job.connectivity)
                    for a, r in seams])
+
+
+def _slab_task(job: _SeamJob, rows):
+    """The pairs across every seam of tile slabs ``rows[0]:rows[1]`` along axis 0 (one read per tile)."""
+    return touch_pairs_for_slabs(job.staging, job.grid, range(int(rows[0]), int(rows[1])), job.offsets,
+                                 job.connectivity)
+
+
+# A slab task holds the seam planes of its slabs at once: at most this many bytes of them.
+SLAB_PLANE_BYTES = 1 << 26
+
+
+def _touch_tasks(staging, grid, offsets, connectivity, token) -> list:
+    """The seam tasks of ``stitch="touch"``: runs of tile slabs while a slab's planes fit, else seam by seam.
+
+    A slab task reads each of its tiles once (the slab after it: one plane
+    per tile), so more slabs per task means fewer reads; two tasks at least
+    keep two workers busy. Seam by seam, every tile is read once per seam.
+    """
+    job = _SeamJob(staging, grid, offsets, connectivity)
+    n0, per_slab = grid.grid_shape[0], slab_plane_bytes(grid)
+    if grid.n_tiles == 1:
+        return []
+    if per_slab <= SLAB_PLANE_BYTES:
+        m = max(1, min(SLAB_PLANE_BYTES // per_slab, -(-n0 // 2)))
+        runs = [(r, min(r + m, n0)) for r in range(0, n0, m)]
+        return graph_tasks(f"patchworks-seam-{token}", _slab_task, job, [(run,) for run in runs])
+    seams = np.array([(a, r) for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)],
+                     dtype=np.int64).reshape(-1, 2)
+    return graph_tasks(f"patchworks-seam-{token}", _seam_task, job,
+                       [(rows,) for rows in task_groups(seams, group_size(len(seams)))])
 
 
 def _iou_task(job: _IouJob, items):
@@ -367,11 +398,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         elif iou:
             seam_tasks = _iou_tasks(staging, grid, counts, offsets, iou_threshold, token)
         else:
-            seams = np.array([(a, r) for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)],
-                             dtype=np.int64).reshape(-1, 2)
-            seam_tasks = graph_tasks(f"patchworks-seam-{token}", _seam_task,
-                                     _SeamJob(staging, grid, offsets, connectivity),
-                                     [(rows,) for rows in task_groups(seams, group_size(len(seams)))])
+            seam_tasks = _touch_tasks(staging, grid, offsets, connectivity, token)
         if seam_tasks is not None and _reduces(client, grid, seam_tasks):
             # 3'. many tiles on a cluster: the pairs (touch or iou) stay on the workers and a tree
             #     reduction there resolves them; the driver gets the boundary labels' final ids only

@@ -236,9 +236,7 @@ class TileStaging:
             ranges[in_plane[0]] = range(first, last)
         tiles = [grid.tile(index) for index in itertools.product(*ranges)]
         spans = [self._plane_range(tile, axis, which) for tile in tiles]
-        # one batch for every tile of the plane: an object store answers them concurrently
-        pieces = self.scratch.get_ranges([self._key(t.linear_index) for t in tiles],
-                                         [a for a, _ in spans], [b for _, b in spans])
+        pieces = self._plane_pieces(tiles, spans)
         for tile, (a, b), raw in zip(tiles, spans, pieces):
             if raw is None or len(raw) < b - a:
                 continue  # an empty or skipped tile has no planes (its object is the 32-byte header)
@@ -251,3 +249,30 @@ class TileStaging:
                 dst[0] = slice(a - lo, b - lo)
             out[tuple(dst)] = piece
         return out
+
+    def _plane_pieces(self, tiles, spans) -> list:
+        """The bytes ``spans`` of ``tiles``' objects: from :meth:`with_planes`' cache, else one batched read."""
+        cache = getattr(self, "_planes", None) or {}
+        held = [cache.get(t.linear_index) for t in tiles]
+        if not all(h is not None and h[0] <= a and b <= h[1] for h, (a, b) in zip(held, spans)):
+            # one batch for every tile of the plane: an object store answers them concurrently
+            return self.scratch.get_ranges([self._key(t.linear_index) for t in tiles],
+                                           [a for a, _ in spans], [b for _, b in spans])
+        return [None if raw is None else raw[a - start:b - start] for (start, _, raw), (a, b) in zip(held, spans)]
+
+    def with_planes(self, whole, first) -> "TileStaging":
+        """A copy whose :meth:`read_plane` serves ``whole``'s seam planes and ``first``'s first axis-0 planes.
+
+        One ranged GET per tile, all in one batch (the planes lie together
+        at the head of a tile's object, the first one along axis 0 first):
+        a task that scans every seam of a run of tile slabs reads each tile
+        once instead of once per seam.
+        """
+        whole, first = list(whole), list(first)
+        tiles = whole + first
+        stops = [32 + 4 * sum(2 * int(np.prod(s)) for s in self._plane_shapes(t).values()) for t in whole]
+        stops += [self._plane_range(t, 0, 0)[1] for t in first]
+        raws = self.scratch.get_ranges([self._key(t.linear_index) for t in tiles], [32] * len(tiles), stops)
+        copy = TileStaging(self.grid, self.scratch, self.bands)
+        copy._planes = {t.linear_index: (32, stop, raw) for t, stop, raw in zip(tiles, stops, raws)}
+        return copy
