@@ -603,7 +603,8 @@ class ArrayOutput:
         write_region(self.array, core, final)
 
 
-def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TilePlan, count: bool = False) -> int:
+def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TilePlan, count: bool = False,
+                 taken=None) -> int:
     """Write one tile's final ids (the body of a relabel task); returns the objects it names first.
 
     ``output`` writes the tile (``write_tile``): a label image writes level 0
@@ -612,12 +613,13 @@ def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TileP
     the core, less those absorbed into a label of an earlier tile: summed
     over tiles, the number of objects. ``count``: the staged ids were not
     numbered ``1..n`` (gaps possible), so count the ids present here (one
-    pass over the tile).
+    pass over the tile). ``taken``: the tile's ``staging.take`` when the
+    caller read it already.
     """
     if plan.n_labels == 0:
         return 0  # nothing staged; the output's fill value is already 0
     tile = grid.tile(linear_index)
-    ids, local_lut = staging.take(tile)
+    ids, local_lut = taken if taken is not None else staging.take(tile)
     if local_lut is not None:  # raw ids: compose the two look-ups, then one pass over the tile
         final = plan.lookup(output.dtype)[local_lut][ids]
     else:
