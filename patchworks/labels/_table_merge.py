@@ -56,7 +56,8 @@ def tile_rows(job: TableJob, linear_index: int, plan, raw: bytes | None):
     final = plan.final_ids(parts.label)
     own = final > np.uint64(_own_lower(plan))
     mine = reduce_partials(parts.take(own).relabel(final[own]))  # two labels of the tile may be one object
-    mine.save(job.scratch, _own_stem(linear_index))
+    if len(mine):  # the driver reads the rows of owners only
+        mine.save(job.scratch, _own_stem(linear_index))
     return len(mine), parts.take(~own).relabel(final[~own])
 
 
