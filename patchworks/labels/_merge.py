@@ -108,7 +108,28 @@ def touch_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, offsets: 
                     found.append(np.stack([a[both], b[both]], axis=1))
     if not found:
         return np.zeros((0, 2), np.uint64)
-    return np.unique(np.concatenate(found), axis=0)
+    return unique_pairs(np.concatenate(found))
+
+
+def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    """The distinct rows of a ``(k, 2)`` uint64 array, sorted: ``np.unique(pairs, axis=0)``, 10-20x faster.
+
+    ``np.unique(axis=0)`` sorts the rows as opaque bytes (and numpy 2.4's
+    1-D ``np.unique`` is 20x slower than ``np.sort``); two ids below 2**32
+    pack into one uint64 whose order is the rows' order, else a lexsort of
+    the two columns does it.
+    """
+    if len(pairs) < 2:
+        return pairs
+    if pairs.dtype == np.uint64 and int(pairs.max()) < 1 << 32:
+        packed = np.sort((pairs[:, 0] << np.uint64(32)) | pairs[:, 1])
+        packed = packed[np.r_[True, packed[1:] != packed[:-1]]]
+        return np.stack([packed >> np.uint64(32), packed & np.uint64(0xFFFFFFFF)], axis=1)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    rows = pairs[order]
+    keep = np.ones(len(rows), bool)
+    keep[1:] = (rows[1:] != rows[:-1]).any(axis=1)
+    return rows[keep]
 
 
 def touch_pairs_for_slabs(staging, grid: TileGrid, rows: range, offsets: np.ndarray,

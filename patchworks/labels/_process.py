@@ -154,12 +154,11 @@ def _touch_tasks(staging, grid, offsets, connectivity, token) -> list:
     """
     job = _SeamJob(staging, grid, offsets, connectivity)
     n0, per_slab = grid.grid_shape[0], slab_plane_bytes(grid)
-    if grid.n_tiles == 1:
-        return []
     if per_slab <= SLAB_PLANE_BYTES:
         m = max(1, min(SLAB_PLANE_BYTES // max(per_slab, 1), -(-n0 // 2)), group_size(n0))
         runs = [(int(rows[0]), int(rows[-1]) + 1) for rows in task_groups(np.arange(n0), m)]
-        return graph_tasks(f"patchworks-seam-{token}", _slab_task, job, [(run,) for run in runs])
+        return graph_tasks(f"patchworks-seam-{token}", _slab_task, job,
+                           [(run,) for run in runs] if grid.n_tiles > 1 else [])  # one tile: no seams
     seams = np.array([(a, r) for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)],
                      dtype=np.int64).reshape(-1, 2)
     return graph_tasks(f"patchworks-seam-{token}", _seam_task, job,

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._merge import MergePlan, index_pairs, plan_from, root_positions
+from ._merge import MergePlan, index_pairs, plan_from, root_positions, unique_pairs
 
 # Above this many tiles, on a distributed client, tile_process plans by this reduction instead of on the
 # driver (the driver then never holds the seam pairs); measured in benchmarks/bench_planner.py.
@@ -58,7 +58,7 @@ def _root_of(ids, root, x):
 
 
 def _unique_rows(a: np.ndarray) -> np.ndarray:
-    return np.unique(a, axis=0) if len(a) > 1 else a
+    return unique_pairs(a)
 
 
 def _ports(y, r, s):
