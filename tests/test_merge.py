@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from patchworks.labels._merge import plan_relabel
+from patchworks.labels._merge import plan_relabel, unique_pairs
 
 
 def _direct_final_ids(counts, pairs, sequential):
@@ -87,18 +87,17 @@ def test_dtype_is_uint32_until_the_count_needs_more():
     assert int(joined.tiles[1].lookup(np.uint64)[1]) == 1
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**16), st.integers(0, 300), st.sampled_from([3, 2**32 - 1, 2**32, 2**40]))
-def test_unique_pairs_is_numpys_unique_rows(seed, n, top):
-    # packed two ids to a uint64 below 2**32, numpy's row unique above: the same sorted distinct rows
-    from patchworks.labels._merge import unique_pairs
-
-    rng = np.random.default_rng(seed)
-    pairs = rng.integers(0, top, (n, 2), dtype=np.uint64, endpoint=True)
-    pairs = np.concatenate([pairs, pairs[: n // 3]])
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)), max_size=40),
+       st.sampled_from([3, 2**32 - 1, 2**32, 2**64 - 1]), st.sampled_from([np.uint64, np.int64]))
+def test_unique_pairs_equals_numpy_unique_rows(rows, top, dtype):
+    pairs = (np.array(rows, dtype=np.uint64).reshape(-1, 2) % np.uint64(top) if top < 2**64 - 1 else
+             np.array(rows, dtype=np.uint64).reshape(-1, 2))
+    pairs = pairs.astype(dtype) if dtype is np.uint64 else (pairs >> np.uint64(2)).astype(np.int64)
+    pairs = np.concatenate([pairs, pairs[: len(pairs) // 2]])       # duplicates
     got = unique_pairs(pairs)
-    assert got.dtype == np.uint64 and got.shape[1] == 2
-    np.testing.assert_array_equal(got, np.unique(pairs, axis=0) if len(pairs) > 1 else pairs)
+    assert got.dtype == pairs.dtype
+    np.testing.assert_array_equal(got, np.unique(pairs, axis=0) if len(pairs) else pairs)
 
 
 @settings(max_examples=60, deadline=None)

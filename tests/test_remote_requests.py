@@ -12,9 +12,14 @@ import numpy as np
 import pytest
 import zarr
 
+from patchworks import threshold, tile_process
+from patchworks.grid import TileGrid
 from patchworks.io._scratch import Scratch
 from patchworks.io._table_store import TableWriter
 from patchworks.io._urls import zarr_store
+from patchworks.labels import _process
+from patchworks.labels._merge import slab_plane_bytes
+from patchworks.testing import random_blobs
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
@@ -72,3 +77,40 @@ def test_a_table_on_s3_is_one_write_per_node_and_chunk(s3_server, s3_bucket, zar
     fs = s3_server.filesystem()
     assert sorted(k.rsplit("/", 1)[-1] for k in fs.ls(f"{s3_bucket}/out.zarr/table")) == sorted(
         [*columns, *(["zarr.json"] if zarr_format == 3 else [".zattrs", ".zgroup"])])
+
+
+def _per_object(s3_server) -> dict:
+    """``{(kind, key pattern): requests}`` under a run's scratch (``/tiles/`` and ``rows-``)."""
+    return {(kind, pattern.rsplit("/", 1)[-1]): n for kind, pattern, n in s3_server.requests.by_path()
+            if "/.patchworks-" in pattern}
+
+
+def _run_3x3x3(s3_server, s3_bucket, name, **kw):
+    """A 24^3 image in 27 tiles of 8^3 (too few to batch: one staged object per tile), S3 to S3."""
+    mask = random_blobs((24, 24, 24), seed=3, sigma=1.5) > 0.5
+    s3_server.requests.reset()
+    tile_process(mask.astype(np.uint8), threshold(0.5), tile_shape=8, write_to=f"s3://{s3_bucket}/{name}.zarr",
+                 storage_options=s3_server.storage_options, pyramid_levels=1, **kw)
+    return _per_object(s3_server)
+
+
+@pytest.mark.parametrize("by", ["slabs", "seam by seam"])
+def test_seam_planes_cost_one_read_per_tile(s3_server, s3_bucket, by, monkeypatch):
+    if by == "seam by seam":  # the fallback when one slab's planes exceed SLAB_PLANE_BYTES
+        monkeypatch.setattr(_process, "SLAB_PLANE_BYTES", slab_plane_bytes(TileGrid((24,) * 3, 8)) - 1)
+    seen = _run_3x3x3(s3_server, s3_bucket, f"seams-{by.replace(' ', '-')}", table=False)
+    reads = seen[("read", "tile-#.bin")] - 27        # less each relabel task's one read of its tile
+    if by == "slabs":  # tasks of slabs 0-1 and 2: every tile once, slab 2 once more for the seam before it
+        assert reads == 27 + 9                        # was 6 seams x 18 tiles = 108
+    else:
+        assert reads == 6 * 18
+    assert seen[("write", "tile-#.bin")] == 27
+
+
+def test_table_partials_travel_inside_the_staged_tile(s3_server, s3_bucket):
+    seen = _run_3x3x3(s3_server, s3_bucket, "partials", table=True)
+    # no object of their own: one PUT per staged tile, read back once by its relabel task (+ the seam reads)
+    assert not [k for k in seen if k[1].startswith("table-")], seen
+    assert seen[("write", "tile-#.bin")] == 27 and seen[("read", "tile-#.bin")] == 27 + 27 + 9
+    # own rows: one PUT by the relabel task of each tile that owns objects, one GET by the driver
+    assert seen[("write", "rows-#.npy")] == seen[("read", "rows-#.npy")] < 27

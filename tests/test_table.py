@@ -20,7 +20,7 @@ from patchworks import measure, merge_tile_labels, read_table, threshold, tile_p
 from patchworks.grid import TileGrid
 from patchworks.labels._merge import plan_relabel
 from patchworks.labels._table import Partials
-from patchworks.labels._table_merge import partials_stem, write_object_table
+from patchworks.labels._table_merge import TableJob, group_rows, tile_rows, write_object_table
 
 PROPS = ("label", "area", "bbox", "centroid")
 INTENSITY = ("intensity_mean", "intensity_min", "intensity_max", "intensity_std")
@@ -272,17 +272,18 @@ def test_synthetic_merge_memory_grows_with_boundary_objects_only(tmp_path):
     grid = TileGrid((n_tiles * 4, 4), (4, 4))
     scratch = Scratch(tmp_path)
     counts = np.full(n_tiles, per_tile)
-    for t in range(n_tiles):  # partials of per_tile one-voxel objects, stored as a tile task would
-        local = np.arange(1, per_tile + 1, dtype=np.uint64)
-        n = local.size
-        coords = np.zeros((n, 2), np.int64)
-        coords[:, 0] = 4 * t + 3 * (local == per_tile)   # the last label sits on the tile's seam
-        Partials(local, np.ones(n, np.int64), coords, coords, coords + 1, *(np.zeros((n, 0)),) * 4).save(
-            scratch, partials_stem(t))
     offsets = np.concatenate([[0], np.cumsum(counts)])
     # the last label of tile t joins the first of tile t+1
     pairs = np.stack([offsets[1:-1], offsets[1:-1] + 1], axis=1).astype(np.uint64)
     plan = plan_relabel(counts, pairs, sequential=True)
+    job, results = TableJob(scratch, 2, 0), []
+    for t in range(n_tiles):  # partials of per_tile one-voxel objects, mapped as a relabel task would
+        local = np.arange(1, per_tile + 1, dtype=np.uint64)
+        n = local.size
+        coords = np.zeros((n, 2), np.int64)
+        coords[:, 0] = 4 * t + 3 * (local == per_tile)   # the last label sits on the tile's seam
+        raw = Partials(local, np.ones(n, np.int64), coords, coords, coords + 1, *(np.zeros((n, 0)),) * 4).to_bytes()
+        results.append(group_rows(job, [t], [tile_rows(job, t, plan.tiles[t], raw)]))
     labels = tmp_path / "labels.zarr"
     zarr.create_array(labels, shape=(4, 4), chunks=(4, 4), dtype=np.uint32)
     # one thread: CPython 3.11's AST validator can raise a spurious SystemError when threads compile
@@ -290,7 +291,7 @@ def test_synthetic_merge_memory_grows_with_boundary_objects_only(tmp_path):
     tracemalloc.start()
     with dask.config.set(scheduler="synchronous"):
         n_rows = write_object_table(scratch=scratch, grid=grid, plan=plan, table_path=tmp_path / "table",
-                                    labels_path=labels, labels_rel="../labels.zarr", n_channels=0, client=False)
+                                    labels_path=labels, labels_rel="../labels.zarr", n_channels=0, results=results)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert n_rows == N_SYNTH - (n_tiles - 1)

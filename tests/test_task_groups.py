@@ -12,7 +12,6 @@ from scipy import ndimage
 
 import patchworks.labels._batch as batch
 import patchworks.labels._process as process
-import patchworks.labels._table_merge as table_merge
 import patchworks.run._execute as execute
 from patchworks import TileGrid, merge_tile_labels, read_table, threshold, tile_process
 from patchworks.labels._groups import stage_group, tiles_per_item
@@ -52,14 +51,13 @@ def phase_tasks(monkeypatch):
     def spy(real):
         def run_tasks(tasks, **kw):
             keys = tasks[1] if isinstance(tasks, tuple) else [t.key for t in tasks]
-            for key in keys:  # patchworks-<phase>-<token>[-level]; the table's tasks run with the relabel's
-                prefix = key.rsplit("-", 1)[0]                # (patchworks-relabel-<token>-table)
+            for key in keys:  # patchworks-<phase>-<token>[-level]; the relabel tasks map the table's rows too
+                prefix = key.rsplit("-", 1)[0]
                 seen[prefix] = seen.get(prefix, 0) + 1
             return real(tasks, **kw)
         return run_tasks
 
-    for module in (process, table_merge):
-        monkeypatch.setattr(module, "run_tasks", spy(module.run_tasks))
+    monkeypatch.setattr(process, "run_tasks", spy(process.run_tasks))
     return seen
 
 
@@ -144,8 +142,8 @@ def test_touch_grouped_equals_whole_image_labelling(small_groups, small_batches,
         ref, n = whole(image > 0.5, connectivity)
         assert_labels_equivalent(np.asarray(out), ref)
         assert count == n
-        phases = {"table" if k.endswith("-table") else k.split("-")[1] for k in phase_tasks}
-        assert {"stage", "seam", "relabel", "pyramid", "table"} <= phases
+        phases = {k.split("-")[1] for k in phase_tasks}
+        assert {"stage", "seam", "relabel", "pyramid"} <= phases
         assert max(phase_tasks.values()) <= LIMIT, phase_tasks
         phase_tasks.clear()
 

@@ -103,7 +103,9 @@ def read_options(location, storage_options: dict | None = None) -> dict | None:
     s3fs (>= 2025) sends a HEAD before every whole-object GET to decide
     whether to fetch it in parallel parts (``max_concurrency`` > 1); zarr
     chunks are far below its part size, so that HEAD doubled the requests
-    per chunk read. ``max_concurrency=1`` skips it, unless the caller chose.
+    per chunk read. ``max_concurrency=1`` skips it, unless the caller chose
+    (for writes it only bounds the parts of a multipart upload, which zarr
+    chunks never need either).
     """
     if protocol_of(location) in ("s3", "s3a") and "max_concurrency" not in (storage_options or {}):
         return {**(storage_options or {}), "max_concurrency": 1}
@@ -122,8 +124,8 @@ def zarr_store(location, storage_options: dict | None = None, *, read_only: bool
         raise ValueError(
             f"{parameter}={location!r}: {protocol}:// is read-only; write to a local path or an object store "
             "(s3://, gs://, az://) instead")
-    if read_only:
-        storage_options = read_options(location, storage_options)
+    # an output store reads too (pyramid levels derived from the finer one, partial chunk writes)
+    storage_options = read_options(location, storage_options)
     with _backend_errors(location, parameter):
         return FsspecStore.from_url(location, storage_options=storage_options or None, read_only=read_only)
 

@@ -33,7 +33,6 @@ from ..grid import TileGrid
 from ..run._execute import MAX_TASKS  # the graph stays under ~10^5 tasks per phase when batches allow it
 from ._merge import _in_plane_shifts, unique_pairs
 from ._table import Partials, reduce_partials, tile_partials
-from ._table_merge import partials_stem
 from ._tile_task import StageJob, TileResult, counted_ids, gap_free, known_empty, local_ids, validate_labels
 
 # A batch does at least this many voxels of work (a few ms of fn + staging on small tiles) ...
@@ -176,19 +175,20 @@ def stage_batch(job: BatchJob, batch_index: int, windows=None) -> BatchResult:
         np.minimum(local, 1, out=slot)
         np.multiply(slot, np.uint32(n_total), out=slot)
         np.add(slot, local, out=slot)
-        if tj.table_scratch is not None:
+        if tj.table:
             parts.append(_tile_parts(tj, tile, ids, lut, n, window, n_total))
         n_total += n
     # the tile seams inside the block, as positions in the batch's core
     cuts = [[int(b) - o for b in bounds[1:-1] if c.start < b < c.stop]
             for bounds, c, o in zip(grid.boundaries, batch.spatial_core, origin)]
     lut, m = _join(_block_pairs(core, cuts, job.connectivity), n_total) if n_total else (None, 0)
-    if parts:  # staged means measured: partials before the batch is staged
+    partials = b""
+    if parts:  # staged means measured: the partials go with the batch
         joined = Partials.concat(parts)
         if lut is not None:
             joined = reduce_partials(joined.relabel(lut[joined.label.astype(np.int64)].astype(np.uint64)))
-        joined.save(tj.table_scratch, partials_stem(batch.linear_index))
-    tj.staging.put(batch, core, lut, m)
+        partials = joined.to_bytes()
+    tj.staging.put(batch, core, lut, m, partials=partials)
     return BatchResult(linear_index=batch.linear_index, n_labels=m, skipped=skipped, n_tiles=n_tiles)
 
 

@@ -59,14 +59,17 @@ def _shift_slices(shift, lo_start, lo_len, hi_start, hi_len):
 
 
 def touch_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, offsets: np.ndarray,
-                         connectivity: int, counts: np.ndarray | None = None) -> np.ndarray:
+                         connectivity: int, counts: np.ndarray | None = None,
+                         span: tuple[int, int] | None = None) -> np.ndarray:
     """Pairs of global ids that touch across the seam after tile row ``row`` on ``axis``.
 
     Compares the last core plane of row ``row`` with the first of row
     ``row + 1`` over the whole cross-section, so contacts through an edge or
-    a corner of the tile grid are found too. Returns a ``(k, 2)`` uint64
-    array without duplicates. ``counts`` (labels per tile): tiles staged
-    empty are never read, and a seam with an empty side costs nothing.
+    a corner of the tile grid are found too. ``counts`` (labels per tile):
+    tiles staged empty are never read, and a seam with an empty side costs
+    nothing. ``span``: only voxels (both ends of a pair) in
+    ``span[0]:span[1]`` of the first in-plane axis. Returns a ``(k, 2)``
+    uint64 array without duplicates.
     """
     occupied = None
     if counts is not None:
@@ -86,10 +89,10 @@ def touch_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, offsets: 
     per_row = int(np.prod(sizes[1:])) if len(sizes) > 1 else 1
     step = max(1, _SEAM_BLOCK_VOXELS // max(per_row, 1))
     found = []
-    first_len = sizes[0] if sizes else 1
-    for b0 in range(0, first_len, step):
-        b1 = min(b0 + step, first_len)
-        r0, r1 = (max(b0 - 1, 0), min(b1 + 1, first_len)) if sizes else (0, 1)
+    first_lo, first_hi = span if span is not None else (0, sizes[0] if sizes else 1)
+    for b0 in range(first_lo, first_hi, step):
+        b1 = min(b0 + step, first_hi)
+        r0, r1 = (max(b0 - 1, first_lo), min(b1 + 1, first_hi)) if sizes else (0, 1)
 
         lo_local = staging.read_plane(axis, 2 * row + 1, b0, b1, occupied)
         hi_local = staging.read_plane(axis, 2 * row + 2, r0, r1, occupied)
@@ -115,6 +118,45 @@ def touch_pairs_for_seam(staging, grid: TileGrid, axis: int, row: int, offsets: 
     if not found:
         return np.zeros((0, 2), np.uint64)
     return unique_pairs(np.concatenate(found))
+
+
+def touch_pairs_for_slabs(staging, grid: TileGrid, rows: range, offsets: np.ndarray,
+                          connectivity: int, counts: np.ndarray | None = None) -> np.ndarray:
+    """Pairs across every seam of the tiles in tile rows ``rows`` along axis 0 (a run of slabs).
+
+    The seams of the other axes are scanned within the slabs only, and the
+    axis-0 seams after each slab in full: two voxels that are neighbours in
+    different tiles either lie in one slab or in two consecutive ones, and
+    then they lie on the axis-0 seam between these, whose in-plane shifts
+    reach every neighbour. Each tile of the run is read once (all its planes
+    in one ranged GET), the slab after it for its first plane only, instead
+    of one read per seam and tile. ``counts``: tiles staged empty are not
+    fetched at all.
+    """
+    n0 = grid.grid_shape[0]
+    keep = (lambda t: True) if counts is None else (lambda t: counts[t.linear_index] > 0)
+    after = rows.stop if rows.stop < n0 else None
+    pick = lambda r: [t for t in (grid.tile(i) for i in itertools.product(range(r.start, r.stop),  # noqa: E731
+                                                                          *map(range, grid.grid_shape[1:])))
+                      if keep(t)]
+    planes = staging.with_planes(pick(rows), pick(range(after, after + 1)) if after is not None else [])
+    b = grid.boundaries[0]
+    span = (int(b[rows.start]), int(b[rows.stop]))
+    found = [touch_pairs_for_seam(planes, grid, a, r, offsets, connectivity, counts, span=span)
+             for a in range(1, len(grid.grid_shape)) for r in range(grid.grid_shape[a] - 1)]
+    found += [touch_pairs_for_seam(planes, grid, 0, r, offsets, connectivity, counts) for r in rows if r < n0 - 1]
+    found = [p for p in found if len(p)]
+    return np.concatenate(found) if found else np.zeros((0, 2), np.uint64)
+
+
+def slab_plane_bytes(grid: TileGrid) -> int:
+    """Bytes of the staged seam planes of one tile slab along axis 0 (what :func:`touch_pairs_for_slabs` holds)."""
+    shape = grid.spatial_shape
+    tiled = [a for a, n in enumerate(grid.grid_shape) if n > 1]
+    slab = (int(np.max(np.diff(grid.boundaries[0]))),) + tuple(shape[1:])
+    # every tile's planes: 2 per tiled axis, each the slab's cross-section across that axis
+    per_axis = [int(np.prod(slab[:a] + slab[a + 1:])) * (grid.grid_shape[a] if a else 1) for a in tiled]
+    return 4 * 2 * sum(per_axis)
 
 
 def _forward_neighbours(ndim: int):
@@ -457,19 +499,24 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
 
 
 def unique_pairs(pairs: np.ndarray) -> np.ndarray:
-    """The distinct rows of a ``(k, 2)`` array of ids, sorted (``np.unique(pairs, axis=0)``).
+    """The distinct rows of a ``(k, 2)`` array of ids, sorted: ``np.unique(pairs, axis=0)``, 10-30x faster.
 
-    Ids below 2**32 (any run with fewer labels) are packed two to a uint64
-    and sorted as one key: ~10x faster than ``np.unique(axis=0)``, which sorts
-    rows as opaque records.
+    ``np.unique(axis=0)`` sorts the rows as opaque records. Ids in
+    ``0..2**32-1`` (any run with fewer labels) are packed two to a uint64
+    whose order is the rows' order and sorted as one key; other ids by a
+    lexsort of the two columns. The dtype is kept.
     """
-    pairs = np.asarray(pairs, dtype=np.uint64).reshape(-1, 2)
+    pairs = np.asarray(pairs).reshape(-1, 2)
     if len(pairs) < 2:
         return pairs
-    if int(pairs.max()) >> 32:
-        return np.unique(pairs, axis=0)
-    key = _sorted_unique((pairs[:, 0] << np.uint64(32)) | pairs[:, 1])
-    return np.stack([key >> np.uint64(32), key & np.uint64(0xFFFFFFFF)], axis=1)
+    if pairs.dtype.kind in "ui" and int(pairs.min()) >= 0 and int(pairs.max()) < 1 << 32:
+        wide = pairs.astype(np.uint64, copy=False)
+        key = _sorted_unique((wide[:, 0] << np.uint64(32)) | wide[:, 1])
+        return np.stack([key >> np.uint64(32), key & np.uint64(0xFFFFFFFF)], axis=1).astype(pairs.dtype, copy=False)
+    rows = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    keep = np.ones(len(rows), bool)
+    keep[1:] = (rows[1:] != rows[:-1]).any(axis=1)
+    return rows[keep]
 
 
 def index_pairs(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -601,7 +648,8 @@ class ArrayOutput:
         write_region(self.array, core, final)
 
 
-def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TilePlan, count: bool = False) -> int:
+def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TilePlan, count: bool = False,
+                 taken=None) -> int:
     """Write one tile's final ids (the body of a relabel task); returns the objects it names first.
 
     ``output`` writes the tile (``write_tile``): a label image writes level 0
@@ -610,12 +658,13 @@ def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TileP
     the core, less those absorbed into a label of an earlier tile: summed
     over tiles, the number of objects. ``count``: the staged ids were not
     numbered ``1..n`` (gaps possible), so count the ids present here (one
-    pass over the tile).
+    pass over the tile). ``taken``: the tile's ``staging.take`` when the
+    caller read it already.
     """
     if plan.n_labels == 0:
         return 0  # nothing staged; the output's fill value is already 0
     tile = grid.tile(linear_index)
-    ids, local_lut = staging.take(tile)
+    ids, local_lut = taken if taken is not None else staging.take(tile)
     if local_lut is not None:  # raw ids: compose the two look-ups, then one pass over the tile
         final = np.take(plan.lookup(output.dtype)[local_lut], ids)
     else:

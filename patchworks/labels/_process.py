@@ -31,8 +31,8 @@ from ..io._sources import LazySource, open_image
 from . import _reduce
 from ..io._urls import join
 from ._merge import (PLANE_SEAMS_PER_TASK, ArrayOutput, iou_pairs_for_tile, plan_relabel, plane_axes,
-                     plane_links_for_seams, relabel_tile,
-                     touch_pairs_for_seam)
+                     plane_links_for_seams, relabel_tile, slab_plane_bytes,
+                     touch_pairs_for_seam, touch_pairs_for_slabs)
 from ..io._ngff_write import build_label_image, check_ngff_labels, image_multiscales, register_label
 from ..segment._threshold import Threshold, otsu_threshold, sample_values
 from ..segment._instances import LogBlobs, Watershed
@@ -42,7 +42,7 @@ from ..run._rundir import RunDir, describe_fn, describe_source, fn_token, source
 from ._tile_task import StageJob
 from ._batch import BatchJob, batch_block, batch_grid, tiles_of
 from ._groups import Counted, stage_group, tiles_per_item, window_group_size
-from ._table_merge import spatial_voxel_size, table_tasks, write_object_table
+from ._table_merge import TableJob, group_rows, spatial_voxel_size, tile_rows, write_object_table
 from ..io._table_store import table_location
 from ._stage_store import STAGING_FORMAT, TileStaging
 
@@ -117,6 +117,12 @@ class _RelabelJob:
     output: object
     grid: TileGrid
     count: bool = False      # ids staged with gaps: count those present
+    table: TableJob | None = None  # map the partials staged with each tile too
+
+
+@dataclass(frozen=True)
+class _Relabelled(Counted):
+    rows: object = None      # the group's GroupRows when the run measures a table
 
 
 def _pairs(found) -> np.ndarray:
@@ -128,6 +134,36 @@ def _seam_task(job: _SeamJob, seams):
     """The pairs across a group of seam planes, ``seams`` an ``(k, 2)`` array of (axis, row)."""
     return _pairs([touch_pairs_for_seam(job.staging, job.grid, int(a), int(r), job.offsets, job.connectivity,
                                         job.counts) for a, r in seams])
+
+
+def _slab_task(job: _SeamJob, rows):
+    """The pairs across every seam of tile slabs ``rows[0]:rows[1]`` along axis 0 (one read per tile)."""
+    return touch_pairs_for_slabs(job.staging, job.grid, range(int(rows[0]), int(rows[1])), job.offsets,
+                                 job.connectivity, job.counts)
+
+
+# A slab task holds the seam planes of its slabs at once: at most this many bytes of them.
+SLAB_PLANE_BYTES = 1 << 26
+
+
+def _touch_tasks(staging, grid, offsets, connectivity, token, counts=None) -> list:
+    """The seam tasks of ``stitch="touch"``: runs of tile slabs while a slab's planes fit, else seam by seam.
+
+    A slab task reads each of its tiles once (the slab after it: one plane
+    per tile), so more slabs per task means fewer reads; two tasks at least
+    keep two workers busy. Seam by seam, every tile is read once per seam.
+    """
+    job = _SeamJob(staging, grid, offsets, connectivity, counts)
+    n0, per_slab = grid.grid_shape[0], slab_plane_bytes(grid)
+    if per_slab <= SLAB_PLANE_BYTES:
+        m = max(1, min(SLAB_PLANE_BYTES // max(per_slab, 1), -(-n0 // 2)), group_size(n0))
+        runs = [(int(rows[0]), int(rows[-1]) + 1) for rows in task_groups(np.arange(n0), m)]
+        return graph_tasks(f"patchworks-seam-{token}", _slab_task, job,
+                           [(run,) for run in runs] if grid.n_tiles > 1 else [])  # one tile: no seams
+    seams = np.array([(a, r) for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)],
+                     dtype=np.int64).reshape(-1, 2)
+    return graph_tasks(f"patchworks-seam-{token}", _seam_task, job,
+                       [(rows,) for rows in task_groups(seams, group_size(len(seams)))])
 
 
 def _iou_task(job: _IouJob, items):
@@ -188,10 +224,21 @@ def _iou_pairs(staging, grid, counts, offsets, iou_threshold, client, token) -> 
 
 
 def _relabel_task(job: _RelabelJob, items, piece, n_tiles):
-    """Relabel a group of items, each from its own plan in ``piece``; the objects they name first."""
-    named = sum(relabel_tile(job.staging, job.output, job.grid, i, piece[k], job.count)
-                for k, i in enumerate(items.tolist()))
-    return Counted(n_tiles=int(n_tiles), value=int(named))
+    """Relabel a group of items, each from its own plan in ``piece``; the objects they name first.
+
+    With a table, each item's partials come from the same read of its staged
+    object and go through the same plan (their rows: the result's ``rows``).
+    """
+    named, rows = 0, []
+    for k, i in enumerate(items.tolist()):
+        if job.table is None:
+            named += relabel_tile(job.staging, job.output, job.grid, i, piece[k], job.count)
+            continue
+        ids, lut, partials = job.staging.take_with_partials(job.grid.tile(i))
+        named += relabel_tile(job.staging, job.output, job.grid, i, piece[k], job.count, taken=(ids, lut))
+        rows.append(tile_rows(job.table, i, piece[k], partials))
+    return _Relabelled(n_tiles=int(n_tiles), value=int(named),
+                       rows=None if job.table is None else group_rows(job.table, items, rows))
 
 
 @dataclass
@@ -333,7 +380,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
                         grid.n_tiles, "batches of tiles" if batched else "tiles")
         job = StageJob(grid=tiles, staging=staging, fn=job_fn, source=source,
                        label_counts=None if iou else label_counts, compact=sequential,
-                       empty_threshold=empty_threshold, table_scratch=staging.scratch if table else None,
+                       empty_threshold=empty_threshold, table=bool(table),
                        intensity=bool(table and intensity))
         prefix = f"patchworks-stage-{token}"
         if batched:
@@ -368,11 +415,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         elif iou:
             seam_tasks = _iou_tasks(staging, grid, counts, offsets, iou_threshold, token)
         else:
-            seams = np.array([(a, r) for a, n_rows in enumerate(grid.grid_shape) for r in range(n_rows - 1)],
-                             dtype=np.int64).reshape(-1, 2)
-            seam_tasks = graph_tasks(f"patchworks-seam-{token}", _seam_task,
-                                     _SeamJob(staging, grid, offsets, connectivity, counts),
-                                     [(rows,) for rows in task_groups(seams, group_size(len(seams)))])
+            seam_tasks = _touch_tasks(staging, grid, offsets, connectivity, token, counts)
         if seam_tasks is not None and _reduces(client, grid, seam_tasks):
             # 3'. many tiles on a cluster: the pairs (touch or iou) stay on the workers and a tree
             #     reduction there resolves them; the driver gets the boundary labels' final ids only
@@ -409,21 +452,18 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         # one task per group of items, each sent only its items' plan pieces (bytes bounded per item)
         items = np.flatnonzero(counts)
         n_tiles, size = tiles_per_item(tiles, block, items), group_size(len(items), _item_voxels(grid))
-        tasks = graph_tasks(prefix, _relabel_task, _RelabelJob(staging, output, grid, count=gaps and return_count),
+        # with a table, the same tasks map each tile's partials (read with the tile) through its plan
+        table_job = TableJob(staging.scratch, len(grid.spatial_axes), _table_channels(tiles, intensity)) \
+            if table else None
+        tasks = graph_tasks(prefix, _relabel_task,
+                            _RelabelJob(staging, output, grid, count=gaps and return_count, table=table_job),
                             [(g, plan.tiles.piece(g), int(n.sum())) for g, n in
                              zip(task_groups(items, size), task_groups(n_tiles, size))])
-        desc = "relabelling tiles" if writer is None else "relabel + pyramid"
-        n_relabel, table_results = len(tasks[1]), None
-        total = int(n_tiles.sum())
-        if table:  # the table's tasks need the plan only: they run alongside, no phase of their own
-            extra = table_tasks(scratch=staging.scratch, grid=grid, plan=plan,
-                                n_channels=_table_channels(tiles, intensity), name=f"{prefix}-table")
-            tasks, desc = ({**tasks[0], **extra[0]}, tasks[1] + extra[1]), desc + " + table"
-            total += int(np.count_nonzero(plan.tiles.counts))  # the table's tasks count their items
-        results = run_tasks(tasks, client=client, progress=progress, desc=desc, prefix=prefix, total=total)
-        n_objects = int(sum(r.value for r in results[:n_relabel]))
-        if table:
-            table_results = results[n_relabel:]
+        desc = ("relabelling tiles" if writer is None else "relabel + pyramid") + (" + table" if table else "")
+        results = run_tasks(tasks, client=client, progress=progress, desc=desc, prefix=prefix,
+                            total=int(n_tiles.sum()))
+        n_objects = int(sum(r.value for r in results))
+        table_results = [r.rows for r in results] if table else None
         del results
         if gaps and not return_count:
             n_objects = None  # unknown without that pass; ids are unique, max_label bounds them
@@ -443,7 +483,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         try:
             if table:
                 n_objects = _write_table(staging, tiles, grid, plan, run, table_path, labels_rel, labels_path,
-                                         source, intensity, client, progress, token, writer, table_results)
+                                         source, intensity, writer, table_results)
             elif run.exists(table_path):  # a replaced run's table would describe labels that are gone
                 run.remove_output(table_path)
         except BaseException:
@@ -476,16 +516,16 @@ def _table_channels(tiles, intensity) -> int:
     return int(np.prod([s for a, s in enumerate(tiles.shape) if a not in tiles.spatial_axes]))
 
 
-def _write_table(staging, tiles, grid, plan, run, table_path, labels_rel, labels_path, source, intensity, client,
-                 progress, token, writer=None, results=None):
+def _write_table(staging, tiles, grid, plan, run, table_path, labels_rel, labels_path, source, intensity, writer,
+                 results):
     # a label image's scales are the truth (voxel_size= given by hand, the source's, or the image's
     # written into); a bare array has only the source's metadata
     voxel_size, units = writer.spatial_voxel_size() if writer is not None else spatial_voxel_size(source, tiles)
     return write_object_table(scratch=staging.scratch, grid=grid, plan=plan, table_path=table_path,
                               labels_path=labels_path, labels_rel=labels_rel,
                               n_channels=_table_channels(tiles, intensity),
-                              voxel_size=voxel_size, units=units, zarr_format=run.zarr_format, client=client,
-                              progress=progress, token=token, storage_options=run.storage_options, results=results)
+                              results=results, voxel_size=voxel_size, units=units, zarr_format=run.zarr_format,
+                              storage_options=run.storage_options)
 
 
 def _measures_intensity(source) -> bool:

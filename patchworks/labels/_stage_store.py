@@ -5,8 +5,8 @@ atomically (our own format, which skips zarr's machinery), also for an empty
 or skipped tile, so that the file's presence means "this tile is staged" and
 an interrupted run can resume:
 
-1. a header of four uint64: the tile's label count ``n``, the lengths of the
-   two blobs below and the size of the look-up table;
+1. a header of five uint64: the tile's label count ``n``, the lengths of the
+   two blobs of 3., the size of the look-up table and the length of 4.;
 2. when ``n > 0``, what the seam scan needs, raw uint32, captured while the
    tile is in memory so the scan reads only the head of the file, never the
    volume; the shapes follow from the grid:
@@ -24,7 +24,10 @@ an interrupted run can resume:
    the bytes to compress, write, read and decompress; the decompressed
    length tells the reader which), and the tile's local look-up table
    when the ids are not yet ``1..n``; the relabel task composes that table
-   with the final one and rewrites the tile in a single pass.
+   with the final one and rewrites the tile in a single pass;
+4. the tile's table partials (a ``.npy``, when the run measures a table):
+   the relabel task that reads the tile anyway maps them to final ids, so
+   they cost no object, PUT or GET of their own.
 
 Files rather than memory keep the driver's and the workers' memory flat
 whatever the volume (the OS page cache makes them about as fast for a run
@@ -33,8 +36,9 @@ and make a staged tile a durable fact of the run. The files are objects of a
 :class:`~patchworks.io._scratch.Scratch`: a local directory, or a prefix in an
 object store that workers sharing no file system all reach. Reads are
 batched for the object-store case: resume lists the tiles once, a seam task
-fetches its plane from every tile in one ``get_ranges`` call, a relabel task
-reads its tile in one GET, a band read is two ranged GETs.
+reads each tile's seam planes in one ranged GET (one batch for all the tiles
+of its slabs), a relabel task reads its tile (and its partials) in one GET,
+a band read is two ranged GETs.
 """
 
 from __future__ import annotations
@@ -51,7 +55,9 @@ from ..io._scratch import Scratch
 # scratch is read once and deleted, so speed beats ratio here.
 # Bumped whenever the file layout changes: part of every run's fingerprint, so a run
 # interrupted under an older layout is never resumed from files this code misreads.
-STAGING_FORMAT = 3
+STAGING_FORMAT = 4
+
+_HEAD = 40  # the header's five uint64
 
 _UINT16_MAX = 65535
 
@@ -103,14 +109,15 @@ class TileStaging:
         return boxes
 
 
-    def put(self, tile: Tile, ids: np.ndarray | None, lut: np.ndarray | None, n: int, bands=None) -> None:
+    def put(self, tile: Tile, ids: np.ndarray | None, lut: np.ndarray | None, n: int, bands=None,
+            partials: bytes = b"") -> None:
         """Stage a tile: ``n`` labels in its core ``ids``, ``lut[ids]`` local (``ids`` are when ``lut`` is None).
 
         ``bands``: the tile's views of its :meth:`band_boxes`, in that order
-        (``stitch="iou"`` only).
+        (``stitch="iou"`` only). ``partials``: its table partials' bytes.
         """
         if n == 0:
-            self.scratch.put(self._key(tile.linear_index), np.zeros(4, np.uint64).tobytes())
+            self.scratch.put(self._key(tile.linear_index), np.zeros(_HEAD // 8, np.uint64).tobytes())
             return
         ids = np.ascontiguousarray(ids, dtype=np.uint32)
         if self.bands:
@@ -126,8 +133,9 @@ class TileStaging:
         top = n if lut is None else lut.size - 1  # the largest id the body may hold
         body = _CODEC.encode(ids.astype(np.uint16) if top <= _UINT16_MAX else ids)
         extra = b"" if lut is None else _CODEC.encode(np.ascontiguousarray(lut, dtype=np.uint32))
-        header = np.array([n, len(body), len(extra), 0 if lut is None else lut.size], dtype=np.uint64)
-        self.scratch.put(self._key(tile.linear_index), b"".join([header.tobytes(), plane_bytes, body, extra]))
+        header = np.array([n, len(body), len(extra), 0 if lut is None else lut.size, len(partials)], dtype=np.uint64)
+        self.scratch.put(self._key(tile.linear_index),
+                         b"".join([header.tobytes(), plane_bytes, body, extra, partials]))
 
     def staged_counts(self) -> dict[int, int]:
         """``{tile: n_labels}`` of every tile already staged (what a resumed run skips).
@@ -141,25 +149,31 @@ class TileStaging:
 
     def take(self, tile: Tile):
         """``(ids, lut)`` of a staged tile (one read of its object)."""
+        return self.take_with_partials(tile)[:2]
+
+    def take_with_partials(self, tile: Tile):
+        """``(ids, lut, partials)`` of a staged tile, ``partials`` the bytes staged with it (one read)."""
         data = self.scratch.get(self._key(tile.linear_index))
-        _, body_len, extra_len, lut_size = (int(v) for v in np.frombuffer(data[:32], dtype=np.uint64))
+        _, body_len, extra_len, lut_size, parts_len = (int(v) for v in np.frombuffer(data[:_HEAD], dtype=np.uint64))
         if self.bands:
             nb = len(self.band_boxes(tile))
-            lengths = np.frombuffer(data[32:32 + 8 * nb], dtype=np.uint64).astype(np.int64)
-            head = 32 + 8 * nb + int(lengths.sum())
+            lengths = np.frombuffer(data[_HEAD:_HEAD + 8 * nb], dtype=np.uint64).astype(np.int64)
+            head = _HEAD + 8 * nb + int(lengths.sum())
         else:
-            head = 32 + 8 * sum(int(np.prod(s)) for s in self._plane_shapes(tile).values())
+            head = _HEAD + 8 * sum(int(np.prod(s)) for s in self._plane_shapes(tile).values())
         body, extra = data[head:head + body_len], data[head + body_len:head + body_len + extra_len]
+        tail = head + body_len + extra_len
+        partials = data[tail:tail + parts_len] if parts_len else None
         raw = _CODEC.decode(body)
         narrow = len(raw) == 2 * int(np.prod(tile.core_shape))  # staged as uint16 when every id fits
         ids = np.frombuffer(raw, dtype=np.uint16 if narrow else np.uint32).reshape(tile.core_shape)
         lut = np.frombuffer(_CODEC.decode(extra), dtype=np.uint32)[:lut_size] if extra_len else None
-        return ids, lut
+        return ids, lut, partials
 
     def _plane_range(self, tile: Tile, axis: int, which: int) -> tuple[int, int]:
         """Byte range of one staged seam plane of a tile (``which``: 0 first, 1 last)."""
         shapes = self._plane_shapes(tile)
-        offset = 32
+        offset = _HEAD
         for a, shape in shapes.items():
             if a == axis:
                 offset += 4 * which * int(np.prod(shape))
@@ -180,17 +194,17 @@ class TileStaging:
         """:meth:`read_bands` for several ``(tile, keys)`` at once: two batched reads in all, not two per tile."""
         boxes = [self.band_boxes(tile) for tile, _ in requests]
         names = [self._key(tile.linear_index) for tile, _ in requests]
-        heads = self.scratch.get_ranges(names, [0] * len(names), [32 + 8 * len(b) for b in boxes])
+        heads = self.scratch.get_ranges(names, [0] * len(names), [_HEAD + 8 * len(b) for b in boxes])
         plans, spans = [], []
         for (tile, keys), box, head in zip(requests, boxes, heads):
             if head is None:
                 raise FileNotFoundError(f"tile {tile.index} is not staged in {self.scratch}")
-            if len(head) < 32 or int(np.frombuffer(head[:8], dtype=np.uint64)[0]) == 0:
+            if len(head) < _HEAD or int(np.frombuffer(head[:8], dtype=np.uint64)[0]) == 0:
                 plans.append(None)
                 continue
             nb = len(box)
-            lengths = np.frombuffer(head[32:32 + 8 * nb], dtype=np.uint64).astype(np.int64)
-            starts = 32 + 8 * nb + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            lengths = np.frombuffer(head[_HEAD:_HEAD + 8 * nb], dtype=np.uint64).astype(np.int64)
+            starts = _HEAD + 8 * nb + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
             wanted = [j for j, k in enumerate(box) if keys is None or k in keys]
             plans.append((lengths, starts, wanted))
             if wanted:
@@ -240,12 +254,10 @@ class TileStaging:
         if occupied is not None:
             tiles = [t for t in tiles if occupied[t.linear_index]]
         spans = [self._plane_range(tile, axis, which) for tile in tiles]
-        # one batch for every tile of the plane: an object store answers them concurrently
-        pieces = self.scratch.get_ranges([self._key(t.linear_index) for t in tiles],
-                                         [a for a, _ in spans], [b for _, b in spans])
+        pieces = self._plane_pieces(tiles, spans)
         for tile, (a, b), raw in zip(tiles, spans, pieces):
             if raw is None or len(raw) < b - a:
-                continue  # an empty or skipped tile has no planes (its object is the 32-byte header)
+                continue  # an empty or skipped tile has no planes (its object is the header alone)
             piece = np.frombuffer(raw, dtype=np.uint32).reshape(self._plane_shapes(tile)[axis])
             dst = [tile.spatial_core[k] for k in in_plane]
             if in_plane:
@@ -255,3 +267,30 @@ class TileStaging:
                 dst[0] = slice(a - lo, b - lo)
             out[tuple(dst)] = piece
         return out
+
+    def _plane_pieces(self, tiles, spans) -> list:
+        """The bytes ``spans`` of ``tiles``' objects: from :meth:`with_planes`' cache, else one batched read."""
+        cache = getattr(self, "_planes", None) or {}
+        held = [cache.get(t.linear_index) for t in tiles]
+        if not all(h is not None and h[0] <= a and b <= h[1] for h, (a, b) in zip(held, spans)):
+            # one batch for every tile of the plane: an object store answers them concurrently
+            return self.scratch.get_ranges([self._key(t.linear_index) for t in tiles],
+                                           [a for a, _ in spans], [b for _, b in spans])
+        return [None if raw is None else raw[a - start:b - start] for (start, _, raw), (a, b) in zip(held, spans)]
+
+    def with_planes(self, whole, first) -> "TileStaging":
+        """A copy whose :meth:`read_plane` serves ``whole``'s seam planes and ``first``'s first axis-0 planes.
+
+        One ranged GET per tile, all in one batch (the planes lie together
+        at the head of a tile's object, the first one along axis 0 first):
+        a task that scans every seam of a run of tile slabs reads each tile
+        once instead of once per seam.
+        """
+        whole, first = list(whole), list(first)
+        tiles = whole + first
+        stops = [_HEAD + 4 * sum(2 * int(np.prod(s)) for s in self._plane_shapes(t).values()) for t in whole]
+        stops += [self._plane_range(t, 0, 0)[1] for t in first]
+        raws = self.scratch.get_ranges([self._key(t.linear_index) for t in tiles], [_HEAD] * len(tiles), stops)
+        copy = TileStaging(self.grid, self.scratch, self.bands)
+        copy._planes = {t.linear_index: (_HEAD, stop, raw) for t, stop, raw in zip(tiles, stops, raws)}
+        return copy

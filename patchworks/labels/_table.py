@@ -73,13 +73,17 @@ class Partials:
         out.label = np.asarray(labels, dtype=np.uint64)
         return out
 
-    def save(self, scratch, key: str) -> None:
-        """One ``.npy`` object per tile in ``scratch``, written atomically: int64 columns, then the floats' bits."""
+    def to_bytes(self) -> bytes:
+        """The partials as one ``.npy``: int64 columns, then the floats' bits (what :meth:`from_bytes` reads)."""
         data = np.column_stack([self.label.view(np.int64), self.count, self.csum, self.bmin, self.bmax,
                                 np.column_stack([self.isum, self.im2, self.imin, self.imax]).view(np.int64)])
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(data, dtype=np.int64))
-        scratch.put(key + ".npy", buffer.getvalue())
+        return buffer.getvalue()
+
+    def save(self, scratch, key: str) -> None:
+        """One ``.npy`` object in ``scratch``, written atomically (:meth:`to_bytes`)."""
+        scratch.put(key + ".npy", self.to_bytes())
 
     @staticmethod
     def load(scratch, key: str, ndim: int, n_channels: int) -> "Partials | None":
@@ -88,6 +92,11 @@ class Partials:
             raw = scratch.get(key + ".npy")
         except FileNotFoundError:
             return None
+        return Partials.from_bytes(raw, ndim, n_channels)
+
+    @staticmethod
+    def from_bytes(raw: bytes, ndim: int, n_channels: int) -> "Partials":
+        """The partials :meth:`to_bytes` wrote."""
         data = load_npy(io.BytesIO(raw))
         d, c = ndim, n_channels
         floats = np.ascontiguousarray(data[:, 2 + 3 * d:]).view(np.float64)

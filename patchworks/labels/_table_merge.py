@@ -1,9 +1,10 @@
 """The object table of a labelling run: staged partials -> final ids -> rows on disk.
 
-The tile tasks staged per-label partials of their cores (``table-<i>`` next
-to the staged tile). After the relabel plan, each tile (one after the other
-in a task group of consecutive tiles, see ``_groups``) maps its partials through the same :class:`~patchworks.labels._merge.TilePlan` the
-relabel task uses. An object's final id is its root's, the smallest global
+The tile tasks staged per-label partials of their cores with each tile (the
+tail of its staged object, see ``_stage_store``). The relabel task that reads
+a tile back maps its partials through the same
+:class:`~patchworks.labels._merge.TilePlan` it relabels the tile with
+(:func:`tile_rows`; no object, read or task of their own). An object's final id is its root's, the smallest global
 id of the object, so every object belongs to exactly one tile, the one
 holding its root; and since final ids grow with the root, the tiles' own
 rows, taken in tile order, are the whole table sorted by label. A tile keeps
@@ -23,13 +24,7 @@ import numpy as np
 
 from ..grid import TileGrid
 from ..io._table_store import TableWriter, labels_stamp
-from ..run._execute import graph_tasks, group_size, run_tasks, task_groups
 from ._table import Partials, column_dtypes, reduce_partials, table_columns
-
-
-def partials_stem(linear_index: int) -> str:
-    """The key under which a tile task stages its partials (next to the staged tile, same scratch)."""
-    return f"table-{linear_index}"
 
 
 def _own_stem(linear_index: int) -> str:
@@ -37,7 +32,9 @@ def _own_stem(linear_index: int) -> str:
 
 
 @dataclass
-class _TableJob:
+class TableJob:
+    """What a relabel task needs to map its tiles' partials: where own rows go, and the partials' shape."""
+
     scratch: object              # the run's Scratch (staged tiles' objects)
     ndim: int
     n_channels: int
@@ -48,52 +45,37 @@ def _own_lower(plan) -> int:
     return int(plan.offset) - int(plan.base)
 
 
-def table_task(job: _TableJob, linear_index: int, plan):
-    """Map one tile's partials to final ids; keep its own objects' rows: ``(their count, the others' rows)``."""
-    parts = Partials.load(job.scratch, partials_stem(linear_index), job.ndim, job.n_channels)
-    if parts is None:  # a tile with no labels in its core (or skipped as empty)
+def tile_rows(job: TableJob, linear_index: int, plan, raw: bytes | None):
+    """Map one tile's partials (``raw``, staged with it) to final ids; keep its own objects' rows.
+
+    Returns ``(their count, the others' rows)``.
+    """
+    if raw is None:  # a tile with no labels in its core (or skipped as empty)
         return 0, Partials.empty(job.ndim, job.n_channels)
+    parts = Partials.from_bytes(raw, job.ndim, job.n_channels)
     final = plan.final_ids(parts.label)
     own = final > np.uint64(_own_lower(plan))
     mine = reduce_partials(parts.take(own).relabel(final[own]))  # two labels of the tile may be one object
-    mine.save(job.scratch, _own_stem(linear_index))
+    if len(mine):  # the driver reads the rows of owners only
+        mine.save(job.scratch, _own_stem(linear_index))
     return len(mine), parts.take(~own).relabel(final[~own])
 
 
 @dataclass(frozen=True)
-class _GroupRows:
-    """A table task's result: its tiles, the rows each keeps, the rows they send on (one Partials)."""
+class GroupRows:
+    """A group of tiles' share of the table: its tiles, the rows each keeps, the rows they send on."""
 
     index: np.ndarray
     n_own: np.ndarray
     foreign: Partials
-    n_tiles: int          # for the progress bar
 
 
-def table_group_task(job: _TableJob, items, piece) -> _GroupRows:
-    """:func:`table_task` for a group of tiles, each with its own plan from ``piece``."""
-    n_own, foreign = np.zeros(len(items), np.int64), []
-    for k, i in enumerate(items.tolist()):
-        n_own[k], rows = table_task(job, i, piece[k])
-        if len(rows):
-            foreign.append(rows)
+def group_rows(job: TableJob, items, rows) -> GroupRows:
+    """:func:`tile_rows`' results ``rows`` for the tiles ``items``, as one :class:`GroupRows`."""
+    n_own = np.array([n for n, _ in rows], np.int64)
+    foreign = [f for _, f in rows if len(f)]
     foreign = Partials.concat(foreign) if foreign else Partials.empty(job.ndim, job.n_channels)
-    return _GroupRows(index=items, n_own=n_own, foreign=foreign, n_tiles=len(items))
-
-
-def table_tasks(*, scratch, grid: TileGrid, plan, n_channels: int, token: str = "", name: str | None = None):
-    """The table tasks (a :func:`graph_tasks` pair), one per group of tiles; they need the plan and the staged
-    partials only.
-
-    So they can run alongside the relabel tasks (one phase less; ``name``
-    then under the relabel tasks' prefix, which the progress bar counts);
-    pass their results to :func:`write_object_table`.
-    """
-    job = _TableJob(scratch, len(grid.spatial_axes), n_channels)
-    items = np.flatnonzero(plan.tiles.counts)
-    size = group_size(len(items), int(np.prod(grid.tile_shape)))
-    return graph_tasks(name or f"patchworks-table-{token}", table_group_task, job,
-                       [(g, plan.tiles.piece(g)) for g in task_groups(items, size)])
+    return GroupRows(index=np.asarray(items, np.int64), n_own=n_own, foreign=foreign)
 
 
 class _Prefetch:
@@ -120,21 +102,16 @@ class _Prefetch:
 
 
 def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path, labels_rel: str, n_channels: int,
-                       voxel_size=None, units=None, zarr_format: int = 3, client=None, progress=None,
-                       token: str = "", storage_options: dict | None = None, results=None) -> int:
-    """Build the run's table from the staged partials and write it at ``table_path``; returns its rows.
+                       results, voxel_size=None, units=None, zarr_format: int = 3,
+                       storage_options: dict | None = None) -> int:
+    """Build the run's table from the tiles' rows and write it at ``table_path``; returns its rows.
 
-    ``labels_path`` is the finished level-0 array (stamped so that a later
-    change of it makes the table stale), ``labels_rel`` the same seen from
-    the table. ``results``: those of :func:`table_tasks` when the caller ran
-    them already (else they run here).
+    ``results``: the :class:`GroupRows` of the relabel tasks (their own rows
+    kept in ``scratch``). ``labels_path`` is the finished level-0 array
+    (stamped so that a later change of it makes the table stale),
+    ``labels_rel`` the same seen from the table.
     """
     ndim = len(grid.spatial_axes)
-    if results is None:
-        prefix = f"patchworks-table-{token}"
-        tasks = table_tasks(scratch=scratch, grid=grid, plan=plan, n_channels=n_channels, token=token)
-        results = run_tasks(tasks, client=client, progress=progress, desc="measuring objects", prefix=prefix,
-                            total=int(np.count_nonzero(plan.tiles.counts)))
     n_own = np.zeros(grid.n_tiles, np.int64)
     foreign = []
     for r in results:

@@ -16,7 +16,6 @@ import numpy as np
 
 from ..grid import Tile, TileGrid
 from ._table import tile_partials
-from ._table_merge import partials_stem
 
 _UINT32_MAX = np.iinfo(np.uint32).max
 
@@ -41,7 +40,7 @@ class StageJob:
     label_counts: Any = None     # per-tile counts the caller vouches for (labels already 1..n)
     compact: bool = True         # number 1..n without gaps (sequential output needs it)
     empty_threshold: float | None = None  # skip fn when the whole window is <= this
-    table_scratch: Any = None    # the Scratch where the core's table partials go; None: no table
+    table: bool = False          # measure the core's table partials (staged with the tile)
     intensity: bool = False      # measure the window's intensities too (the window is the image)
 
 
@@ -150,10 +149,10 @@ def band_ids(labels: np.ndarray, tile: Tile, boxes) -> tuple[np.ndarray, np.ndar
     return ids, core_lut, n, (full[v] for v in views)
 
 
-def _stage_partials(job: StageJob, tile: Tile, ids, lut, n: int, window) -> None:
-    """Measure the core while it is in memory (before the tile is staged: staged means measured)."""
-    if job.table_scratch is None or n == 0:
-        return
+def _stage_partials(job: StageJob, tile: Tile, ids, lut, n: int, window) -> bytes:
+    """The core's table partials, measured while it is in memory (staged with the tile: staged means measured)."""
+    if not job.table or n == 0:
+        return b""
     intensity = None
     if job.intensity:
         spatial = job.grid.spatial_axes
@@ -165,7 +164,7 @@ def _stage_partials(job: StageJob, tile: Tile, ids, lut, n: int, window) -> None
     parts = tile_partials(ids, n if lut is None else lut.size - 1, origin, intensity)
     if lut is not None:
         parts = parts.relabel(lut[parts.label.astype(np.int64)])
-    parts.save(job.table_scratch, partials_stem(tile.linear_index))
+    return parts.to_bytes()
 
 
 def counted_ids(core: np.ndarray, label_counts, tile) -> np.ndarray:
@@ -222,8 +221,7 @@ def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
         labels = validate_labels(job.fn(window), tile, tile.window_shape)
     if job.staging.bands:  # stitch="iou": the band views come from the whole window
         ids, lut, n, bands = band_ids(labels, tile, job.staging.band_boxes(tile).values())
-        _stage_partials(job, tile, ids, lut, n, window)
-        job.staging.put(tile, ids, lut, n, bands)
+        job.staging.put(tile, ids, lut, n, bands, partials=_stage_partials(job, tile, ids, lut, n, window))
         return TileResult(linear_index=tile.linear_index, n_labels=n)
     core = labels[tile.spatial_crop]
     if core.shape != labels.shape:
@@ -232,6 +230,5 @@ def stage_tile(job: StageJob, linear_index: int, window=None) -> TileResult:
         ids, lut, n = counted_ids(core, job.label_counts, tile), None, int(job.label_counts[tile.index])
     else:
         ids, lut, n = local_ids(core, job.compact, gap_free(job.fn, labels, core))
-    _stage_partials(job, tile, ids, lut, n, window)
-    job.staging.put(tile, ids, lut, n)
+    job.staging.put(tile, ids, lut, n, partials=_stage_partials(job, tile, ids, lut, n, window))
     return TileResult(linear_index=tile.linear_index, n_labels=n)
