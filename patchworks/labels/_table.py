@@ -14,7 +14,9 @@ on the whole image, one row per object.
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,7 +104,7 @@ _FIELDS = ("label", "count", "csum", "bmin", "bmax", "isum", "im2", "imin", "ima
 
 def _slabs(shape, n_planes_total: int):
     """Ranges along axis 0 with about ``_SLAB_VOXELS`` voxels each."""
-    per_plane = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    per_plane = math.prod(shape[1:])
     step = max(1, _SLAB_VOXELS // max(per_plane, 1))
     return [(s, min(s + step, n_planes_total)) for s in range(0, n_planes_total, step)]
 
@@ -115,17 +117,14 @@ def _runs(flat: np.ndarray, row: int):
     leave far fewer runs than voxels, and everything after this one pass
     over the block works on runs.
     """
-    change = np.empty(flat.size, dtype=bool)
-    change[0] = True
-    np.not_equal(flat[1:], flat[:-1], out=change[1:])
-    change[::row] = True
-    starts = np.flatnonzero(change)
-    stops = np.empty_like(starts)
-    stops[:-1] = starts[1:]
-    stops[-1] = flat.size
-    labels = flat[starts]
-    fg = labels != 0
-    return starts[fg], stops[fg], labels[fg]
+    change = np.empty(flat.size + 1, dtype=bool)  # one past the end: every run's stop is the next bound
+    change[0] = change[-1] = True
+    np.not_equal(flat[1:], flat[:-1], out=change[1:-1])
+    change[:-1:row] = True
+    bounds = np.flatnonzero(change)
+    labels = flat[bounds[:-1]]
+    fg = np.flatnonzero(labels)  # indices, not a mask: three takes cost less than three boolean selections
+    return bounds[fg], bounds[fg + 1], labels[fg]
 
 
 def _by_label(starts, stops, lab):
@@ -144,12 +143,18 @@ def _by_label(starts, stops, lab):
     return starts, stops, lab, np.flatnonzero(first)
 
 
+@functools.lru_cache(maxsize=None)
+def _largest_magnitude(dtype: np.dtype) -> int | None:
+    """The largest ``|value|`` of an 8/16-bit integer (or bool) dtype; None for any other."""
+    if dtype.kind not in "biu" or dtype.itemsize > 2:
+        return None
+    return 1 if dtype.kind == "b" else max(abs(int(np.iinfo(dtype).min)), int(np.iinfo(dtype).max))
+
+
 def _exact_intensities(dtype: np.dtype, n_voxels: int) -> bool:
     """Whether the sums and squared sums of a block of ``dtype`` values fit int64 exactly (8/16-bit integers)."""
-    if dtype.kind not in "biu" or dtype.itemsize > 2:
-        return False
-    top = 1 if dtype.kind == "b" else max(abs(int(np.iinfo(dtype).min)), int(np.iinfo(dtype).max))
-    return top * top * max(n_voxels, 1) < 2 ** 62
+    top = _largest_magnitude(np.dtype(dtype))
+    return top is not None and top * top * max(n_voxels, 1) < 2 ** 62
 
 
 def _exact_m2(count: np.ndarray, s: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -314,7 +319,10 @@ def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None 
         stats = [np.zeros((label.size, 0))] * 4
     elif exact:
         sums, squares = stats[0], stats[1]
-        stats[:2] = sums.astype(np.float64), _exact_m2(count[:, None], sums, squares)
+        n = count[:, None]
+        # n q and s^2 are at most (voxels * top)^2: below 2**63, int64 holds them (no check of the data)
+        small = (ids.size * _largest_magnitude(np.dtype(intensity.dtype))) ** 2 < 2 ** 63
+        stats[:2] = sums.astype(np.float64), (n * squares - sums * sums) / n if small else _exact_m2(n, sums, squares)
     return Partials(label.astype(np.uint64), count, csum, bmin, bmax, *stats)
 
 
