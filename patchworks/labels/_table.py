@@ -378,8 +378,8 @@ def reduce_partials(parts: Partials) -> Partials:
     >>> r.count.tolist(), r.isum.tolist(), r.im2.tolist(), r.bmax.tolist()
     ([3], [[12.0]], [[26.0]], [[1, 3]])
     """
-    if len(parts) == 0:
-        return parts
+    if len(parts) == 0 or bool((parts.label[1:] > parts.label[:-1]).all()):
+        return parts  # already one row per label, in order (a tile's own rows mostly are): nothing to copy
     order = np.argsort(parts.label, kind="stable")
     label = parts.label[order]
     first = np.ones(label.size, bool)
