@@ -160,8 +160,9 @@ def _runs(flat: np.ndarray, row: int):
 def _by_label(starts, stops, lab):
     """The runs sorted by label, stably (raster order within a label), and where each label's runs begin.
 
-    Grouped so, every per-label quantity is one ``reduceat`` with one
-    segment per label instead of one per run, then a scatter per run.
+    Grouped so, every per-label quantity is one ``reduceat`` with a
+    segment per label (instead of a segment per run and then a
+    ``ufunc.at`` scatter of the runs into their labels).
     """
     # 16-bit keys take numpy's radix sort
     keys = lab.astype(np.uint16) if lab.size and int(lab.max()) < 1 << 16 else lab
