@@ -14,7 +14,11 @@ on the whole image, one row per object.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
+import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,17 +73,17 @@ class Partials:
         return Partials(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))
 
     def relabel(self, labels) -> "Partials":
-        out = self.take(slice(None))
-        out.label = np.asarray(labels, dtype=np.uint64)
-        return out
+        """The same rows under new labels; the other columns are shared, not copied (partials are never
+        written in place)."""
+        return dataclasses.replace(self, label=np.asarray(labels, dtype=np.uint64))
 
     def to_bytes(self) -> bytes:
-        """The partials as one ``.npy``: int64 columns, then the floats' bits (what :meth:`from_bytes` reads)."""
-        data = np.column_stack([self.label.view(np.int64), self.count, self.csum, self.bmin, self.bmax,
-                                np.column_stack([self.isum, self.im2, self.imin, self.imax]).view(np.int64)])
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(data, dtype=np.int64))
-        return buffer.getvalue()
+        """The partials as one ``.npy`` (what :meth:`from_bytes` reads): int64 columns, then the floats' bits,
+        stored column after column (Fortran order: :meth:`from_bytes` then takes every column as a view)."""
+        columns = [self.label.view(np.int64), self.count, *self.csum.T, *self.bmin.T, *self.bmax.T,
+                   *(f.view(np.int64) for f in (*self.isum.T, *self.im2.T, *self.imin.T, *self.imax.T))]
+        data = np.concatenate(columns) if columns[0].size else np.zeros(0, np.int64)
+        return _npy_header(len(self), len(columns)) + data.astype("<i8", copy=False).tobytes()
 
     def save(self, scratch, key: str) -> None:
         """One ``.npy`` object in ``scratch``, written atomically (:meth:`to_bytes`)."""
@@ -87,7 +91,10 @@ class Partials:
 
     @staticmethod
     def load(scratch, key: str, ndim: int, n_channels: int) -> "Partials | None":
-        """Read partials saved by :meth:`save`; None when ``key`` was never saved (one read, no existence check)."""
+        """Read partials saved by :meth:`save`; None when ``key`` was never saved (one read, no existence check).
+
+        The columns are read-only views of the bytes read (partials are never written in place).
+        """
         try:
             raw = scratch.get(key + ".npy")
         except FileNotFoundError:
@@ -96,14 +103,39 @@ class Partials:
 
     @staticmethod
     def from_bytes(raw: bytes, ndim: int, n_channels: int) -> "Partials":
-        """The partials :meth:`to_bytes` wrote."""
-        data = load_npy(io.BytesIO(raw))
+        """The partials :meth:`to_bytes` wrote (or numpy, in either order)."""
+        data = _read_npy(raw)
         d, c = ndim, n_channels
-        floats = np.ascontiguousarray(data[:, 2 + 3 * d:]).view(np.float64)
-        return Partials(data[:, 0].view(np.uint64).copy(), data[:, 1].copy(), data[:, 2:2 + d].copy(),
-                        data[:, 2 + d:2 + 2 * d].copy(), data[:, 2 + 2 * d:2 + 3 * d].copy(),
-                        floats[:, :c].copy(), floats[:, c:2 * c].copy(), floats[:, 2 * c:3 * c].copy(),
-                        floats[:, 3 * c:].copy())
+        floats = data[:, 2 + 3 * d:].view(np.float64)  # same item size: a view whatever the layout
+        return Partials(data[:, 0].view(np.uint64), data[:, 1], data[:, 2:2 + d], data[:, 2 + d:2 + 2 * d],
+                        data[:, 2 + 2 * d:2 + 3 * d], floats[:, :c], floats[:, c:2 * c], floats[:, 2 * c:3 * c],
+                        floats[:, 3 * c:])
+
+
+def _npy_header(rows: int, columns: int) -> bytes:
+    """The .npy (version 1.0) header numpy writes for a ``(rows, columns)`` little-endian int64 Fortran-order array.
+
+    Written and parsed here: ``np.save`` / ``np.load`` spend ~0.1 ms per small file on it (``np.load`` parses the
+    header with ``ast.literal_eval``, under a lock, see ``io._npy``).
+    """
+    text = "{'descr': '<i8', 'fortran_order': True, 'shape': (%d, %d), }" % (rows, columns)
+    pad = -(10 + len(text) + 1) % 64
+    return b"\x93NUMPY\x01\x00" + (len(text) + pad + 1).to_bytes(2, "little") + text.encode() + b" " * pad + b"\n"
+
+
+_HEADER = re.compile(rb"\{'descr': '<i8', 'fortran_order': (True|False), 'shape': \((\d+), (\d+)\), \} *\n")
+
+
+def _read_npy(raw: bytes) -> np.ndarray:
+    """A 2-D int64 array from .npy bytes: headers like :func:`_npy_header`'s parsed here, any other by numpy."""
+    if raw[:8] == b"\x93NUMPY\x01\x00":
+        end = 10 + int.from_bytes(raw[8:10], "little")
+        match = _HEADER.fullmatch(raw, 10, end)
+        if match:
+            shape = (int(match[2]), int(match[3]))
+            return np.frombuffer(raw, "<i8", shape[0] * shape[1], end).reshape(
+                shape, order="F" if match[1] == b"True" else "C")
+    return load_npy(io.BytesIO(raw))
 
 
 _FIELDS = ("label", "count", "csum", "bmin", "bmax", "isum", "im2", "imin", "imax")
@@ -111,7 +143,7 @@ _FIELDS = ("label", "count", "csum", "bmin", "bmax", "isum", "im2", "imin", "ima
 
 def _slabs(shape, n_planes_total: int):
     """Ranges along axis 0 with about ``_SLAB_VOXELS`` voxels each."""
-    per_plane = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    per_plane = math.prod(shape[1:])
     step = max(1, _SLAB_VOXELS // max(per_plane, 1))
     return [(s, min(s + step, n_planes_total)) for s in range(0, n_planes_total, step)]
 
@@ -124,52 +156,171 @@ def _runs(flat: np.ndarray, row: int):
     leave far fewer runs than voxels, and everything after this one pass
     over the block works on runs.
     """
-    change = np.empty(flat.size, dtype=bool)
-    change[0] = True
-    np.not_equal(flat[1:], flat[:-1], out=change[1:])
-    change[::row] = True
-    starts = np.flatnonzero(change)
-    stops = np.empty_like(starts)
-    stops[:-1] = starts[1:]
-    stops[-1] = flat.size
-    labels = flat[starts]
-    fg = labels != 0
-    return starts[fg], stops[fg], labels[fg]
+    change = np.empty(flat.size + 1, dtype=bool)  # one past the end: every run's stop is the next bound
+    change[0] = change[-1] = True
+    np.not_equal(flat[1:], flat[:-1], out=change[1:-1])
+    change[:-1:row] = True
+    bounds = np.flatnonzero(change)
+    labels = flat[bounds[:-1]]
+    fg = np.flatnonzero(labels)  # indices, not a mask: three takes cost less than three boolean selections
+    return bounds[fg], bounds[fg + 1], labels[fg]
+
+
+def _by_label(starts, stops, lab):
+    """The runs sorted by label, stably (raster order within a label), and where each label's runs begin.
+
+    Grouped so, every per-label quantity is one ``reduceat`` with a
+    segment per label (instead of a segment per run and then a
+    ``ufunc.at`` scatter of the runs into their labels).
+    """
+    # 16-bit keys take numpy's radix sort
+    keys = lab.astype(np.uint16) if lab.size and int(lab.max()) < 1 << 16 else lab
+    order = np.argsort(keys, kind="stable")
+    starts, stops, lab = starts[order], stops[order], lab[order]
+    first = np.empty(lab.size, dtype=bool)
+    first[0] = True
+    np.not_equal(lab[1:], lab[:-1], out=first[1:])
+    return starts, stops, lab, np.flatnonzero(first)
+
+
+@functools.lru_cache(maxsize=None)
+def _largest_magnitude(dtype: np.dtype) -> int | None:
+    """The largest ``|value|`` of an 8/16-bit integer (or bool) dtype; None for any other."""
+    if dtype.kind not in "biu" or dtype.itemsize > 2:
+        return None
+    return 1 if dtype.kind == "b" else max(abs(int(np.iinfo(dtype).min)), int(np.iinfo(dtype).max))
 
 
 def _exact_intensities(dtype: np.dtype, n_voxels: int) -> bool:
     """Whether the sums and squared sums of a block of ``dtype`` values fit int64 exactly (8/16-bit integers)."""
-    if dtype.kind not in "biu" or dtype.itemsize > 2:
-        return False
-    top = 1 if dtype.kind == "b" else max(abs(int(np.iinfo(dtype).min)), int(np.iinfo(dtype).max))
-    return top * top * max(n_voxels, 1) < 2 ** 62
+    top = _largest_magnitude(np.dtype(dtype))
+    return top is not None and top * top * max(n_voxels, 1) < 2 ** 62
 
 
-def _exact_m2(count: np.ndarray, s: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """``sum (x - mean)^2 = (n q - s^2) / n`` from exact integer sums: the numerator exact, one rounding."""
+def _exact_m2(count: np.ndarray, s: np.ndarray, q: np.ndarray, fits: bool = False) -> np.ndarray:
+    """``sum (x - mean)^2 = (n q - s^2) / n`` from exact integer sums, correctly rounded (one rounding).
+
+    ``fits``: the caller knows ``n q`` and ``s^2`` fit int64 (no check of the data then).
+    """
     n = np.maximum(count, 1)
     if len(n) == 0:
         return np.zeros(s.shape)
-    if int(n.max()) * int(q.max()) < 2 ** 63 and int(np.abs(s).max()) ** 2 < 2 ** 63:
-        return (n * q - s * s) / n
+    if fits or (int(n.max()) * int(q.max()) < 2 ** 63 and int(np.abs(s).max()) ** 2 < 2 ** 63):
+        numerator = n * q - s * s
+        out = numerator / n  # int64 -> float64 is exact below 2**53: the division then rounds once
+        big = numerator >= 2 ** 53
+        if not big.any():
+            return out
+        # the others: Python ints (rounding the numerator first would round twice: 1 ulp off in ~1/4 of cases)
+        rows = np.nonzero(big)
+        out[rows] = [int(a) / int(b) for a, b in zip(numerator[rows], np.broadcast_to(n, numerator.shape)[rows])]
+        return out
     # Python ints do not overflow and int / int is correctly rounded
     n, s, q = n.astype(object), s.astype(object), q.astype(object)
     return ((n * q - s * s) / n).astype(np.float64)
 
 
+def _slab_rows(block: np.ndarray, s0: int, values: np.ndarray | None, exact: bool) -> list | None:
+    """One slab's rows, one per label present, sorted by label: ``[label, count, csum, bmin, bmax]`` (block
+    coordinates, axis 0 shifted by ``s0``) plus, with ``values`` (``(c, voxels)``), per channel its sums, its
+    second sums (squares, exact int64, when ``exact``; else the M2 around the label's mean over the slab),
+    minima and maxima. None for a slab of background only.
+    """
+    d = block.ndim
+    starts, stops, lab = _runs(block.reshape(-1), block.shape[-1])
+    if starts.size == 0:
+        return None
+    starts, stops, lab, group = _by_label(starts, stops, lab)
+    length = stops - starts
+    row, x = np.divmod(starts, block.shape[-1])
+    lo = [None] * d  # each run's first voxel, per axis
+    lo[d - 1], rest = x, row
+    for a in range(d - 2, 0, -1):
+        rest, lo[a] = np.divmod(rest, block.shape[a])
+    if d > 1:
+        lo[0] = rest
+    count = np.add.reduceat(length, group)
+    csum, bmin, bmax = (np.empty((group.size, d), np.int64) for _ in range(3))
+    for a in range(d):  # integer sums: exact at any size
+        if a == d - 1:  # x + ... + (x + len - 1) in closed form (the product is always even)
+            csum[:, a] = np.add.reduceat((2 * lo[a] + length - 1) * length // 2, group)
+            bmin[:, a] = np.minimum.reduceat(lo[a], group)
+            bmax[:, a] = np.maximum.reduceat(lo[a] + length, group)
+        elif a == 0:  # within a label the runs are in raster order: axis 0 grows from its first run to its last
+            csum[:, a] = np.add.reduceat(lo[a] * length, group)
+            bmin[:, a] = lo[a][group]
+            bmax[:, a][:-1] = lo[a][group[1:] - 1]
+            bmax[-1, a] = lo[a][-1]
+            bmax[:, a] += 1
+        else:
+            csum[:, a] = np.add.reduceat(lo[a] * length, group)
+            bmin[:, a] = np.minimum.reduceat(lo[a], group)
+            bmax[:, a] = np.maximum.reduceat(lo[a], group) + 1
+    if s0:
+        csum[:, 0] += s0 * count
+        bmin[:, 0] += s0
+        bmax[:, 0] += s0
+    rows = [lab[group], count, csum, bmin, bmax]
+    if values is None:
+        return rows
+    c = values.shape[0]
+    offsets = np.zeros(length.size, np.intp)  # each run's first voxel among the gathered ones
+    np.cumsum(length[:-1], out=offsets[1:])
+    # the foreground's flat indices, label after label: each label is then one segment of the gathered values
+    where = np.repeat(starts - offsets, length)
+    where += np.arange(where.size, dtype=np.intp)
+    segment = offsets[group]
+    sums = np.empty((group.size, c), np.int64 if exact else np.float64)
+    second, imin, imax = np.empty(sums.shape, sums.dtype), np.empty((group.size, c)), np.empty((group.size, c))
+    for ch in range(c):
+        raw = values[ch].take(where)
+        imin[:, ch] = np.minimum.reduceat(raw, segment)
+        imax[:, ch] = np.maximum.reduceat(raw, segment)
+        v = raw.astype(np.int64 if exact else np.float64)
+        sums[:, ch] = np.add.reduceat(v, segment)
+        if not exact:  # around the label's mean over the slab (sum x**2 - n mean**2 would cancel)
+            v -= np.repeat(sums[:, ch] / count, count)
+        second[:, ch] = np.add.reduceat(np.multiply(v, v, out=v), segment)
+    return rows + [sums, second, imin, imax]
+
+
+def _combine_slabs(slabs: list, exact: bool) -> list:
+    """The rows of several slabs as one row per label: sums add, boxes and extremes min / max, float M2s by the
+    parallel formula (exact sums simply add)."""
+    cat = [np.concatenate(column) for column in zip(*slabs)]
+    order = np.argsort(cat[0], kind="stable")
+    cat = [column[order] for column in cat]
+    first = np.ones(order.size, bool)
+    first[1:] = cat[0][1:] != cat[0][:-1]
+    start = np.flatnonzero(first)
+    count = np.add.reduceat(cat[1], start)
+    out = [cat[0][start], count, np.add.reduceat(cat[2], start, axis=0), np.minimum.reduceat(cat[3], start, axis=0),
+           np.maximum.reduceat(cat[4], start, axis=0)]
+    if len(cat) == 5:
+        return out
+    sums, second = np.add.reduceat(cat[5], start, axis=0), cat[6]
+    if not exact:
+        group = np.cumsum(first) - 1
+        spread = cat[1][:, None] * np.square(cat[5] / cat[1][:, None] - (sums / count[:, None])[group])
+        second = second + spread
+    return out + [sums, np.add.reduceat(second, start, axis=0), np.minimum.reduceat(cat[7], start, axis=0),
+                  np.maximum.reduceat(cat[8], start, axis=0)]
+
+
 def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None = None) -> Partials:
-    """Partial sums of labels ``1..n`` in one block of local ids (0 = background).
+    """Partial sums of the labels (``1..n``, 0 = background) in one block of local ids.
 
     One pass over the block finds the runs of equal labels along the last
-    axis; counts, coordinate sums (closed form per run) and boxes come from
-    the runs, intensities from the foreground voxels only, gathered in run
-    order. For 8/16-bit integer images: sums, sums of squares (int64,
-    exact), minima and maxima per run, and the second moment exactly from
-    the integer sums, ``(n q - s^2) / n``. For other images: sums, minima
-    and maxima per run, then the second moment around each label's mean
-    over the block (a second pass over the foreground only, which keeps
-    ``std`` exact where ``sum x**2 - n mean**2`` in floating point would
-    cancel).
+    axis and sorts them by label (few runs: blobs leave far fewer runs than
+    voxels); counts, coordinate sums (closed form per run) and boxes come
+    from the runs, intensities from the foreground voxels only, gathered
+    label after label, so that each label's sum, extremes and second
+    moment are one segment of a ``reduceat``. For 8/16-bit integer images
+    the sums and sums of squares are exact int64 and the second moment
+    comes from them exactly, ``(n q - s^2) / n``; for other images it is
+    taken around each label's mean over the slab (a second pass over the
+    foreground only, which keeps ``std`` exact where ``sum x**2 - n
+    mean**2`` in floating point would cancel).
 
     Parameters
     ----------
@@ -195,93 +346,35 @@ def tile_partials(ids: np.ndarray, n: int, origin, intensity: np.ndarray | None 
     ids = np.asarray(ids)
     if ids.dtype.kind != "u":
         ids = ids.astype(np.uint64)
-    shape = ids.shape
-    nb = n + 1
-    count = np.zeros(nb, np.int64)
-    csum = [np.zeros(nb, np.int64) for _ in range(d)]
-    big = np.iinfo(np.int64).max
-    bmin = [np.full(nb, big, np.int64) for _ in range(d)]
-    bmax = [np.zeros(nb, np.int64) for _ in range(d)]
-    isum = np.zeros((c, nb))
-    imin, imax = np.full((c, nb), np.inf), np.full((c, nb), -np.inf)
-    slab_moments = []  # per slab (count, sum, M2 around the slab's mean): combined exactly below
     # 8/16-bit integer images: exact int64 sums and squared sums give M2 without a second pass and
     # without floats (a 512^2 uint8 tile: 5.8 -> 2.5 ms)
-    exact = c > 0 and _exact_intensities(np.dtype(intensity.dtype), int(np.prod(shape)))
-    if exact:
-        isum_i, isq_i = np.zeros((c, nb), np.int64), np.zeros((c, nb), np.int64)
-    for s0, s1 in _slabs(shape, shape[0]):
-        block = ids[s0:s1]
-        flat = block.reshape(-1)
-        starts, stops, lab = _runs(flat, block.shape[-1])
-        if starts.size == 0:
-            continue
-        lab = lab.astype(np.intp)
-        length = stops - starts
-        row, x0 = np.divmod(starts, block.shape[-1])
-        lo = [None] * d  # each run's first voxel, per axis, in block coordinates
-        lo[d - 1], rest = x0, row
-        for a in range(d - 2, 0, -1):
-            rest, lo[a] = np.divmod(rest, block.shape[a])
-        if d > 1:
-            lo[0] = rest
-        lo[0] = lo[0] + s0
-        n_here = np.zeros(nb, np.int64)
-        np.add.at(n_here, lab, length)
-        count += n_here
-        for a in range(d):  # integer sums with ufunc.at: exact at any size
-            if a == d - 1:  # x0 + ... + (x0 + len - 1) in closed form (the product is always even)
-                np.add.at(csum[a], lab, (2 * lo[a] + length - 1) * length // 2)
-                np.maximum.at(bmax[a], lab, lo[a] + length)
-            else:
-                np.add.at(csum[a], lab, lo[a] * length)
-                np.maximum.at(bmax[a], lab, lo[a] + 1)
-            np.minimum.at(bmin[a], lab, lo[a])
+    exact = c > 0 and _exact_intensities(np.dtype(intensity.dtype), ids.size)
+    slabs = []
+    for s0, s1 in _slabs(ids.shape, ids.shape[0]):
+        values = None
         if c:
             values = intensity[:, s0:s1].reshape(c, -1)
             if values.dtype == np.bool_:
                 values = values.view(np.uint8)
-            offsets = np.zeros(length.size, np.intp)  # each run's first voxel among the foreground ones
-            np.cumsum(length[:-1], out=offsets[1:])
-            # the foreground's flat indices, run after run (a boolean mask over the block costs ~20x more)
-            where = np.repeat(starts - offsets, length) + np.arange(int(length.sum()), dtype=np.intp)
-        if exact:
-            for ch in range(c):
-                raw = values[ch].take(where)
-                v = raw.astype(np.int64)
-                np.add.at(isum_i[ch], lab, np.add.reduceat(v, offsets))
-                np.multiply(v, v, out=v)
-                np.add.at(isq_i[ch], lab, np.add.reduceat(v, offsets))
-                # extremes as floats before ufunc.at: it is slow on mixed dtypes
-                np.minimum.at(imin[ch], lab, np.minimum.reduceat(raw, offsets).astype(np.float64))
-                np.maximum.at(imax[ch], lab, np.maximum.reduceat(raw, offsets).astype(np.float64))
-        elif c:
-            per_voxel = np.repeat(lab, length)
-            sums, m2s = np.zeros((c, nb)), np.zeros((c, nb))
-            for ch in range(c):
-                v = values[ch].take(where).astype(np.float64)
-                sums[ch] = np.bincount(lab, weights=np.add.reduceat(v, offsets), minlength=nb)
-                mean = sums[ch] / np.maximum(n_here, 1)
-                m2s[ch] = np.bincount(per_voxel, weights=np.square(v - mean[per_voxel]), minlength=nb)
-                np.minimum.at(imin[ch], lab, np.minimum.reduceat(v, offsets))
-                np.maximum.at(imax[ch], lab, np.maximum.reduceat(v, offsets))
-            isum += sums
-            slab_moments.append((n_here, sums, m2s))
-    keep = np.flatnonzero(count[1:] > 0) + 1
+        rows = _slab_rows(ids[s0:s1], s0, values, exact)
+        if rows is not None:
+            slabs.append(rows)
+    if not slabs:
+        return Partials.empty(d, c)
+    label, count, csum, bmin, bmax, *stats = slabs[0] if len(slabs) == 1 else _combine_slabs(slabs, exact)
     origin = np.asarray(origin, dtype=np.int64)
-    csum = np.stack(csum, axis=1)[keep] + origin * count[keep, None]
-    bmin = np.stack(bmin, axis=1)[keep] + origin
-    bmax = np.stack(bmax, axis=1)[keep] + origin
-    im2 = np.zeros((c, nb))
-    if exact:
-        isum = isum_i.astype(np.float64)
-        im2[:, keep] = _exact_m2(count[keep], isum_i[:, keep], isq_i[:, keep])
-    elif c:  # parallel variance over the slabs
-        mean = isum / np.maximum(count, 1)
-        for n_here, sums, m2s in slab_moments:
-            im2 += m2s + n_here * np.square(sums / np.maximum(n_here, 1) - mean)
-    return Partials(keep.astype(np.uint64), count[keep], csum, bmin, bmax, isum[:, keep].T.copy(),
-                    im2[:, keep].T.copy(), imin[:, keep].T.copy(), imax[:, keep].T.copy())
+    csum += origin * count[:, None]
+    bmin += origin
+    bmax += origin
+    if not c:
+        stats = [np.zeros((label.size, 0))] * 4
+    elif exact:
+        sums, squares = stats[0], stats[1]
+        n = count[:, None]
+        # n q and s^2 are at most (voxels * top)^2: below 2**63, int64 holds them (no check of the data)
+        fits = (ids.size * _largest_magnitude(np.dtype(intensity.dtype))) ** 2 < 2 ** 63
+        stats[:2] = sums.astype(np.float64), _exact_m2(n, sums, squares, fits)
+    return Partials(label.astype(np.uint64), count, csum, bmin, bmax, *stats)
 
 
 def reduce_partials(parts: Partials) -> Partials:
@@ -295,8 +388,8 @@ def reduce_partials(parts: Partials) -> Partials:
     >>> r.count.tolist(), r.isum.tolist(), r.im2.tolist(), r.bmax.tolist()
     ([3], [[12.0]], [[26.0]], [[1, 3]])
     """
-    if len(parts) == 0:
-        return parts
+    if len(parts) == 0 or bool((parts.label[1:] > parts.label[:-1]).all()):
+        return parts  # already one row per label, in order (a tile's own rows mostly are): nothing to copy
     order = np.argsort(parts.label, kind="stable")
     label = parts.label[order]
     first = np.ones(label.size, bool)
