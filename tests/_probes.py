@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+
 import patchworks.labels._process as process
 from patchworks import threshold, tile_process
 from patchworks.testing import random_blobs
@@ -41,3 +43,16 @@ def relabel_task_arguments(monkeypatch, n_side: int, **options) -> list:
     image = random_blobs((4 * n_side, 4 * n_side), density=0.5, sigma=1.0, seed=n_side)
     tile_process(image, threshold(0.5), tile_shape=4, compute=True, progress=False, **options)
     return seen["args"]
+
+
+def assert_partials_geometry(parts, ids, origin) -> list:
+    """Assert a tile's partials' rows, counts, coordinate sums and boxes against a direct loop; the labels present."""
+    present = [v for v in np.unique(ids) if v]
+    assert parts.label.tolist() == present
+    for row, v in enumerate(present):
+        where = np.argwhere(ids == v) + origin
+        assert parts.count[row] == len(where)
+        np.testing.assert_array_equal(parts.csum[row], where.sum(axis=0))
+        np.testing.assert_array_equal(parts.bmin[row], where.min(axis=0))
+        np.testing.assert_array_equal(parts.bmax[row], where.max(axis=0) + 1)
+    return present
