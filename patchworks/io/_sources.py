@@ -542,9 +542,7 @@ class LazySource:
 
     def __getitem__(self, key):
         """Read one window; ``key`` is a tuple of slices, ints and at most one Ellipsis."""
-        key = _normalize_key(key, self.shape)
-        if self._c is not None:  # put the chosen channel back in the on-disk index
-            key = key[: self._c] + (self.channel,) + key[self._c :]
+        key = self._disk_key(key)
         h = self._get()
         if self.kind == "hdf5":
             with self._lock:  # h5py handles are not safe to share between threads
@@ -566,10 +564,14 @@ class LazySource:
         """
         if self.kind not in ("zarr", "zarr-array") or self.remote:
             return None
+        return blank_value(self._get(), self._disk_key(key))
+
+    def _disk_key(self, key):
+        """``key`` (slices, ints, at most one Ellipsis) as an index of the array on disk."""
         key = _normalize_key(key, self.shape)
-        if self._c is not None:
+        if self._c is not None:  # put the chosen channel back in the on-disk index
             key = key[: self._c] + (self.channel,) + key[self._c :]
-        return blank_value(self._get(), key)
+        return key
 
     def __repr__(self):
         return f"LazySource({self.description}, shape={self.shape}, dtype={self.dtype}, axes={self.axes!r})"

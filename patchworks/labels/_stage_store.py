@@ -71,6 +71,7 @@ class TileStaging:
         self.grid = grid
         self.scratch = scratch if isinstance(scratch, Scratch) else Scratch(scratch)
         self.bands = bands           # stage IoU bands instead of seam planes
+        self._planes = {}            # linear index -> (start, stop, bytes) of seam planes fetched ahead
 
     @property
     def root(self):
@@ -270,8 +271,7 @@ class TileStaging:
 
     def _plane_pieces(self, tiles, spans) -> list:
         """The bytes ``spans`` of ``tiles``' objects: from :meth:`with_planes`' cache, else one batched read."""
-        cache = getattr(self, "_planes", None) or {}
-        held = [cache.get(t.linear_index) for t in tiles]
+        held = [self._planes.get(t.linear_index) for t in tiles]
         if not all(h is not None and h[0] <= a and b <= h[1] for h, (a, b) in zip(held, spans)):
             # one batch for every tile of the plane: an object store answers them concurrently
             return self.scratch.get_ranges([self._key(t.linear_index) for t in tiles],

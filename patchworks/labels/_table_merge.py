@@ -4,8 +4,9 @@ The tile tasks staged per-label partials of their cores with each tile (the
 tail of its staged object, see ``_stage_store``). The relabel task that reads
 a tile back maps its partials through the same
 :class:`~patchworks.labels._merge.TilePlan` it relabels the tile with
-(:func:`tile_rows`; no object, read or task of their own). An object's final id is its root's, the smallest global
-id of the object, so every object belongs to exactly one tile, the one
+(:func:`tile_rows`; no object, read or task of their own). An object's
+final id is its root's, the smallest global id of the object, so every
+object belongs to exactly one tile, the one
 holding its root; and since final ids grow with the root, the tiles' own
 rows, taken in tile order, are the whole table sorted by label. A tile keeps
 the rows of the objects it owns (reduced, in a side file) and sends back to
