@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from patchworks.labels._merge import plan_relabel, unique_pairs
+from patchworks.labels._merge import apply_lut, plan_relabel, unique_pairs
 
 
 def _direct_final_ids(counts, pairs, sequential):
@@ -98,6 +98,27 @@ def test_unique_pairs_equals_numpy_unique_rows(rows, top, dtype):
     got = unique_pairs(pairs)
     assert got.dtype == pairs.dtype
     np.testing.assert_array_equal(got, np.unique(pairs, axis=0) if len(pairs) else pairs)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**16), st.integers(1, 300), st.sampled_from([np.uint8, np.uint16, np.uint32, np.uint64]),
+       st.sampled_from([np.uint32, np.uint64, np.int64]), st.sampled_from(["C", "F", "strided", "readonly"]))
+def test_apply_lut_equals_take(seed, n, ids_dtype, lut_dtype, layout):
+    # fastremap's in-place path (a C-ordered copy) and np.take's fallback give lut[ids], whatever the layout
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, min(n, np.iinfo(ids_dtype).max) + 1, size=(6, 7, 5)).astype(ids_dtype)
+    if layout == "F":
+        ids = np.asfortranarray(ids)
+    elif layout == "strided":
+        ids = ids[::2, :, 1:]
+    elif layout == "readonly":
+        ids.flags.writeable = False
+    lut = rng.integers(0, 2**31, size=n + 1).astype(lut_dtype)
+    before = ids.copy()
+    got = apply_lut(lut, ids)
+    assert got.dtype == lut.dtype and got.shape == ids.shape
+    np.testing.assert_array_equal(got, np.take(lut, ids))
+    np.testing.assert_array_equal(ids, before)  # the ids are never written
 
 
 @settings(max_examples=60, deadline=None)

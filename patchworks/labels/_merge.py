@@ -27,6 +27,20 @@ _UINT32_MAX = int(np.iinfo(np.uint32).max)
 _SEAM_BLOCK_VOXELS = 1 << 24
 
 
+def apply_lut(lut: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``lut[ids]`` as a new array of ``lut``'s dtype (every id must be below ``lut.size``).
+
+    fastremap rewrites a copy of the ids in place, without the int64 index
+    array ``np.take`` builds and with the GIL released: 3.4 vs 5.6 ms for a
+    128^3 tile, 0.30 vs 0.49 ms for 512^2, and two threads both run.
+    """
+    if lut.dtype in (np.uint32, np.uint64) and ids.dtype.kind == "u" and ids.itemsize <= lut.itemsize:
+        out = np.array(ids, dtype=lut.dtype, order="C")  # a copy (staged ids are read-only), flat as a view
+        fastremap.remap_from_array(out.reshape(-1), np.ascontiguousarray(lut))
+        return out
+    return np.take(lut, ids)
+
+
 def _in_plane_shifts(n_in_plane: int, connectivity: int) -> list[tuple[int, ...]]:
     """Offsets within a seam plane that are neighbours across it under ``connectivity``.
 
@@ -373,8 +387,8 @@ class TilePlan:
         O(voxels); take whichever is smaller, so a tile that claims a huge
         count (``label_counts``) still needs little memory.
         """
-        if self.n_labels < local.size:  # np.take: half the time of lut[local] (6.7 vs 14 ms on 128^3)
-            return np.take(self.lookup(dtype), local)
+        if self.n_labels < local.size:
+            return apply_lut(self.lookup(dtype), local)
         present, inverse = np.unique(local, return_inverse=True)
         return self.final_ids(present).astype(dtype, copy=False)[inverse].reshape(local.shape)
 
@@ -666,7 +680,7 @@ def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TileP
     tile = grid.tile(linear_index)
     ids, local_lut = taken if taken is not None else staging.take(tile)
     if local_lut is not None:  # raw ids: compose the two look-ups, then one pass over the tile
-        final = np.take(plan.lookup(output.dtype)[local_lut], ids)
+        final = apply_lut(plan.lookup(output.dtype)[local_lut], ids)
     else:
         final = plan.apply(ids, output.dtype)
     output.write_tile(linear_index, tile.spatial_core, final)
