@@ -1,5 +1,6 @@
 """Resource budget: faked cgroup files, SLURM variables, affinity and a faked NVML."""
 
+import os
 import sys
 import types
 
@@ -497,3 +498,22 @@ def test_auto_tile_shape_takes_whole_input_chunks(caplog):
     assert auto_tile_shape((48, 384, 384), "uint8", budget=4 * MiB, chunks=(16, 64, 64)) == (32, 64, 64)
     with pytest.raises(ValueError, match=r"chunks=\(0, 4\): use positive chunk sizes"):
         auto_tile_shape((1000, 1000), "float32", budget=8 * MiB, chunks=(0, 4))
+
+
+@pytest.mark.parametrize("env, expected", [({}, True), ({"MALLOC_TOP_PAD_": "131072"}, False),
+                                           ({"MALLOC_MMAP_THRESHOLD_": "65536"}, False),
+                                           ({"PATCHWORKS_MALLOC": "0"}, False)])
+def test_malloc_thresholds_set_once_unless_the_user_tuned_malloc(env, expected):
+    # a fresh process each: the setting is once per process. On glibc the thresholds are set
+    # (mallopt reports success) unless the user's own MALLOC_*_ tuning or PATCHWORKS_MALLOC=0 says no
+    import platform
+    import subprocess
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only: elsewhere nothing is set, which the code checks first")
+    code = ("from patchworks.run._heap import settle_malloc; "
+            "print(settle_malloc(), settle_malloc())")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "PATCHWORKS_MALLOC"}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [str(expected)] * 2

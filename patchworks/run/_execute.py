@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import dask
 from dask.callbacks import Callback
 
+from ._heap import settle_malloc
 from ._resources import available_cores
 
 logger = logging.getLogger("patchworks")
@@ -278,6 +279,7 @@ def run_tasks(tasks, *, client=None, progress=None, desc: str = "tiles", prefix:
         scheduler = dask.config.get("scheduler", None)
         if scheduler not in _LOCAL_SCHEDULERS:
             scheduler = "threads"
+        settle_malloc()  # before the first tile: no page-fault storm while glibc adapts
         with _TileProgress(bar, prefix) if bar is not None else contextlib.nullcontext():
             if scheduler not in ("threads", "threading"):
                 from dask.local import get_sync
