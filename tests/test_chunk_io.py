@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import zarr
@@ -52,6 +54,36 @@ def test_direct_writes_and_reads_equal_zarr(tmp_path_factory, shape, chunk, dtyp
         axis = int(rng.integers(0, len(shape)))
         picked = box[:axis] + (int(rng.integers(-shape[axis], shape[axis])),) + box[axis + 1:]
         np.testing.assert_array_equal(read_region(reader, picked), data[picked])
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=st.lists(st.integers(1, 23), min_size=1, max_size=3), chunk=st.integers(1, 9),
+       dtype=st.sampled_from(["uint8", "uint32", "float32"]), seed=st.integers(0, 2**16))
+def test_regions_of_whole_chunks_write_directly_with_zarrs_bytes(tmp_path_factory, shape, chunk, dtype, seed):
+    """A region of several whole chunks (a batch's core) is written chunk by chunk, each as zarr writes it;
+    a region that cuts a chunk is left to zarr."""
+    shape = tuple(shape)
+    chunks = tuple(min(chunk + k, s) for k, s in enumerate(shape))
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 7, shape).astype(dtype)
+    root = tmp_path_factory.mktemp("regions")
+    ours = create_output(root / "ours.zarr", shape=shape, dtype=dtype, chunks=chunks)
+    theirs = create_output(root / "theirs.zarr", shape=shape, dtype=dtype, chunks=chunks)
+    files = chunk_files(ours)
+    # aligned cuts along each axis: chunk boundaries and the array's end
+    cuts = [sorted({0, s} | {int(c) for c in rng.choice(np.arange(0, s, k), size=min(2, -(-s // k)))})
+            for s, k in zip(shape, chunks)]
+    for box in itertools.product(*[[slice(a, b) for a, b in zip(c[:-1], c[1:])] for c in cuts]):
+        assert files.write(box, data[box])  # every region: whole chunks
+        theirs[box] = data[box]
+    np.testing.assert_array_equal(zarr.open_array(root / "ours.zarr", mode="r")[...], data)
+    for path in sorted((root / "theirs.zarr").rglob("c/**/*")):
+        if path.is_file():
+            assert (root / "ours.zarr" / path.relative_to(root / "theirs.zarr")).read_bytes() == path.read_bytes()
+    cut = next((a for a, (s, k) in enumerate(zip(shape, chunks)) if k > 1 and s > 1), None)
+    if cut is not None:  # a region ending inside a chunk: not ours to write
+        box = tuple(slice(0, 1) if a == cut else slice(0, s) for a, s in enumerate(shape))
+        assert not files.write(box, data[box])
 
 
 @pytest.mark.parametrize("compressors", [ZstdCodec(level=0), ZstdCodec(level=3, checksum=True), None],

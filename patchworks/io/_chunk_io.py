@@ -11,7 +11,9 @@ module reads and writes the chunk's file directly, with the very codec
 configuration the array declares, so the bytes are the ones zarr would
 write. A read may span several chunks (a window with its halo, a batch of
 small tiles): each is decoded in turn, and a chunk never written is the
-fill value without a file read. Anything else (sharding, other codecs,
+fill value without a file read. A write may span several whole chunks (a
+batch's core and its pyramid share): each is encoded and written in turn,
+where zarr would cost ~3 ms of CPU per chunk. Anything else (sharding, other codecs,
 zarr v2, remote stores, strided keys, writes of part of a chunk, reads of
 more than ``MAX_DIRECT_READ_VOXELS``) returns ``None`` or ``False`` and the
 caller goes through zarr.
@@ -48,24 +50,6 @@ class ChunkFiles:
         # a plain string: pathlib's join costs ~20 us, and a sparse run checks several chunks per tile
         return self._prefix + self.meta.encode_chunk_key(tuple(coords))
 
-    def _chunk_of(self, key) -> tuple[tuple[int, ...], tuple[slice, ...]] | None:
-        """``(chunk coords, slices inside that chunk)`` when ``key`` lies inside one chunk, else None."""
-        if not isinstance(key, tuple) or len(key) != len(self.shape):
-            return None
-        coords, inner = [], []
-        for k, c, n in zip(key, self.chunks, self.shape):
-            if not isinstance(k, slice) or k.step not in (None, 1):
-                return None
-            start, stop, _ = k.indices(n)
-            if stop <= start:
-                return None
-            i = start // c
-            if (stop - 1) // c != i:
-                return None
-            coords.append(i)
-            inner.append(slice(start - i * c, stop - i * c))
-        return tuple(coords), tuple(inner)
-
     def read(self, key) -> np.ndarray | None:
         """The region ``key`` (slices of step 1 and ints) as a new array, or None when not applicable.
 
@@ -92,7 +76,9 @@ class ChunkFiles:
                 place.append(slice(lo - b.start, hi - b.start))
             chunk = self._chunk(coords)
             if out is None and chunk is not None and tuple(s.stop - s.start for s in inner) == shape:
-                out = chunk[tuple(inner)].astype(self.dtype, copy=True)  # the common case: one chunk
+                # the common case, one chunk: the decoded chunk is ours already (a copy only when cut)
+                whole = shape == self.chunks
+                out = chunk[tuple(inner)].astype(self.dtype, copy=not whole)
                 continue
             if out is None:
                 out = np.full(shape, self.fill, dtype=self.dtype)
@@ -144,32 +130,49 @@ class ChunkFiles:
                 raw = f.read()
         except FileNotFoundError:
             return None
-        return np.frombuffer(self.codec.decode(raw), dtype=self.dtype.newbyteorder("<")).reshape(self.chunks)
+        # into an array of our own: numcodecs then decodes without the GIL (a fresh bytes object for
+        # its result is made holding it: 2 threads decoding 1024^2 uint32 zstd chunks 1.84x vs 0.88x)
+        out = np.empty(self.chunks, dtype=self.dtype.newbyteorder("<"))
+        self.codec.decode(raw, out=out)
+        return out
 
     def write(self, key, data) -> bool:
-        """Write ``data`` to ``key`` when ``key`` is one whole chunk (clipped by the array's end); else False."""
-        where = self._chunk_of(key)
-        if where is None:
-            return False
-        coords, inner = where
-        if any(s.start != 0 or s.stop != min(c, n - i * c)
-               for s, c, n, i in zip(inner, self.chunks, self.shape, coords)):
-            return False  # part of a chunk: zarr reads, merges and rewrites it
+        """Write ``data`` to ``key`` when ``key`` is whole chunks (clipped by the array's end); else False.
+
+        A region of several whole chunks (a batch's core, its pyramid share)
+        is written chunk by chunk; any other region goes through zarr, which
+        reads, merges and rewrites the chunks it only partly covers.
+        """
+        spans = self._spans(key)
+        if spans is None or spans[1] is not None:
+            return False  # int axes: zarr's rules
+        box = spans[0]
         data = np.asarray(data)
-        if data.shape != tuple(s.stop for s in inner):
+        if data.shape != tuple(b.stop - b.start for b in box):
             return False  # broadcasting and the like: zarr's rules
+        if any(b.start % c or (b.stop % c and b.stop != n) for b, c, n in zip(box, self.chunks, self.shape)):
+            return False  # part of a chunk
+        ranges = [range(b.start // c, -(-b.stop // c)) for b, c in zip(box, self.chunks)]
+        for coords in itertools.product(*ranges):
+            inner = tuple(slice(i * c - b.start, min((i + 1) * c, b.stop) - b.start)
+                          for i, c, b in zip(coords, self.chunks, box))
+            self._write_chunk(coords, data[inner])
+        return True
+
+    def _write_chunk(self, coords, data) -> None:
+        """One whole chunk (an edge chunk may be smaller: stored padded with the fill value, as zarr does)."""
         if data.shape == self.chunks:
             full = np.ascontiguousarray(data, dtype=self.dtype.newbyteorder("<"))
-        else:  # an edge chunk is stored whole, padded with the fill value, as zarr does
+        else:
             full = np.full(self.chunks, self.fill, dtype=self.dtype.newbyteorder("<"))
-            full[inner] = data
+            full[tuple(slice(0, n) for n in data.shape)] = data
         path = self._path(coords)
         if not self.write_empty and not full.any() and not self.fill:
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-            return True
+            return
         encoded = self.codec.encode(full.view(np.uint8).reshape(-1))
         folder, name = os.path.split(path)
         if folder not in self._made:  # one mkdir per directory, not one per chunk
@@ -179,7 +182,6 @@ class ChunkFiles:
         with open(tmp, "wb") as f:
             f.write(encoded)
         os.replace(tmp, path)  # a reader never sees half a chunk
-        return True
 
 
 def chunk_files(array) -> ChunkFiles | None:
@@ -240,8 +242,11 @@ class _Raw:
         return bytes(buf)
 
     @staticmethod
-    def decode(buf):
-        return buf
+    def decode(buf, out=None):
+        if out is None:
+            return buf
+        np.copyto(out.reshape(-1).view(np.uint8), np.frombuffer(buf, np.uint8))
+        return out
 
 
 def _bytes_codec(zcodec, dtype: np.dtype):
@@ -281,7 +286,7 @@ def blank_value(array, key):
 
 
 def write_region(array, key, data) -> None:
-    """``array[key] = data``: straight into the chunk's file when ``key`` is one whole chunk, else through zarr."""
+    """``array[key] = data``: straight into the chunks' files when ``key`` is whole chunks, else through zarr."""
     files = chunk_files(array)
     if files is None or not files.write(key, data):
         array[key] = data
