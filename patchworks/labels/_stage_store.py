@@ -166,9 +166,12 @@ class TileStaging:
         body, extra = data[head:head + body_len], data[head + body_len:head + body_len + extra_len]
         tail = head + body_len + extra_len
         partials = data[tail:tail + parts_len] if parts_len else None
-        raw = _CODEC.decode(body)
-        narrow = len(raw) == 2 * int(np.prod(tile.core_shape))  # staged as uint16 when every id fits
-        ids = np.frombuffer(raw, dtype=np.uint16 if narrow else np.uint32).reshape(tile.core_shape)
+        voxels = int(np.prod(tile.core_shape))
+        # staged as uint16 when every id fits: the Blosc header's uncompressed size (bytes 4-8) says which
+        narrow = int.from_bytes(body[4:8], "little") == 2 * voxels
+        # decoded into an array of our own: Blosc then runs without the GIL (no bytes object to make)
+        ids = np.empty(tile.core_shape, dtype=np.uint16 if narrow else np.uint32)
+        _CODEC.decode(body, out=ids)
         lut = np.frombuffer(_CODEC.decode(extra), dtype=np.uint32)[:lut_size] if extra_len else None
         return ids, lut, partials
 
