@@ -124,7 +124,6 @@ class MapJob:
     pad_mode: str = "constant"
     output: Any = None                # zarr.Array or numpy array
     direct: bool = False              # crop: each window writes its core straight to the output
-    in_place: bool = False            # accumulators are views of the (numpy float32) output itself
     channels_inferred: bool = False   # out_channels came from the first window's result
     cache: Any = None                 # ChunkCache over ``source``: each chunk decoded once, not once per window
     _wsums: dict = field(default_factory=dict, repr=False)
@@ -243,8 +242,6 @@ class MapJob:
     def finish(self, block: Tile, acc) -> None:
         if self.weights is not None:
             np.divide(acc, self.weight_sum(block), out=acc)  # in place: this task is the only reader
-        if self.in_place:
-            return  # acc is the output itself
         self.write(block, acc if self.finalize is None else self.finalize(acc), block.spatial_core)
 
     def write(self, tile: Tile, data, region) -> None:

@@ -20,25 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ._job import MapJob, unit_task
 
-__all__ = ["InPlace", "stream_local"]
-
-
-class InPlace:
-    """Accumulators that are views of a numpy float32 output (zeros): nothing to allocate, copy or spill."""
-
-    n_spilled = 0
-
-    def __init__(self, output: np.ndarray, blocks, has_channels: bool):
-        self._output, self._blocks, self._lead = output, blocks, (slice(None),) if has_channels else ()
-
-    def take(self, block: int):
-        return self._output[(*self._lead, *self._blocks.tile(block).spatial_core)]
-
-    def put(self, block: int, acc, next_use: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+__all__ = ["stream_local"]
 
 
 def stream_local(job: MapJob, first, windows_of, accs, *, threads: int, bar=None) -> None:

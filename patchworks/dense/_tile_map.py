@@ -37,7 +37,7 @@ from ._job import _INFER, MapJob, block_task, fold_task, predict_task, unit_task
 from ._input import ChunkCache
 from ._layout import EDGES, make_layout
 from ._spill import SpillingAccumulators
-from ._stream import InPlace, stream_local
+from ._stream import stream_local
 
 __all__ = ["tile_blend", "tile_map", "validate_map"]
 
@@ -316,8 +316,9 @@ def tile_map(image, fn, *, tile_shape=None, overlap=0, window="gaussian", out_ch
         lead = () if job.final_channels is None else (job.final_channels,)
         shape = lead + grid.spatial_shape
         if in_memory:
-            job.in_place = weights is not None and finalize is None and out_dtype == np.float32
-            job.output = (np.zeros if job.in_place else np.empty)(shape, out_dtype)
+            # blocks accumulate in arrays of their own, then are written once: adding each window straight
+            # into views of a large output touched a page per row (384^3 x 4 gaussian: 5.3 vs 6.1 s)
+            job.output = np.empty(shape, out_dtype)
             job.direct = weights is None
         else:
             job.output = run.create(shape=shape, dtype=out_dtype, chunks=lead + layout.blocks.tile_shape)
@@ -386,10 +387,7 @@ def _run_locally(job: MapJob, first, windows, progress, memory_budget, scratch) 
     if _want_progress(progress):
         from tqdm.auto import tqdm
         bar = tqdm(total=job.layout.n_windows, desc="blending tiles", unit="tile", leave=False)
-    if job.in_place:
-        accs = InPlace(job.output, job.layout.blocks, job.out_channels is not None)
-    else:
-        accs = SpillingAccumulators(available_memory() // 4 if memory_budget is None else memory_budget, scratch)
+    accs = SpillingAccumulators(available_memory() // 4 if memory_budget is None else memory_budget, scratch)
     try:
         stream_local(job, first, windows, accs, threads=_local_threads(), bar=bar)
     finally:
