@@ -233,6 +233,12 @@ def run_floor(input_path, out_path, tile_shape, fn_kind="threshold") -> None:
 
     from patchworks import TileGrid, create_output, open_image
 
+    try:  # the same process settings as patchworks' own local runs (glibc's malloc thresholds)
+        from patchworks.run._heap import settle_malloc
+    except ImportError:  # an older patchworks (the "before" column of a comparison)
+        pass
+    else:
+        settle_malloc()
     source = open_image(input_path)
     grid = TileGrid(source.shape, tile_shape)
     out = create_output(out_path, shape=grid.spatial_shape, dtype=np.uint32, chunks=grid.chunks, overwrite=True)
