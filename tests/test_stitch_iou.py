@@ -230,5 +230,5 @@ def test_bands_are_staged_compressed_and_read_back_exactly(tmp_path):
     for key, band in zip(boxes, bands):
         np.testing.assert_array_equal(back[key], band)
     assert set(staging.read_bands(tile, [(0, 1)])) == {(0, 1)}
-    staged_ids, staged_lut = staging.take(tile)
+    staged_ids, staged_lut, _ = staging.take(tile)
     np.testing.assert_array_equal(staged_lut[staged_ids], lut[ids])

@@ -32,8 +32,9 @@ from scipy.sparse.csgraph import connected_components
 from ..grid import TileGrid
 from ..run._execute import MAX_TASKS  # the graph stays under ~10^5 tasks per phase when batches allow it
 from ._merge import _in_plane_shifts, apply_lut, unique_pairs
-from ._table import Partials, reduce_partials, tile_partials
-from ._tile_task import StageJob, TileResult, counted_ids, gap_free, known_empty, local_ids, validate_labels
+from ._table import Partials, reduce_partials
+from ._tile_task import (StageJob, TileResult, core_partials, counted_ids, gap_free, known_empty, local_ids,
+                         validate_labels)
 
 # A batch does at least this many voxels of work (a few ms of fn + staging on small tiles) ...
 MIN_BATCH_VOXELS = 1 << 20
@@ -183,7 +184,7 @@ def stage_batch(job: BatchJob, batch_index: int, windows=None) -> BatchResult:
         np.multiply(slot, np.uint32(n_total), out=slot)
         np.add(slot, local, out=slot)
         if tj.table:
-            parts.append(_tile_parts(tj, tile, ids, lut, n, window, n_total))
+            parts.append(core_partials(tj, tile, ids, lut, n, window, n_total))
         n_total += n
     if core is None:  # no tile with labels: staged empty
         tj.staging.put(batch, None, None, 0)
@@ -202,18 +203,3 @@ def stage_batch(job: BatchJob, batch_index: int, windows=None) -> BatchResult:
         partials = joined.to_bytes()
     tj.staging.put(batch, core, lut, m, partials=partials)
     return BatchResult(linear_index=batch.linear_index, n_labels=m, skipped=skipped, n_tiles=n_tiles)
-
-
-def _tile_parts(job: StageJob, tile, ids, lut, n: int, window, shift: int) -> Partials:
-    """One tile's partials, rows named by batch id (its local id + ``shift``)."""
-    intensity = None
-    if job.intensity:
-        spatial = job.grid.spatial_axes
-        c = np.asarray(window[tile.crop])
-        others = [a for a in range(c.ndim) if a not in spatial]
-        intensity = np.moveaxis(c, others, list(range(len(others)))).reshape((-1,) + tile.core_shape)
-    parts = tile_partials(ids, n if lut is None else lut.size - 1, [s.start for s in tile.spatial_core], intensity)
-    local = parts.label.astype(np.int64)
-    if lut is not None:
-        local = lut[local].astype(np.int64)
-    return parts.relabel(local.astype(np.uint64) + np.uint64(shift))

@@ -662,28 +662,23 @@ class ArrayOutput:
         write_region(self.array, core, final)
 
 
-def relabel_tile(staging, output, grid: TileGrid, linear_index: int, plan: TilePlan, count: bool = False,
-                 taken=None) -> int:
+def relabel_tile(output, tile, plan: TilePlan, ids: np.ndarray, local_lut, count: bool = False) -> int:
     """Write one tile's final ids (the body of a relabel task); returns the objects it names first.
 
-    ``output`` writes the tile (``write_tile``): a label image writes level 0
-    and its share of every pyramid level from the tile in memory, a plain
-    array level 0 only. The return value is the tile's labels present in
-    the core, less those absorbed into a label of an earlier tile: summed
-    over tiles, the number of objects. ``count``: the staged ids were not
-    numbered ``1..n`` (gaps possible), so count the ids present here (one
-    pass over the tile). ``taken``: the tile's ``staging.take`` when the
-    caller read it already.
+    ``ids, local_lut``: the tile as staged (from ``TileStaging.take``). ``output``
+    writes the tile (``write_tile``): a label image writes level 0 and its
+    share of every pyramid level from the tile in memory, a plain array
+    level 0 only. The return value is the tile's labels present in the core,
+    less those absorbed into a label of an earlier tile: summed over tiles,
+    the number of objects. ``count``: the staged ids were not numbered
+    ``1..n`` (gaps possible), so count the ids present here (one pass over
+    the tile).
     """
-    if plan.n_labels == 0:
-        return 0  # nothing staged; the output's fill value is already 0
-    tile = grid.tile(linear_index)
-    ids, local_lut = taken if taken is not None else staging.take(tile)
     if local_lut is not None:  # raw ids: compose the two look-ups, then one pass over the tile
         final = apply_lut(plan.lookup(output.dtype)[local_lut], ids)
     else:
         final = plan.apply(ids, output.dtype)
-    output.write_tile(linear_index, tile.spatial_core, final)
+    output.write_tile(tile.linear_index, tile.spatial_core, final)
     present = plan.n_labels
     if count and local_lut is None:  # fastremap: no int64 copy of the tile, unlike bincount
         values = fastremap.unique(ids)

@@ -231,12 +231,11 @@ def _relabel_task(job: _RelabelJob, items, piece, n_tiles):
     """
     named, rows = 0, []
     for k, i in enumerate(items.tolist()):
-        if job.table is None:
-            named += relabel_tile(job.staging, job.output, job.grid, i, piece[k], job.count)
-            continue
-        ids, lut, partials = job.staging.take_with_partials(job.grid.tile(i))
-        named += relabel_tile(job.staging, job.output, job.grid, i, piece[k], job.count, taken=(ids, lut))
-        rows.append(tile_rows(job.table, i, piece[k], partials))
+        plan, tile = piece[k], job.grid.tile(i)  # items: the tiles staged with labels
+        ids, lut, partials = job.staging.take(tile)  # one read: the tile and its partials
+        named += relabel_tile(job.output, tile, plan, ids, lut, job.count)
+        if job.table is not None:
+            rows.append(tile_rows(job.table, i, plan, partials))
     return _Relabelled(n_tiles=int(n_tiles), value=int(named),
                        rows=None if job.table is None else group_rows(job.table, items, rows))
 

@@ -150,11 +150,7 @@ class TileStaging:
                 if h is not None and len(h) == 8}
 
     def take(self, tile: Tile):
-        """``(ids, lut)`` of a staged tile (one read of its object)."""
-        return self.take_with_partials(tile)[:2]
-
-    def take_with_partials(self, tile: Tile):
-        """``(ids, lut, partials)`` of a staged tile, ``partials`` the bytes staged with it (one read)."""
+        """``(ids, lut, partials)`` of a staged tile, ``partials`` the bytes staged with it or None (one read)."""
         data = self.scratch.get(self._key(tile.linear_index))
         _, body_len, extra_len, lut_size, parts_len = (int(v) for v in np.frombuffer(data[:_HEAD], dtype=np.uint64))
         if self.bands:

@@ -149,22 +149,28 @@ def band_ids(labels: np.ndarray, tile: Tile, boxes) -> tuple[np.ndarray, np.ndar
     return ids, core_lut, n, (full[v] for v in views)
 
 
-def _stage_partials(job: StageJob, tile: Tile, ids, lut, n: int, window) -> bytes:
-    """The core's table partials, measured while it is in memory (staged with the tile: staged means measured)."""
-    if not job.table or n == 0:
-        return b""
+def core_partials(job: StageJob, tile: Tile, ids, lut, n: int, window, shift: int = 0):
+    """The core's table partials, measured while it is in memory, rows named by local id + ``shift``.
+
+    ``ids`` are raw when ``lut`` is given: measured by raw id (no relabelled
+    copy of the tile), then the rows are named through ``lut``.
+    """
     intensity = None
     if job.intensity:
         spatial = job.grid.spatial_axes
         core = np.asarray(window[tile.crop])
         others = [a for a in range(core.ndim) if a not in spatial]
         intensity = np.moveaxis(core, others, list(range(len(others)))).reshape((-1,) + tile.core_shape)
-    origin = [s.start for s in tile.spatial_core]
-    # raw ids with their look-up table: measure by raw id (no relabelled copy), then name rows locally
-    parts = tile_partials(ids, n if lut is None else lut.size - 1, origin, intensity)
-    if lut is not None:
-        parts = parts.relabel(lut[parts.label.astype(np.int64)])
-    return parts.to_bytes()
+    parts = tile_partials(ids, n if lut is None else lut.size - 1, [s.start for s in tile.spatial_core], intensity)
+    local = parts.label if lut is None else lut[parts.label.astype(np.int64)]
+    return parts.relabel(np.asarray(local, np.uint64) + np.uint64(shift))
+
+
+def _stage_partials(job: StageJob, tile: Tile, ids, lut, n: int, window) -> bytes:
+    """The bytes of the core's partials for its staged object (staged means measured); none without a table."""
+    if not job.table or n == 0:
+        return b""
+    return core_partials(job, tile, ids, lut, n, window).to_bytes()
 
 
 def counted_ids(core: np.ndarray, label_counts, tile) -> np.ndarray:
