@@ -241,6 +241,7 @@ class RunDir:
         self.storage_options = storage_options or None
         self.temporary = write_to is None
         self.created = self.finished = False
+        self._heartbeat = None  # the lock's heartbeat while this run holds the lock
         for value, name in ((write_to, "labels_into" if into_image else "write_to"), (scratch_dir, scratch_parameter)):
             if protocol_of(value) in READ_ONLY_PROTOCOLS:
                 raise ValueError(f"{name}={value!r}: {protocol_of(value)}:// is read-only; write to a local path "
@@ -396,9 +397,8 @@ class RunDir:
         weakref.finalize(self, self._heartbeat.stop_event.set)
 
     def _release_lock(self) -> None:
-        beat = getattr(self, "_heartbeat", None)
-        if beat is not None:
-            beat.stop()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
             self._heartbeat = None
         self.scratch.remove("lock")
 
