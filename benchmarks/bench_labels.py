@@ -425,8 +425,8 @@ def _install_op_timers(acc: dict) -> None:
     import patchworks.labels._table as T
     import patchworks.labels._table_merge as TM
 
-    wrap(BA, "tile_partials", "table: tile_partials (batched tiles)")
-    wrap(S, "tile_partials", "table: tile_partials (one tile per task)")
+    wrap(BA, "tile_partials", "table: tile_partials (batched tiles)")  # before the two shared core_partials
+    wrap(S, "tile_partials", "table: tile_partials (tiles and batches)")
     wrap(T.Partials, "save", "table: Partials.save (staged partials, own rows)")
     wrap(TM, "table_task", "table: table_task (map partials through the plan)")
     wrap(L, "write_object_table", "table: write_object_table total (driver)")
