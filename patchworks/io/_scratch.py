@@ -11,8 +11,9 @@ share no file system. Its rules:
 - ``keys`` lists once (one request per 1000 keys on S3): a resumed run lists
   its staged tiles, it never asks tile by tile.
 - ``get_ranges`` reads many byte ranges of many keys in one call, concurrently
-  on an async filesystem (s3fs, gcsfs, adlfs), so a seam task that needs one
-  plane from each of several tiles pays one round trip, not one per tile.
+  (on obstore's own runtime for S3, on the async fsspec filesystem otherwise),
+  so a seam task that needs one plane from each of several tiles pays one
+  round trip, not one per tile.
 - ``create`` is an exclusive write (``O_EXCL`` locally, ``If-None-Match: *``
   on S3), the building block of the run lock.
 """
@@ -24,9 +25,10 @@ import shutil
 import uuid
 from pathlib import Path
 
+from ._objstore import ObstoreKeys, s3_object_store
 from ._urls import filesystem, is_remote, join, local_path, protocol_of
 
-__all__ = ["Scratch"]
+__all__ = ["FsspecKeys", "Scratch"]
 
 
 class Scratch:
@@ -38,7 +40,7 @@ class Scratch:
         The scratch root: a local directory, or a prefix such as
         ``"s3://bucket/.patchworks-out.zarr-1234"``.
     storage_options : dict, optional
-        Passed to the fsspec backend of a URL (credentials, endpoint).
+        Passed to the backend of a URL (credentials, endpoint).
     """
 
     def __init__(self, location, storage_options: dict | None = None):
@@ -46,7 +48,7 @@ class Scratch:
         path = local_path(location)
         self.path = path                      # local root, or None
         self.url = None if path is not None else str(location).rstrip("/")
-        self._fs = None
+        self._remote = None
 
     # -- identity --------------------------------------------------------------------
     @property
@@ -65,7 +67,7 @@ class Scratch:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_fs"] = None                   # rebuilt in each process from the URL and options
+        state["_remote"] = None               # rebuilt in each process from the URL and options
         return state
 
     def __eq__(self, other) -> bool:
@@ -79,14 +81,12 @@ class Scratch:
         return Scratch(join(self.location, name), self.storage_options)
 
     @property
-    def fs(self):
-        if self._fs is None:
-            self._fs, self._root = filesystem(self.url, self.storage_options, parameter="scratch_dir")
-        return self._fs
-
-    def _full(self, key: str) -> str:
-        self.fs  # noqa: B018 -- sets _root
-        return f"{self._root.rstrip('/')}/{key}"
+    def _keys(self):
+        """The object-store backend: obstore for S3 where it can (``io/_objstore.py``), fsspec otherwise."""
+        if self._remote is None:
+            store = s3_object_store(self.url, self.storage_options)
+            self._remote = ObstoreKeys(store) if store is not None else FsspecKeys(self.url, self.storage_options)
+        return self._remote
 
     def _file(self, key: str) -> str:
         # plain strings: pathlib's joins cost ~20 us each, and a run makes several per tile under the GIL
@@ -96,7 +96,7 @@ class Scratch:
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key``, atomically (replacing what was there)."""
         if self.remote:
-            self.fs.pipe_file(self._full(key), bytes(data))
+            self._keys.put(key, data)
             return
         target = self._file(key)
         # a name of its own per writer: a retried task and the ghost of the first try may put one key at once
@@ -118,77 +118,52 @@ class Scratch:
         read-back check, which loses a race only when two writers land within
         one round trip.
         """
-        if not self.remote:
-            self.path.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(self._file(key), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            return True
-        full = self._full(key)
+        if self.remote:
+            return self._keys.create(key, data)
+        self.path.mkdir(parents=True, exist_ok=True)
         try:
-            self.fs.pipe_file(full, bytes(data), mode="create")
-            return True
+            fd = os.open(self._file(key), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return False
-        except (TypeError, NotImplementedError, ValueError):  # a backend without exclusive writes
-            if self.fs.exists(full):
-                return False
-            self.fs.pipe_file(full, bytes(data))
-            return self.fs.cat_file(full) == bytes(data)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
 
     def remove(self, key: str) -> None:
         """Remove one key (nothing happens when it is absent)."""
+        if self.remote:
+            self._keys.remove(key)
+            return
         try:
-            if self.remote:
-                self.fs.rm_file(self._full(key))
-            else:
-                os.unlink(self._file(key))
-        except (FileNotFoundError, OSError):
+            os.unlink(self._file(key))
+        except OSError:
             pass
 
     def remove_all(self) -> None:
         """Remove the whole scratch (every key under it)."""
-        if not self.remote:
+        if self.remote:
+            self._keys.remove_all()
+        else:
             shutil.rmtree(self.path, ignore_errors=True)
-            return
-        root = self._full("").rstrip("/")
-        try:
-            self.fs.rm(root, recursive=True)
-        except FileNotFoundError:
-            pass
-        self.fs.invalidate_cache(root)
 
     # -- reading ---------------------------------------------------------------------
     def get(self, key: str) -> bytes:
         """The bytes under ``key``; FileNotFoundError when absent."""
         if self.remote:
-            # a ranged GET from 0: s3fs answers a plain cat_file with a HEAD (for its size) and then a GET
-            return self.fs.cat_file(self._full(key), start=0)
+            return self._keys.get(key)
         with open(self._file(key), "rb") as f:
             return f.read()
 
     def get_ranges(self, keys, starts, stops) -> list[bytes | None]:
         """``data[start:stop]`` of each key in one batch; None for a key that is absent.
 
-        A range past the end of an object gives what there is (maybe ``b""``).
+        A range that runs past the end of an object gives what there is; a ``stop`` of None reads to the end.
         """
         keys, starts, stops = list(keys), list(starts), list(stops)
         if not keys:
             return []
         if self.remote:
-            out = self.fs.cat_ranges([self._full(k) for k in keys], starts, stops, on_error="return")
-            result = []
-            for key, item in zip(keys, out):
-                if isinstance(item, FileNotFoundError):
-                    result.append(None)
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    result.append(bytes(item))
-            return result
+            return self._keys.get_ranges(keys, starts, stops)
         result = []
         for key, start, stop in zip(keys, starts, stops):
             try:
@@ -202,30 +177,94 @@ class Scratch:
     def get_many(self, keys) -> list[bytes | None]:
         """The whole bytes of each key in one batch (concurrent on an object store); None for a key that is absent."""
         keys = list(keys)
-        if not self.remote:
-            out = []
-            for key in keys:
-                try:
-                    out.append(self.get(key))
-                except FileNotFoundError:
-                    out.append(None)
-            return out
-        # ranges from 0 to the end: s3fs sends a plain whole-object read as a HEAD and a GET
-        return self.get_ranges(keys, [0] * len(keys), [None] * len(keys))
+        if self.remote:
+            return self.get_ranges(keys, [0] * len(keys), [None] * len(keys)) if keys else []
+        out = []
+        for key in keys:
+            try:
+                out.append(self.get(key))
+            except FileNotFoundError:
+                out.append(None)
+        return out
 
     def keys(self, prefix: str = "") -> dict[str, int]:
         """``{key: size}`` of every key directly under the scratch starting with ``prefix`` (one listing)."""
-        if not self.remote:
-            try:
-                with os.scandir(self.path) as it:
-                    return {e.name: e.stat().st_size for e in it
-                            if e.is_file() and e.name.startswith(prefix) and not e.name.endswith(".part")}
-            except FileNotFoundError:
-                return {}
-        root = self._full("").rstrip("/")
-        self.fs.invalidate_cache(root)       # another process wrote them: never trust a cached listing
+        if self.remote:
+            return self._keys.keys(prefix)
         try:
-            entries = self.fs.ls(root, detail=True)
+            with os.scandir(self.path) as it:
+                return {e.name: e.stat().st_size for e in it
+                        if e.is_file() and e.name.startswith(prefix) and not e.name.endswith(".part")}
+        except FileNotFoundError:
+            return {}
+
+    def exists(self) -> bool:
+        """True when anything is stored under the scratch."""
+        if not self.remote:
+            return self.path.is_dir()
+        return bool(self.keys()) or bool(self._keys.subdirs())
+
+
+class FsspecKeys:
+    """The remote half of :class:`Scratch` on an fsspec filesystem (s3fs, gcsfs, adlfs, ...)."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.fs, root = filesystem(url, storage_options, parameter="scratch_dir")
+        self.root = root.rstrip("/")
+
+    def _full(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def put(self, key: str, data) -> None:
+        self.fs.pipe_file(self._full(key), bytes(data))
+
+    def create(self, key: str, data: bytes) -> bool:
+        full = self._full(key)
+        try:
+            self.fs.pipe_file(full, bytes(data), mode="create")
+            return True
+        except FileExistsError:
+            return False
+        except (TypeError, NotImplementedError, ValueError):  # a backend without exclusive writes
+            if self.fs.exists(full):
+                return False
+            self.fs.pipe_file(full, bytes(data))
+            return self.fs.cat_file(full) == bytes(data)
+
+    def remove(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self._full(key))
+        except OSError:
+            pass
+
+    def remove_all(self) -> None:
+        try:
+            self.fs.rm(self.root, recursive=True)
+        except FileNotFoundError:
+            pass
+        self.fs.invalidate_cache(self.root)
+
+    def get(self, key: str) -> bytes:
+        # a ranged GET from 0: s3fs answers a plain cat_file with a HEAD (for its size) and then a GET
+        return self.fs.cat_file(self._full(key), start=0)
+
+    def get_ranges(self, keys, starts, stops) -> list[bytes | None]:
+        # ranges from 0 to the end for whole objects: s3fs sends a plain whole-object read as a HEAD and a GET
+        out = self.fs.cat_ranges([self._full(k) for k in keys], starts, stops, on_error="return")
+        result = []
+        for item in out:
+            if isinstance(item, FileNotFoundError):
+                result.append(None)
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                result.append(bytes(item))
+        return result
+
+    def keys(self, prefix: str = "") -> dict[str, int]:
+        self.fs.invalidate_cache(self.root)       # another process wrote them: never trust a cached listing
+        try:
+            entries = self.fs.ls(self.root, detail=True)
         except FileNotFoundError:
             return {}
         out = {}
@@ -235,16 +274,9 @@ class Scratch:
                 out[name] = int(e.get("size") or 0)
         return out
 
-    def exists(self) -> bool:
-        """True when anything is stored under the scratch."""
-        if not self.remote:
-            return self.path.is_dir()
-        return bool(self.keys()) or bool(self._subdirs())
-
-    def _subdirs(self) -> list[str]:
-        root = self._full("").rstrip("/")
+    def subdirs(self) -> list[str]:
         try:
-            return [e["name"] for e in self.fs.ls(root, detail=True) if e.get("type") == "directory"]
+            return [e["name"] for e in self.fs.ls(self.root, detail=True) if e.get("type") == "directory"]
         except FileNotFoundError:
             return []
 
