@@ -452,8 +452,8 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         items = np.flatnonzero(counts)
         n_tiles, size = tiles_per_item(tiles, block, items), group_size(len(items), _item_voxels(grid))
         # with a table, the same tasks map each tile's partials (read with the tile) through its plan
-        table_job = TableJob(staging.scratch, len(grid.spatial_axes), _table_channels(tiles, intensity)) \
-            if table else None
+        table_job = TableJob.for_groups(staging.scratch, len(grid.spatial_axes), _table_channels(tiles, intensity),
+                                        n_groups=-(-len(items) // size)) if table else None
         tasks = graph_tasks(prefix, _relabel_task,
                             _RelabelJob(staging, output, grid, count=gaps and return_count, table=table_job),
                             [(g, plan.tiles.piece(g), int(n.sum())) for g, n in

@@ -15,6 +15,12 @@ object: those are boundary labels, so the driver's memory grows with the
 number of objects on seams, never with all objects. The driver then streams
 the tiles' rows in order, folding each boundary row into its owner's, into
 the table's column arrays one chunk at a time.
+
+A group whose own rows fit its share of :data:`INLINE_ROWS_BYTES` (the
+budget divided by the number of groups) sends them back with its result
+instead: on an object store each side file costs a PUT and a GET, which is
+two of a tile's few requests, and locally a write and a read. The driver
+then holds at most that budget of own rows, whatever the run's size.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ from ..io._table_store import TableWriter, labels_stamp
 from ._table import Partials, column_dtypes, reduce_partials, table_columns
 
 
+# own rows the driver may receive with the relabel results, all groups together (the rest go to side files)
+INLINE_ROWS_BYTES = 64 << 20
+
+
 def _own_stem(linear_index: int) -> str:
     return f"rows-{linear_index}"
 
@@ -39,6 +49,13 @@ class TableJob:
     scratch: object              # the run's Scratch (staged tiles' objects)
     ndim: int
     n_channels: int
+    inline_rows: int = 0         # a group with at most this many own rows returns them instead of saving them
+
+    @staticmethod
+    def for_groups(scratch, ndim: int, n_channels: int, n_groups: int) -> "TableJob":
+        """A job whose ``n_groups`` groups share :data:`INLINE_ROWS_BYTES` of inline own rows."""
+        row_bytes = 8 * (2 + 3 * ndim + 4 * n_channels)  # Partials' columns
+        return TableJob(scratch, ndim, n_channels, INLINE_ROWS_BYTES // row_bytes // max(1, n_groups))
 
 
 def _own_lower(plan) -> int:
@@ -47,36 +64,47 @@ def _own_lower(plan) -> int:
 
 
 def tile_rows(job: TableJob, linear_index: int, plan, raw: bytes | None):
-    """Map one tile's partials (``raw``, staged with it) to final ids; keep its own objects' rows.
+    """Map one tile's partials (``raw``, staged with it) to final ids.
 
-    Returns ``(their count, the others' rows)``.
+    Returns ``(the rows of the objects it owns, the others' rows)``.
     """
     if raw is None:  # a tile with no labels in its core (or skipped as empty)
-        return 0, Partials.empty(job.ndim, job.n_channels)
+        empty = Partials.empty(job.ndim, job.n_channels)
+        return empty, empty
     parts = Partials.from_bytes(raw, job.ndim, job.n_channels)
     final = plan.final_ids(parts.label)
     own = final > np.uint64(_own_lower(plan))
     mine = reduce_partials(parts.take(own).relabel(final[own]))  # two labels of the tile may be one object
-    if len(mine):  # the driver reads the rows of owners only
-        mine.save(job.scratch, _own_stem(linear_index))
-    return len(mine), parts.take(~own).relabel(final[~own])
+    return mine, parts.take(~own).relabel(final[~own])
 
 
 @dataclass(frozen=True)
 class GroupRows:
-    """A group of tiles' share of the table: its tiles, the rows each keeps, the rows they send on."""
+    """A group of tiles' share of the table: its tiles, the rows each keeps, the rows they send on.
+
+    ``own`` holds the tiles' own rows, in tile order, when the group sent them
+    back (``inline_rows``); else each owning tile saved them in a side file.
+    """
 
     index: np.ndarray
     n_own: np.ndarray
     foreign: Partials
+    own: Partials | None = None
 
 
 def group_rows(job: TableJob, items, rows) -> GroupRows:
     """:func:`tile_rows`' results ``rows`` for the tiles ``items``, as one :class:`GroupRows`."""
-    n_own = np.array([n for n, _ in rows], np.int64)
+    n_own = np.array([len(mine) for mine, _ in rows], np.int64)
     foreign = [f for _, f in rows if len(f)]
     foreign = Partials.concat(foreign) if foreign else Partials.empty(job.ndim, job.n_channels)
-    return GroupRows(index=np.asarray(items, np.int64), n_own=n_own, foreign=foreign)
+    own = None
+    if n_own.sum() <= job.inline_rows:
+        own = Partials.concat([mine for mine, _ in rows]) if rows else Partials.empty(job.ndim, job.n_channels)
+    else:
+        for i, (mine, _) in zip(np.asarray(items).tolist(), rows):
+            if len(mine):  # the driver reads the rows of owners only
+                mine.save(job.scratch, _own_stem(i))
+    return GroupRows(index=np.asarray(items, np.int64), n_own=n_own, foreign=foreign, own=own)
 
 
 class _Prefetch:
@@ -108,17 +136,21 @@ def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path
     """Build the run's table from the tiles' rows and write it at ``table_path``; returns its rows.
 
     ``results``: the :class:`GroupRows` of the relabel tasks (their own rows
-    kept in ``scratch``). ``labels_path`` is the finished level-0 array
-    (stamped so that a later change of it makes the table stale),
+    sent back or kept in ``scratch``). ``labels_path`` is the finished level-0
+    array (stamped so that a later change of it makes the table stale),
     ``labels_rel`` the same seen from the table.
     """
     ndim = len(grid.spatial_axes)
     n_own = np.zeros(grid.n_tiles, np.int64)
-    foreign = []
+    foreign, inline = [], {}  # inline: tile -> its own rows, sent back with its group
     for r in results:
         n_own[r.index] = r.n_own
         if len(r.foreign):
             foreign.append(r.foreign)
+        if r.own is not None:
+            ends = np.cumsum(r.n_own)
+            inline.update((int(i), r.own.take(slice(int(e - n), int(e))))
+                          for i, n, e in zip(r.index, r.n_own, ends) if n)
     del results
     foreign = Partials.concat(foreign) if foreign else Partials.empty(ndim, n_channels)
     lower = plan.tiles.own_lower()  # array arithmetic, not one TilePlan per tile
@@ -135,9 +167,11 @@ def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path
                          storage_options=storage_options)
     batch, n_batch = [], 0  # finished columns made for many tiles at once: per-call costs, not per tile
     owners = np.flatnonzero(n_own)
-    stored = _Prefetch(scratch, [_own_stem(i) + ".npy" for i in owners])
+    stored = _Prefetch(scratch, [_own_stem(i) + ".npy" for i in owners if int(i) not in inline])
     for i in owners:
-        rows = Partials.load(stored, _own_stem(i), ndim, n_channels)
+        rows = inline.pop(int(i), None)
+        if rows is None:
+            rows = Partials.load(stored, _own_stem(i), ndim, n_channels)
         lo, hi = bounds[i], bounds[i + 1]
         if hi > lo:
             rows = reduce_partials(Partials.concat([rows, foreign.take(slice(lo, hi))]))
