@@ -46,7 +46,7 @@ SIZES = {"small": [((32, 32, 32), 16), ((256, 256), 64)],
          "full": [((512, 512, 512), 128), ((16384, 16384), 512)]}
 
 
-def start_server(server: str = "cheroot"):
+def start_server(server: str = "werkzeug"):
     """``(process, endpoint)``: a counting moto server in a child process (``server``: its HTTP server)."""
     port_file = Path(tempfile.mkdtemp(prefix="pw-bench-s3-")) / "endpoint"
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_servers.py"), "s3", str(port_file), server],
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--executors", default="threads,cluster", help="threads, cluster or both")
     parser.add_argument("--dims", default="2,3", help="which cases: 2 (the 2-D one), 3 (the 3-D one) or both")
-    parser.add_argument("--server", default="cheroot", choices=("cheroot", "werkzeug"),
+    parser.add_argument("--server", default="werkzeug", choices=("cheroot", "werkzeug"),
                         help="the HTTP server in front of moto (tests/_servers.py)")
     parser.add_argument("--by-object", action="store_true",
                         help="also print the requests per tile by object (staged tiles, zarr metadata, ...)")

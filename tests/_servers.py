@@ -148,7 +148,7 @@ class _CherootServer:
         self._thread.join(timeout=10)
 
 
-def start_s3(server: str = "cheroot") -> S3Server:
+def start_s3(server: str = "werkzeug") -> S3Server:
     """A moto S3 server in a thread of this process; its requests are counted by kind (``.requests``).
 
     ``server`` is the HTTP server in front of moto's WSGI app: ``"cheroot"``
@@ -185,7 +185,7 @@ def start_s3(server: str = "cheroot") -> S3Server:
     return s3
 
 
-def serve_s3(port_file: str, server: str = "cheroot") -> None:
+def serve_s3(port_file: str, server: str = "werkzeug") -> None:
     """Run a counting moto server in this process until killed, writing its port to ``port_file``.
 
     A benchmark starts it as ``python tests/_servers.py s3 PORTFILE`` so that the server does not share
