@@ -151,10 +151,11 @@ class _CherootServer:
 def start_s3(server: str = "werkzeug") -> S3Server:
     """A moto S3 server in a thread of this process; its requests are counted by kind (``.requests``).
 
-    ``server`` is the HTTP server in front of moto's WSGI app: ``"cheroot"``
-    (a thread pool; the default where it is installed, as it answers a small
-    request several times faster) or ``"werkzeug"`` (moto's own
-    ``ThreadedMotoServer``: a thread per connection).
+    ``server`` is the HTTP server in front of moto's WSGI app: ``"werkzeug"``
+    (moto's own ``ThreadedMotoServer``: a thread per connection; the default)
+    or ``"cheroot"`` (a thread pool: faster for s3fs's requests, but it stalls
+    under obstore's pooled keep-alive connections, which patchworks uses for
+    S3: bench_remote 512^3 on threads ran 1.4-2x slower behind it).
     """
     import logging
 
