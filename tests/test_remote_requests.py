@@ -15,6 +15,7 @@ from skimage.measure import label, regionprops_table
 
 from patchworks import read_table, threshold, tile_process
 from patchworks.grid import TileGrid
+from patchworks.io import _scratch
 from patchworks.io._scratch import Scratch
 from patchworks.io._table_store import TableWriter
 from patchworks.io._urls import zarr_store
@@ -86,6 +87,12 @@ def _per_object(s3_server) -> dict:
             if "/.patchworks-" in pattern}
 
 
+@pytest.fixture
+def no_recent(monkeypatch):
+    """Every staged tile read from the server, as on a cluster worker that did not stage it."""
+    monkeypatch.setattr(_scratch, "RECENT_BYTES", 0)
+
+
 def _run_3x3x3(s3_server, s3_bucket, name, **kw):
     """A 24^3 image in 27 tiles of 8^3 (too few to batch: one staged object per tile), S3 to S3."""
     mask = random_blobs((24, 24, 24), seed=3, sigma=1.5) > 0.5
@@ -96,7 +103,7 @@ def _run_3x3x3(s3_server, s3_bucket, name, **kw):
 
 
 @pytest.mark.parametrize("by", ["slabs", "seam by seam"])
-def test_seam_planes_cost_one_read_per_tile(s3_server, s3_bucket, by, monkeypatch):
+def test_seam_planes_cost_one_read_per_tile(s3_server, s3_bucket, by, monkeypatch, no_recent):
     if by == "seam by seam":  # the fallback when one slab's planes exceed SLAB_PLANE_BYTES
         monkeypatch.setattr(_process, "SLAB_PLANE_BYTES", slab_plane_bytes(TileGrid((24,) * 3, 8)) - 1)
     seen = _run_3x3x3(s3_server, s3_bucket, f"seams-{by.replace(' ', '-')}", table=False)
@@ -109,7 +116,7 @@ def test_seam_planes_cost_one_read_per_tile(s3_server, s3_bucket, by, monkeypatc
 
 
 @pytest.mark.parametrize("own_rows", ["sent back", "side files"])
-def test_table_partials_travel_inside_the_staged_tile(s3_server, s3_bucket, own_rows, monkeypatch):
+def test_table_partials_travel_inside_the_staged_tile(s3_server, s3_bucket, own_rows, monkeypatch, no_recent):
     if own_rows == "side files":  # a run whose groups' own rows exceed their share of the inline budget
         monkeypatch.setattr(_table_merge, "INLINE_ROWS_BYTES", 0)
     seen = _run_3x3x3(s3_server, s3_bucket, f"partials-{own_rows.replace(' ', '-')}", table=True)
@@ -125,3 +132,30 @@ def test_table_partials_travel_inside_the_staged_tile(s3_server, s3_bucket, own_
     mask = random_blobs((24, 24, 24), seed=3, sigma=1.5) > 0.5
     expected = regionprops_table(label(mask, connectivity=1), properties=("label", "area"))
     assert sorted(table["area"].tolist()) == sorted(expected["area"].tolist())  # labels up to renaming
+
+
+def test_staged_tiles_written_here_are_read_back_from_memory(s3_server, s3_bucket, tmp_path):
+    """On threads the seam scan and the relabel read no staged tile from the server; the labels do not change."""
+    seen = _run_3x3x3(s3_server, s3_bucket, "recent", table=True)
+    assert seen[("write", "tile-#.bin")] == 27 and ("read", "tile-#.bin") not in seen, seen
+    mask = random_blobs((24, 24, 24), seed=3, sigma=1.5) > 0.5
+    local = tile_process(mask.astype(np.uint8), threshold(0.5), tile_shape=8, write_to=tmp_path / "local.zarr",
+                         pyramid_levels=1, compute=True)
+    so = s3_server.storage_options
+    remote = zarr.open_group(store=zarr_store(f"s3://{s3_bucket}/recent.zarr", so, read_only=True), mode="r")["0"]
+    assert np.array_equal(remote[...], local)
+    assert not _scratch._RECENT._items          # the finished run's scratch left nothing behind
+
+
+def test_recent_objects_stay_within_their_budget(monkeypatch):
+    monkeypatch.setattr(_scratch, "RECENT_BYTES", 100)
+    recent = _scratch._Recent()
+    for i in range(5):
+        recent.add(f"s3://b/x/{i}", bytes(30))
+    assert recent._size == 90 and list(recent._items) == [f"s3://b/x/{i}" for i in (2, 3, 4)]
+    assert recent.get("s3://b/x/2") is not None     # used: now the last to go
+    recent.add("s3://b/x/5", bytes(30))
+    assert list(recent._items) == ["s3://b/x/4", "s3://b/x/2", "s3://b/x/5"]  # 3 went first
+    recent.add("s3://b/y/big", bytes(101))          # larger than the budget: not kept
+    recent.drop_under("s3://b/x/")
+    assert recent._size == 0 and not recent._items

@@ -16,19 +16,73 @@ share no file system. Its rules:
   round trip, not one per tile.
 - ``create`` is an exclusive write (``O_EXCL`` locally, ``If-None-Match: *``
   on S3), the building block of the run lock.
+- A remote scratch made with ``keep_recent=True`` (the staged tiles: each
+  key written once per run, read back soon after by the seam scan and the
+  relabel) keeps what this process wrote in :data:`RECENT_BYTES` of memory
+  and serves reads from it. On threads every read-back is then free; on a
+  cluster those of tiles that the same worker staged. A local disk has the
+  OS page cache for that.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 
 from ._objstore import ObstoreKeys, s3_object_store
 from ._urls import filesystem, is_remote, join, local_path, protocol_of
 
-__all__ = ["FsspecKeys", "Scratch"]
+__all__ = ["FsspecKeys", "RECENT_BYTES", "Scratch"]
+
+# what one process keeps of the write-once objects it put remotely (least recently used dropped first)
+RECENT_BYTES = 128 << 20
+
+
+class _Recent:
+    """Bytes by full URL, at most :data:`RECENT_BYTES` in all; thread-safe, one per process."""
+
+    def __init__(self):
+        self._items: collections.OrderedDict = collections.OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def add(self, url: str, data: bytes) -> None:
+        with self._lock:
+            self._drop(url)
+            if len(data) > RECENT_BYTES:
+                return
+            self._items[url] = data
+            self._size += len(data)
+            while self._size > RECENT_BYTES:
+                self._size -= len(self._items.popitem(last=False)[1])
+
+    def get(self, url: str) -> bytes | None:
+        with self._lock:
+            data = self._items.get(url)
+            if data is not None:
+                self._items.move_to_end(url)
+            return data
+
+    def _drop(self, url: str) -> None:
+        data = self._items.pop(url, None)
+        if data is not None:
+            self._size -= len(data)
+
+    def drop(self, url: str) -> None:
+        with self._lock:
+            self._drop(url)
+
+    def drop_under(self, root: str) -> None:
+        with self._lock:
+            for url in [u for u in self._items if u.startswith(root)]:
+                self._drop(url)
+
+
+_RECENT = _Recent()
 
 
 class Scratch:
@@ -41,13 +95,17 @@ class Scratch:
         ``"s3://bucket/.patchworks-out.zarr-1234"``.
     storage_options : dict, optional
         Passed to the backend of a URL (credentials, endpoint).
+    keep_recent : bool, default False
+        For keys written once and read back by this run (its staged tiles):
+        a remote scratch serves this process's own writes from memory.
     """
 
-    def __init__(self, location, storage_options: dict | None = None):
+    def __init__(self, location, storage_options: dict | None = None, keep_recent: bool = False):
         self.storage_options = storage_options or None
         path = local_path(location)
         self.path = path                      # local root, or None
         self.url = None if path is not None else str(location).rstrip("/")
+        self.keep_recent = bool(keep_recent) and path is None
         self._remote = None
 
     # -- identity --------------------------------------------------------------------
@@ -76,9 +134,12 @@ class Scratch:
     def __hash__(self) -> int:
         return hash(str(self))
 
-    def child(self, name: str) -> "Scratch":
+    def child(self, name: str, keep_recent: bool = False) -> "Scratch":
         """The scratch one level down (``tiles``, ``pyramid``)."""
-        return Scratch(join(self.location, name), self.storage_options)
+        return Scratch(join(self.location, name), self.storage_options, keep_recent=keep_recent)
+
+    def _recent(self, key: str) -> bytes | None:
+        return _RECENT.get(f"{self.url}/{key}") if self.keep_recent else None
 
     @property
     def _keys(self):
@@ -96,6 +157,9 @@ class Scratch:
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key``, atomically (replacing what was there)."""
         if self.remote:
+            if self.keep_recent:
+                data = bytes(data)
+                _RECENT.add(f"{self.url}/{key}", data)
             self._keys.put(key, data)
             return
         target = self._file(key)
@@ -132,6 +196,7 @@ class Scratch:
     def remove(self, key: str) -> None:
         """Remove one key (nothing happens when it is absent)."""
         if self.remote:
+            _RECENT.drop(f"{self.url}/{key}")
             self._keys.remove(key)
             return
         try:
@@ -142,6 +207,7 @@ class Scratch:
     def remove_all(self) -> None:
         """Remove the whole scratch (every key under it)."""
         if self.remote:
+            _RECENT.drop_under(f"{self.url}/")
             self._keys.remove_all()
         else:
             shutil.rmtree(self.path, ignore_errors=True)
@@ -150,7 +216,8 @@ class Scratch:
     def get(self, key: str) -> bytes:
         """The bytes under ``key``; FileNotFoundError when absent."""
         if self.remote:
-            return self._keys.get(key)
+            held = self._recent(key)
+            return held if held is not None else self._keys.get(key)
         with open(self._file(key), "rb") as f:
             return f.read()
 
@@ -163,7 +230,11 @@ class Scratch:
         if not keys:
             return []
         if self.remote:
-            return self._keys.get_ranges(keys, starts, stops)
+            held = [self._recent(k) for k in keys]
+            asked = [j for j, h in enumerate(held) if h is None]
+            got = iter(self._keys.get_ranges([keys[j] for j in asked], [starts[j] for j in asked],
+                                             [stops[j] for j in asked]) if asked else [])
+            return [next(got) if h is None else h[a:b] for h, a, b in zip(held, starts, stops)]
         result = []
         for key, start, stop in zip(keys, starts, stops):
             try:

@@ -366,7 +366,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
     batched = grid is not tiles
     try:
         iou = stitch == "iou"
-        staging = TileStaging(grid, run.scratch.child("tiles"), bands=iou)
+        staging = TileStaging(grid, run.scratch.child("tiles", keep_recent=True), bands=iou)
         # 1. stage: fn once per tile, local ids + seam planes kept, counts back; a resumed run
         #    skips the batches it already staged (one staged file per batch: one listing)
         counts = np.zeros(grid.n_tiles, dtype=np.int64)
