@@ -134,3 +134,22 @@ def test_s3fs_and_obstore_runs_write_the_same_label_image(s3_server, s3_bucket, 
     assert len(levels_a) == len(levels_b) and all(np.array_equal(a, b) for a, b in zip(levels_a, levels_b))
     assert table_a.equals(table_b)
     assert not s3_server.filesystem().glob(f"{s3_bucket}/.patchworks-*")   # both cleaned their scratch
+
+
+def test_a_run_that_waits_on_an_object_store_gets_two_threads_per_core(s3_server, s3_bucket, tmp_path):
+    from patchworks.run._resources import available_cores
+
+    img = np.zeros((32, 32), np.uint8)
+    so = s3_server.storage_options
+    remote = tile_process(img, _never, tile_shape=16, write_to=f"s3://{s3_bucket}/plan.zarr", storage_options=so,
+                          dry_run=True, client=False)
+    assert remote.workers == f"{2 * available_cores()} local thread(s)"
+    local = tile_process(img, _never, tile_shape=16, write_to=tmp_path / "plan.zarr", dry_run=True, client=False)
+    assert local.workers == f"{available_cores()} local thread(s)"
+    chosen = tile_process(img, _never, tile_shape=16, write_to=f"s3://{s3_bucket}/plan.zarr", storage_options=so,
+                          dry_run=True, client=False, max_workers=3)
+    assert chosen.workers == "3 local thread(s)"          # the user's choice stands
+
+
+def _never(tile):
+    raise AssertionError("dry_run called fn")

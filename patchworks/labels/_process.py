@@ -20,7 +20,7 @@ import zarr
 from dask.base import tokenize
 
 from ..run._cluster import check_client, gpu_devices, make_local_cluster
-from ..run._options import max_workers_option, refuse_unknown, stage_dir_option, workers_text
+from ..run._options import max_workers_option, refuse_unknown, remote_threads, stage_dir_option, workers_text
 from ..run._plan import RunPlan
 from ..run._reach import check_workers_reach
 from ..run._resources import gpu_free_memory
@@ -29,7 +29,7 @@ from ._iou import bridge_planes, join_planes
 from ..grid import TileGrid
 from ..io._sources import LazySource, open_image
 from . import _reduce
-from ..io._urls import join
+from ..io._urls import is_remote, join
 from ._merge import (PLANE_SEAMS_PER_TASK, ArrayOutput, iou_pairs_for_tile, plan_relabel, plane_axes,
                      plane_links_for_seams, relabel_tile, slab_plane_bytes,
                      touch_pairs_for_seam, touch_pairs_for_slabs)
@@ -690,7 +690,9 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
         Also return the number of objects.
     max_workers : int, optional
         Tiles processed at once on local threads (upstream's name); default
-        one per available core. Also divides the memory ``tile_shape="auto"``
+        one per available core, two per core when the input, ``write_to``,
+        ``labels_into`` or ``scratch_dir`` is an object-store URL (the tiles
+        wait on its requests). Also divides the memory ``tile_shape="auto"``
         sizes tiles by. A distributed client runs as many tiles as its
         workers have threads: there it is not used (a warning says so).
     stage_dir : path, optional
@@ -752,6 +754,8 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
     if cluster is not None:
         check_client(cluster)
     n_workers = max_workers_option(max_workers, cluster if devices is None else "gpus")
+    n_workers = n_workers or remote_threads(max_workers, cluster if devices is None else "gpus", any(
+        is_remote(x) for x in (write_to, labels_into, scratch_dir)) or bool(getattr(source, "remote", False)))
     budget = None
     spatial = TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes).spatial_axes
     if devices is not None and (tile_shape == "auto" or (tile_shape is None and input_chunks(source, spatial) is None)):
