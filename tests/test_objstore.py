@@ -153,3 +153,17 @@ def test_a_run_that_waits_on_an_object_store_gets_two_threads_per_core(s3_server
 
 def _never(tile):
     raise AssertionError("dry_run called fn")
+
+
+def test_batched_reads_work_inside_a_running_event_loop(s3_server, s3_bucket):
+    """A Jupyter cell runs in an event loop: the scratch's batched reads must not need one of their own."""
+    import asyncio
+
+    scratch = Scratch(f"s3://{s3_bucket}/in-a-loop", s3_server.storage_options)
+    for i in range(4):
+        scratch.put(f"k{i}", bytes([i]) * 10)
+
+    async def cell():
+        return scratch.get_many(["k0", "k3", "missing"]), scratch.get_ranges(["k1", "k2"], [2, 0], [4, None])
+
+    assert asyncio.run(cell()) == ([b"\x00" * 10, b"\x03" * 10, None], [b"\x01" * 2, b"\x02" * 10])

@@ -17,6 +17,7 @@ do not change.
 from __future__ import annotations
 
 import os
+import threading
 
 from zarr.storage import ObjectStore
 
@@ -110,6 +111,21 @@ class BulkDeleteObjectStore(ObjectStore):
             await obstore.delete_async(self.store, paths[start:start + 1000])
 
 
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool():
+    """This process's threads for batched reads (as many requests in flight as s3fs's default batch)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(16, thread_name_prefix="patchworks-obstore")
+        return _POOL
+
+
 class ObstoreKeys:
     """The remote half of :class:`~patchworks.io._scratch.Scratch` on an obstore store (same methods, same rules)."""
 
@@ -152,25 +168,28 @@ class ObstoreKeys:
         return obstore.get(self.store, key).bytes().to_bytes()
 
     def get_ranges(self, keys, starts, stops) -> list[bytes | None]:
-        """Whole objects (``stop`` None) or ranges of them, all at once on obstore's own runtime."""
-        import asyncio
+        """Whole objects (``stop`` None) or ranges of them, all at once on a pool of threads.
 
+        obstore's sync calls release the GIL, so the requests overlap. Not
+        asyncio: a caller in a running event loop (a Jupyter cell) could not
+        start another one.
+        """
         import obstore
 
-        async def one(key, start, stop):
+        def one(item):
+            key, start, stop = item
             try:
                 if stop is None:
-                    result = await obstore.get_async(self.store, key,
-                                                     options={"range": {"offset": start}} if start else None)
-                    return (await result.bytes_async()).to_bytes()
-                return (await obstore.get_range_async(self.store, key, start=start, end=stop)).to_bytes()
+                    result = obstore.get(self.store, key, options={"range": {"offset": start}} if start else None)
+                    return result.bytes().to_bytes()
+                return obstore.get_range(self.store, key, start=start, end=stop).to_bytes()
             except FileNotFoundError:
                 return None
 
-        async def every():
-            return await asyncio.gather(*(one(k, a, b) for k, a, b in zip(keys, starts, stops)))
-
-        return asyncio.run(every())
+        items = list(zip(keys, starts, stops))
+        if len(items) == 1:
+            return [one(items[0])]
+        return list(_pool().map(one, items))
 
     def keys(self, prefix: str = "") -> dict[str, int]:
         import obstore
