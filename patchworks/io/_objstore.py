@@ -2,8 +2,8 @@
 
 A tile run makes a few requests per tile (input chunk, staged tile, seam
 planes, output chunks). Measured against the test S3 server on this 2-core
-machine (``benchmarks/bench_s3_floor.py``), s3fs/aiobotocore spends 4-8 ms of
-client CPU per request under the GIL and obstore 0.3-0.6 ms outside it. So
+machine (``benchmarks/bench_s3_floor.py``), s3fs/aiobotocore spends 3.2-6.2 ms
+of client CPU per request under the GIL and obstore 0.4-1.4 ms outside it. So
 the zarr stores and the scratch of an ``s3://`` URL go through obstore when
 it is installed (``patchworks[s3]``) and the ``storage_options`` are ones it
 understands; anything else keeps s3fs, which knows every botocore setting
