@@ -110,3 +110,13 @@ def test_saved_partials_read_back_bit_for_bit(tmp_path_factory, seed, rows, d, c
     scratch.put("c.npy", buffer.getvalue())
     _same(parts, Partials.load(scratch, "c", d, c))
     assert Partials.load(scratch, "absent", d, c) is None
+
+
+@pytest.mark.parametrize("ndim, n_channels", [(2, 0), (3, 1), (3, 3)])
+def test_row_bytes_is_what_to_bytes_stores_per_row(ndim, n_channels):
+    from patchworks.labels._table import _read_npy
+
+    n = 5
+    parts = Partials(np.arange(1, n + 1, dtype=np.uint64), np.ones(n, np.int64),
+                     *(np.ones((n, ndim), np.int64),) * 3, *(np.ones((n, n_channels)),) * 4)
+    assert _read_npy(parts.to_bytes()).shape == (n, Partials.row_bytes(ndim, n_channels) // 8)

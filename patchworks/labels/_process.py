@@ -451,13 +451,13 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         # one task per group of items, each sent only its items' plan pieces (bytes bounded per item)
         items = np.flatnonzero(counts)
         n_tiles, size = tiles_per_item(tiles, block, items), group_size(len(items), _item_voxels(grid))
+        groups = list(zip(task_groups(items, size), task_groups(n_tiles, size)))
         # with a table, the same tasks map each tile's partials (read with the tile) through its plan
         table_job = TableJob.for_groups(staging.scratch, len(grid.spatial_axes), _table_channels(tiles, intensity),
-                                        n_groups=-(-len(items) // size)) if table else None
+                                        n_groups=len(groups)) if table else None
         tasks = graph_tasks(prefix, _relabel_task,
                             _RelabelJob(staging, output, grid, count=gaps and return_count, table=table_job),
-                            [(g, plan.tiles.piece(g), int(n.sum())) for g, n in
-                             zip(task_groups(items, size), task_groups(n_tiles, size))])
+                            [(g, plan.tiles.piece(g), int(n.sum())) for g, n in groups])
         desc = ("relabelling tiles" if writer is None else "relabel + pyramid") + (" + table" if table else "")
         results = run_tasks(tasks, client=client, progress=progress, desc=desc, prefix=prefix,
                             total=int(n_tiles.sum()))

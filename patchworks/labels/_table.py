@@ -63,6 +63,11 @@ class Partials:
         return Partials(*(getattr(self, f)[index] for f in _FIELDS))
 
     @staticmethod
+    def row_bytes(ndim: int, n_channels: int) -> int:
+        """Bytes of one row: label, count, three per axis (csum, bmin, bmax), four per channel (8 bytes each)."""
+        return 8 * (2 + 3 * ndim + 4 * n_channels)
+
+    @staticmethod
     def empty(ndim: int, n_channels: int) -> "Partials":
         z = np.zeros((0, ndim), np.int64)
         f = np.zeros((0, n_channels), np.float64)

@@ -54,8 +54,8 @@ class TableJob:
     @staticmethod
     def for_groups(scratch, ndim: int, n_channels: int, n_groups: int) -> "TableJob":
         """A job whose ``n_groups`` groups share :data:`INLINE_ROWS_BYTES` of inline own rows."""
-        row_bytes = 8 * (2 + 3 * ndim + 4 * n_channels)  # Partials' columns
-        return TableJob(scratch, ndim, n_channels, INLINE_ROWS_BYTES // row_bytes // max(1, n_groups))
+        rows = INLINE_ROWS_BYTES // Partials.row_bytes(ndim, n_channels)
+        return TableJob(scratch, ndim, n_channels, rows // max(1, n_groups))
 
 
 def _own_lower(plan) -> int:
