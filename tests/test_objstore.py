@@ -57,6 +57,9 @@ def test_credentials_and_endpoint_from_the_environment(no_aws_env):
     no_aws_env.setenv("AWS_ENDPOINT_URL", ENDPOINT)
     assert _config(None) == {"endpoint": ENDPOINT, "client_options": {"allow_http": True}}
     assert s3_object_store("s3://bucket/a/b/", None).prefix == "a/b"
+    # one store (one connection pool) per bucket, prefix and settings in a process
+    assert s3_object_store("s3://bucket/a/b", None) is s3_object_store("s3://bucket/a/b/", None)
+    assert s3_object_store("s3://bucket/a/b", {"key": "K2", "secret": "S2"}) is not s3_object_store("s3://bucket/a/b")
     assert s3_object_store("gs://bucket/a", None) is None and s3_object_store("/local/path", None) is None
     no_aws_env.setenv("PATCHWORKS_S3_CLIENT", "fsspec")
     assert s3_object_store("s3://bucket/a", None) is None

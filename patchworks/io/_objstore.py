@@ -16,6 +16,8 @@ do not change.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import threading
 
@@ -85,11 +87,24 @@ def s3_object_store(location, storage_options: dict | None = None):
     if config is None:
         return None
     try:
-        from obstore.store import S3Store
+        import obstore  # noqa: F401
     except ImportError:
         return None
     bucket, _, prefix = rest.partition("/")
-    return S3Store(bucket, prefix=prefix.strip("/") or None, **config)
+    return _s3_store(bucket, prefix.strip("/") or None, json.dumps(config, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _s3_store(bucket: str, prefix: str | None, config: str):
+    """One store per bucket, prefix and settings in a process: a new one costs ~7 ms and its own connections."""
+    from obstore.store import S3Store
+
+    return S3Store(bucket, prefix=prefix, **json.loads(config))
+
+
+def _delete_batches(paths: list) -> list:
+    """``paths`` in lists of 1000: S3's DeleteObjects takes that many keys per request."""
+    return [paths[i:i + 1000] for i in range(0, len(paths), 1000)]
 
 
 class BulkDeleteObjectStore(ObjectStore):
@@ -107,8 +122,8 @@ class BulkDeleteObjectStore(ObjectStore):
         if prefix != "" and not prefix.endswith("/"):
             prefix += "/"
         paths = [meta["path"] for meta in await obstore.list(self.store, prefix).collect_async()]
-        for start in range(0, len(paths), 1000):
-            await obstore.delete_async(self.store, paths[start:start + 1000])
+        for batch in _delete_batches(paths):
+            await obstore.delete_async(self.store, batch)
 
 
 _POOL = None
@@ -159,8 +174,8 @@ class ObstoreKeys:
         import obstore
 
         paths = [meta["path"] for batch in obstore.list(self.store, chunk_size=1000) for meta in batch]
-        for start in range(0, len(paths), 1000):  # one DeleteObjects request per 1000 keys
-            obstore.delete(self.store, paths[start:start + 1000])
+        for batch in _delete_batches(paths):
+            obstore.delete(self.store, batch)
 
     def get(self, key: str) -> bytes:
         import obstore
