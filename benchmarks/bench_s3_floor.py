@@ -97,7 +97,8 @@ def time_tile(staging: TileStaging, tile, ids, n, repeat: int) -> tuple[float, f
 
 
 def _ops(client: str, so: dict, n: int) -> tuple:
-    """``(put, ops)``: a plain PUT of ``(key, bytes)`` and the timed requests, through ``client``."""
+    """``(put, ops, small, big)``: a plain PUT of ``(key, bytes)``, the timed requests through ``client``, and
+    the 1 kB and 1 MB bodies they send."""
     small = b"x" * 1024
     big = np.random.default_rng(0).integers(0, 255, 1 << 20, dtype=np.uint8).tobytes()
     if client == "obstore":

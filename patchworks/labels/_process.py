@@ -753,9 +753,9 @@ def tile_process(image, fn, *, tile_shape=None, overlap=0, connectivity=1, stitc
     cluster = active_client(client) if devices is None else None
     if cluster is not None:
         check_client(cluster)
-    n_workers = max_workers_option(max_workers, cluster if devices is None else "gpus")
-    n_workers = n_workers or remote_threads(max_workers, cluster if devices is None else "gpus", any(
-        is_remote(x) for x in (write_to, labels_into, scratch_dir)) or bool(getattr(source, "remote", False)))
+    elsewhere = cluster if devices is None else "gpus"  # tiles that do not run on local threads
+    remote = any(is_remote(x) for x in (write_to, labels_into, scratch_dir)) or bool(getattr(source, "remote", False))
+    n_workers = max_workers_option(max_workers, elsewhere) or remote_threads(max_workers, elsewhere, remote)
     budget = None
     spatial = TileGrid(source.shape, 1, channel_axis=channel_axis, axes=axes).spatial_axes
     if devices is not None and (tile_shape == "auto" or (tile_shape is None and input_chunks(source, spatial) is None)):
