@@ -248,3 +248,55 @@ def test_blended_result_twice_is_the_same_and_add_after_it_is_refused():
     patch, spec = sampler[0]
     with pytest.raises(RuntimeError, match=r"add\(\) after result\(\)"):
         agg.add(patch, spec)
+
+
+def _blend_batches(sampler, agg, batch, fn):
+    specs = sampler.specs
+    for k in range(0, len(specs), batch):
+        chunk = specs[k:k + batch]
+        agg.add(fn(np.stack([sampler.read(s) for s in chunk])), chunk)
+    return agg.result()
+
+
+@pytest.mark.parametrize("case", [
+    # (image shape, channel axis, patch, overlap, edge, patches per add)
+    ((40, 37, 33), None, 16, 8, "shift", 7),          # a batch's patches overlap each other, on axis 0 too
+    ((3, 30, 29), 0, (20, 12), (10, 5), "adaptive", 1),  # smaller edge patches, channels first
+    ((30, 29, 2), 2, (17, 9), (8, 4), "pad", 5),         # channels last, padded edges
+])
+def test_threaded_blend_equals_one_thread_bit_for_bit(case):
+    """Slabs of one patch on several threads add the same values in the same order as one thread does."""
+    shape, channel_axis, patch, overlap, edge, batch = case
+    img = np.random.default_rng(11).random(shape).astype(np.float32)
+    sampler = GridSampler(img, patch, overlap=overlap, edge=edge, channel_axis=channel_axis)
+    # no channel axis in the image: three made-up channels; else the patches as read (the image's layout)
+    fn = (lambda b: np.stack([b, 2 * b, b * b], axis=1)) if channel_axis is None else (lambda b: b)
+    outs = []
+    for threads in (1, 2, 3):
+        agg = Aggregator(sampler, window="gaussian", threads=threads, channel_last=channel_axis == 2)
+        outs.append(_blend_batches(sampler, agg, batch, fn))
+        assert agg._pool is None  # result() stopped the helpers
+    np.testing.assert_array_equal(outs[1], outs[0])
+    np.testing.assert_array_equal(outs[2], outs[0])
+    ref = img if channel_axis is not None else fn(img[None])[0]
+    np.testing.assert_allclose(outs[0], ref, rtol=2e-6, atol=1e-6)
+
+
+def test_threads_option_is_checked_and_an_aggregator_pickles_mid_run():
+    import pickle
+
+    img = np.random.default_rng(5).random((32, 32)).astype(np.float32)
+    sampler = GridSampler(img, 16, overlap=8)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"threads=.*positive int"):
+            Aggregator(sampler, window="mean", threads=bad)
+    agg = Aggregator(sampler, window="mean", threads=2)
+    first = sampler.specs[:2]
+    agg.add(np.stack([sampler.read(s) for s in first]), first)
+    assert agg._pool is not None
+    copy = pickle.loads(pickle.dumps(agg))  # the helper threads stay behind; the copy starts its own
+    rest = sampler.specs[2:]
+    for a in (agg, copy):
+        a.add(np.stack([sampler.read(s) for s in rest]), rest)
+    np.testing.assert_array_equal(copy.result(), agg.result())
+    np.testing.assert_allclose(agg.result(), img, rtol=1e-6)

@@ -262,6 +262,22 @@ def as_specs(specs) -> tuple[list[PatchSpec], bool]:
     raise TypeError(f"specs={type(specs).__name__}: expected a PatchSpec, a list of them, or a (collated) dict")
 
 
+# A blending slab has at least this many planes: thinner ones cost more in hand-offs than they save
+_MIN_SLAB_PLANES = 8
+_MAX_BLEND_THREADS = 8
+
+
+def _blend_threads(threads) -> int:
+    if threads is None:
+        from patchworks.run._resources import available_cores
+
+        return max(1, min(available_cores(), _MAX_BLEND_THREADS))
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads={threads!r}: use a positive int (1 blends on the calling thread), or None "
+                         "for the cores this process may use")
+    return int(threads)
+
+
 class Aggregator:
     """Put per-patch predictions of a :class:`GridSampler` back into one image.
 
@@ -296,6 +312,12 @@ class Aggregator:
     zarr_format : {3, 2}
     overwrite : bool
         Replace an existing store at ``output``.
+    threads : int, optional
+        Threads that blend each prediction into the accumulator (each takes
+        a slab of the patch along the first spatial axis; numpy releases the
+        GIL there). Default: the cores this process may use
+        (:func:`patchworks.available_cores`, capped at 8); 1 blends on the
+        calling thread. Crop mode always copies on the calling thread.
 
     Examples
     --------
@@ -309,7 +331,7 @@ class Aggregator:
     """
 
     def __init__(self, sampler, *, window="crop", out_channels=None, channel_last=False, dtype=None,
-                 output=None, chunks=None, zarr_format=3, overwrite=False):
+                 output=None, chunks=None, zarr_format=3, overwrite=False, threads=None):
         from patchworks.run._windows import make_window
 
         if not hasattr(sampler, "grid") or getattr(sampler.grid, "patch_size", None) is None:
@@ -330,7 +352,9 @@ class Aggregator:
         self._acc = None  # float32 sum(w * pred) (blended)
         self.weight_sum = None  # float32 sum(w), spatial only (blended)
         self._has_channels = None
-        self._buf = None  # scratch for w * pred (blended)
+        self.threads = _blend_threads(threads)
+        self._pool = None  # threads - 1 helpers; the calling thread blends one slab itself
+        self._bufs = {}  # per slab: scratch for w * pred (blended)
         self._result = None  # the divided accumulator, once result() was called (numpy output)
         self._seen = np.zeros(sampler.n_patches, dtype=bool)
 
@@ -423,17 +447,59 @@ class Aggregator:
             if self.crop:
                 self._out[self._idx(spec.core)] = p[self._idx(spec.crop)]
             else:
-                w = self._window_for(spec)[spec.valid]
-                src = p[self._idx(spec.valid)]
-                # product into a reused buffer, then one in-place add: no temporary per patch
-                if self._buf is None or self._buf.size < src.size:
-                    self._buf = np.empty(src.size, np.float32)
-                tmp = self._buf[:src.size].reshape(src.shape)
-                np.multiply(src, self._expand(w), out=tmp, casting="unsafe")
-                dst = self._acc[self._idx(spec.window)]
-                np.add(dst, tmp, out=dst)
-                self.weight_sum[spec.window] += w
+                self._blend(p, spec)
             self._seen[spec.sample_idx] = True
+
+    def _blend(self, p, spec):
+        """Add ``w * p`` and ``w`` into the accumulators, in slabs along the first spatial axis, one per thread.
+
+        The slabs of one patch never overlap, and each patch is finished
+        before the next starts (patches of a batch may overlap each other).
+        """
+        w = self._window_for(spec)[spec.valid]
+        valid, window = spec.valid, spec.window
+        n = valid[0].stop - valid[0].start
+        k = max(1, min(self.threads, n // _MIN_SLAB_PLANES))
+        cuts = [n * j // k for j in range(k + 1)]
+        slabs = [((slice(valid[0].start + a, valid[0].start + b),) + tuple(valid[1:]),
+                  (slice(window[0].start + a, window[0].start + b),) + tuple(window[1:]), w[a:b])
+                 for a, b in zip(cuts[:-1], cuts[1:])]
+        if k == 1:
+            self._fold(0, p, *slabs[0])
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="patchworks-blend")
+        futures = [self._pool.submit(self._fold, j, p, *slab) for j, slab in enumerate(slabs[1:], 1)]
+        self._fold(0, p, *slabs[0])
+        for f in futures:
+            f.result()
+
+    def _fold(self, j, p, valid, window, w):
+        src = p[self._idx(valid)]
+        # product into a reused buffer (one per slab), then one in-place add: no temporary per patch
+        buf = self._bufs.get(j)
+        if buf is None or buf.size < src.size:
+            buf = self._bufs[j] = np.empty(src.size, np.float32)
+        tmp = buf[:src.size].reshape(src.shape)
+        np.multiply(src, self._expand(w), out=tmp, casting="unsafe")
+        dst = self._acc[self._idx(window)]
+        np.add(dst, tmp, out=dst)
+        wsum = self.weight_sum[window]
+        np.add(wsum, w, out=wsum)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_pool"], state["_bufs"] = None, {}
+        return state
+
+    def close(self) -> None:
+        """Stop the blending threads (:meth:`result` does; an Aggregator dropped unfinished needs nothing)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._bufs = {}
 
     def _window_for(self, spec):
         size = tuple(spec.size)
@@ -468,6 +534,7 @@ class Aggregator:
         if self.n_missing and not allow_missing:
             raise RuntimeError(f"{self.n_missing} of {self._seen.size} patches were never added; add them, or "
                                "pass allow_missing=True to leave their voxels at 0")
+        self.close()
         if self.crop:
             return self._out
         if self._out is None:
