@@ -159,3 +159,34 @@ def test_recent_objects_stay_within_their_budget(monkeypatch):
     recent.add("s3://b/y/big", bytes(101))          # larger than the budget: not kept
     recent.drop_under("s3://b/x/")
     assert recent._size == 0 and not recent._items
+
+
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_a_label_image_on_s3_is_created_in_one_batch_and_opened_without_reads(s3_server, s3_bucket, zarr_format):
+    """Creating the group and its levels: one write per metadata document, sent together; the levels then open
+    from the metadata in hand. Through zarr's group, the same was ~10 requests one after the other."""
+    from patchworks.io._ngff_write import build_label_image
+
+    so = s3_server.storage_options
+    url = f"s3://{s3_bucket}/created-{zarr_format}.zarr"
+    grid = TileGrid((64, 48), 16)
+    for attempt in range(2):  # the second replaces the first
+        writer = build_label_image(url, "", grid=grid, source=None, dtype=np.uint32, zarr_format=zarr_format,
+                                   scratch=f"s3://{s3_bucket}/scratch-{zarr_format}", pyramid_levels=3)
+        writer.locate(url, "", writer.scratch, np.uint32, storage_options=so)
+        s3_server.requests.reset()
+        writer.create({"complete": False, "attempt": attempt})
+        seen = s3_server.requests.snapshot()
+        docs = 1 if zarr_format == 3 else 2  # zarr.json, or .zgroup/.zarray + .zattrs
+        assert seen["write"] == docs * (1 + len(writer.levels)) and seen["read"] == 0
+        assert seen["list"] + seen["delete"] <= 2  # clearing what was there: one listing, one bulk delete
+        s3_server.requests.reset()
+        arrays = writer.arrays()
+        assert sum(s3_server.requests.snapshot().values()) == 0
+        # third parties see the same levels: opened from the store, not from our metadata
+        group = zarr.open_group(store=zarr_store(url, so, read_only=True), mode="r", zarr_format=zarr_format)
+        assert group.attrs["patchworks"]["attempt"] == attempt
+        assert [group[str(k)].shape for k in range(len(writer.levels))] == [a.shape for a in arrays]
+        assert sorted(group.array_keys()) == [str(k) for k in range(len(writer.levels))]
+    arrays[0][0:16, 0:16] = 7  # writes through the arrays opened from the metadata land in the store
+    assert (group["0"][0:16, 0:16] == 7).all() and (group["0"][16:, :] == 0).all()

@@ -30,6 +30,7 @@ import io
 import itertools
 import json
 import os
+import posixpath
 import socket
 import time
 from dataclasses import dataclass
@@ -37,10 +38,13 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
+
 from ._npy import load_npz
 from ._chunk_io import blank_value, read_region, write_region
 from ._scratch import Scratch
 from ._urls import is_remote, zarr_store
+from ._zarr_nodes import draft_group, ensure_parents, open_array_from, write_nodes
 
 __all__ = ["LabelImageWriter", "LevelPlan", "NGFF_VERSIONS", "default_level_count", "ngff_unit", "plan_levels",
            "register_label"]
@@ -258,6 +262,7 @@ class LabelImageWriter:
         self.name, self.source_image, self.multiscale_transforms = name, source_image, multiscale_transforms
         self.physical = bool(physical)
         self._arrays = None
+        self._metadata = None  # {level path: array metadata} once create() wrote them
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -275,6 +280,11 @@ class LabelImageWriter:
         if not is_remote(self.store):
             return self.store
         return zarr_store(self.store, self.storage_options, read_only=mode == "r", parameter="write_to")
+
+    def _store(self, mode: str):
+        """:meth:`_zarr_store` as a zarr store object (a local path as a ``LocalStore``)."""
+        store = self._zarr_store(mode)
+        return zarr.storage.LocalStore(store, read_only=mode == "r") if isinstance(store, str) else store
 
     def spatial_voxel_size(self):
         """``(voxel_size, units)`` per spatial axis of the labels, as the scales say; ``(None, None)`` if unknown."""
@@ -326,12 +336,17 @@ class LabelImageWriter:
                 "patchworks": record}
 
     def create(self, record: dict) -> None:
-        """Create the group (replacing one there) and its level arrays, all zeros."""
+        """Create the group (replacing one there) and its level arrays, all zeros.
+
+        The metadata is drafted in memory and written in one concurrent batch
+        (``io._zarr_nodes``): creating the levels through the group sent ~10
+        requests one after the other on an object store.
+        """
         from ._sources import output_compressors
 
-        group = zarr.open_group(store=self._zarr_store("w"), path=self.path, mode="w", zarr_format=self.zarr_format,
-                                attributes=self.attributes(record))
+        draft = draft_group(self.zarr_format, self.attributes(record))
         names = [a["name"] for a in self.axes]
+        levels = {}
         for k, level in enumerate(self.levels):
             place = self._place
             extra = {}
@@ -341,17 +356,28 @@ class LabelImageWriter:
                 extra["shards"], chunks = place(level.chunks, 1), place(level.inner, 1)
             else:
                 chunks = place(level.chunks, 1)
-            group.create_array(str(k), shape=self.array_shape(k), chunks=chunks, dtype=self.dtype,
-                               compressors=output_compressors(self.zarr_format, self.dtype), fill_value=0,
-                               config={"write_empty_chunks": True}, **extra)
+            levels[str(k)] = draft.create_array(
+                str(k), shape=self.array_shape(k), chunks=chunks, dtype=self.dtype, fill_value=0,
+                compressors=output_compressors(self.zarr_format, self.dtype), **extra).metadata
+        store = self._store("w")
+        sync(store.delete_dir(self.path))  # what was there: no chunk of an older label image survives
+        ensure_parents(store, self.path, self.zarr_format)  # e.g. an image's "labels" group, left alone if there
+        write_nodes(store, draft.metadata, levels, self.path)
+        self._metadata = levels
 
     def arrays(self) -> list:
         if self._arrays is None:
-            group = zarr.open_group(store=self._zarr_store("r+"), path=self.path, mode="r+",
-                                    zarr_format=self.zarr_format)  # known: no probing of both formats' keys
             # the run-time config is not stored with the array: without it zarr scans every chunk for
             # all-zero content before writing it (measured ~35 % of the relabel)
-            self._arrays = [group[str(k)].with_config({"write_empty_chunks": True}) for k in range(len(self.levels))]
+            config = {"write_empty_chunks": True}
+            if self._metadata is not None:  # known from create(): opened without a read
+                store = self._store("r+")
+                self._arrays = [open_array_from(store, posixpath.join(self.path, str(k)), self._metadata[str(k)],
+                                                config=config) for k in range(len(self.levels))]
+            else:
+                group = zarr.open_group(store=self._zarr_store("r+"), path=self.path, mode="r+",
+                                        zarr_format=self.zarr_format)  # known: no probing of both formats' keys
+                self._arrays = [group[str(k)].with_config(config) for k in range(len(self.levels))]
         return self._arrays
 
     def group(self, mode="r"):

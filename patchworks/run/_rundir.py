@@ -317,10 +317,13 @@ class RunDir:
         return bool(fs.exists(root))
 
     def _open(self, location, mode="r"):
+        # an output of this run has the run's format: naming it spares zarr probing both formats' keys
+        # (7 reads remotely for a group); one of another format is not this run's anyway
+        fmt = {"zarr_format": self.zarr_format} if self.zarr_format in (2, 3) else {}
         if not is_remote(location):
-            return zarr.open(store=str(location), mode=mode)
+            return zarr.open(store=str(location), mode=mode, **fmt)
         return zarr.open(store=zarr_store(str(location), self.storage_options, read_only=mode == "r",
-                                          parameter="write_to"), mode=mode)
+                                          parameter="write_to"), mode=mode, **fmt)
 
     def _check_existing_output(self, resume: bool) -> bool:
         """True when ``write_to`` already holds this very run, complete (re-run = no-op)."""
