@@ -14,6 +14,7 @@ import zarr
 from scipy import ndimage
 
 from patchworks import TileGrid, merge_tile_labels, open_image, tile_process, threshold
+from patchworks.io import _ngff_write
 from patchworks.io._ngff_write import LabelImageWriter, register_label
 from patchworks.testing import assert_labels_equivalent, random_blobs, write_ome_zarr
 
@@ -70,12 +71,31 @@ def tree_hash(path: Path, skip=()):
     (IMG3, (4, 13, 16), 3),
 ])
 @pytest.mark.parametrize("min_chunk", [1, 128 * 128], ids=["chunks-per-tile", "chunks-across-tiles"])
-def test_every_level_is_strided_subsampling_of_level_0(tmp_path, monkeypatch, image, tile_shape, levels, min_chunk):
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "parts-and-derived"])
+def test_every_level_is_strided_subsampling_of_level_0(tmp_path, monkeypatch, image, tile_shape, levels, min_chunk,
+                                                        inline):
     import patchworks.io._ngff_write as W
 
     # 1: coarse chunks of core / factor, written by their tile (or derived from the finer level where
-    # cores are not multiples of the factor); 128^2: chunks spanning several tiles' parts
+    # cores are not multiples of the factor); 128^2: chunks spanning several tiles' parts. Inline: the
+    # levels from the first shared one on assembled by the driver from the tiles' parts; else part files
+    # and a task per shared chunk, derived levels read from the finer one
     monkeypatch.setattr(W, "MIN_CHUNK_VOXELS", min_chunk)
+    if not inline:
+        monkeypatch.setattr(W, "INLINE_LEVEL_VOXELS", 0)
+    seen = {"inline parts": 0, "shared chunks": 0}
+    write_inline, write_shared = W.LabelImageWriter.write_inline, W.LabelImageWriter.write_shared_chunk
+
+    def count_inline(self, parts, **kw):
+        seen["inline parts"] += len(parts)
+        return write_inline(self, parts, **kw)
+
+    def count_shared(self, *args):
+        seen["shared chunks"] += 1
+        return write_shared(self, *args)
+
+    monkeypatch.setattr(W.LabelImageWriter, "write_inline", count_inline)
+    monkeypatch.setattr(W.LabelImageWriter, "write_shared_chunk", count_shared)
     out = tmp_path / "labels.zarr"
     lazy = tile_process(image, threshold(0.5), tile_shape=tile_shape, write_to=out, pyramid_levels=levels)
     group, data = levels_of(out)
@@ -87,6 +107,10 @@ def test_every_level_is_strided_subsampling_of_level_0(tmp_path, monkeypatch, im
         expected = data[0][(slice(None),) * (image.ndim - 2) + (slice(None, None, f), slice(None, None, f))]
         np.testing.assert_array_equal(level, expected)
     assert not list(tmp_path.glob(".patchworks-*")), "scratch left behind"
+    if inline:  # whatever tiles could not write alone went through the driver
+        assert seen["shared chunks"] == 0
+    else:
+        assert seen["inline parts"] == 0
 
 
 def test_default_levels_stop_near_256_pixels_and_z_is_never_subsampled(tmp_path):
@@ -312,26 +336,35 @@ def test_concurrent_registrations_never_lose_an_entry(tmp_path):
     assert sorted(ome(zarr.open_group(str(image / "labels")))["labels"]) == sorted(names)
 
 
-def test_a_failed_run_leaves_no_entry_and_resumes_to_the_same_result(tmp_path, monkeypatch):
+@pytest.mark.parametrize("coarse", ["inline", "shared chunks"])
+def test_a_failed_run_leaves_no_entry_and_resumes_to_the_same_result(tmp_path, monkeypatch, coarse):
+    """The pyramid step dies after a chunk or two, whether the coarse levels are written by the driver from the
+    tiles' parts (inline) or by a task per chunk shared between tiles."""
+    if coarse == "shared chunks":
+        monkeypatch.setattr(_ngff_write, "INLINE_LEVEL_VOXELS", 0)
     image = tmp_path / "image.ome.zarr"
     write_ome_zarr(image, IMG2, axes="yx", levels=3)  # level 1 (x2) shares chunks between (9, 18) tiles
     reference = tile_process(image, threshold(0.5), tile_shape=(9, 18), pyramid_levels=3,
                              write_to=tmp_path / "ref.zarr")
     calls = {"n": 0}
-    original = LabelImageWriter.write_shared_chunk
+    original = LabelImageWriter.write_shared_chunk if coarse == "shared chunks" else LabelImageWriter._put
 
-    def crash_midway(self, *args):  # the pyramid step dies after a few chunks
+    def crash_midway(self, *args):  # the second write of the pyramid step raises
+        if coarse == "inline" and args[0] == 0:  # level 0: the relabel tasks, before the pyramid step
+            return original(self, *args)
         calls["n"] += 1
         if calls["n"] > 1:
             raise RuntimeError("killed during the pyramid")
         return original(self, *args)
 
-    monkeypatch.setattr(LabelImageWriter, "write_shared_chunk", crash_midway)
+    name = "write_shared_chunk" if coarse == "shared chunks" else "_put"
+    monkeypatch.setattr(LabelImageWriter, name, crash_midway)
     with pytest.raises(RuntimeError, match="killed during the pyramid"):
         tile_process(image, threshold(0.5), tile_shape=(9, 18), labels_into=image, name="cells", client=False)
+    assert calls["n"] == 2
     assert "cells" not in ome(zarr.open_group(str(image / "labels"))).get("labels", [])
     assert zarr.open_group(str(image / "labels" / "cells")).attrs["patchworks"]["complete"] is False
-    monkeypatch.setattr(LabelImageWriter, "write_shared_chunk", original)
+    monkeypatch.setattr(LabelImageWriter, name, original)
 
     out = tile_process(image, threshold(0.5), tile_shape=(9, 18), labels_into=image, name="cells")
     np.testing.assert_array_equal(out.compute(), reference.compute())

@@ -132,6 +132,8 @@ def test_pyramid_chunks_over_empty_tiles_are_never_written(tmp_path):
         level = group[str(k)]
         np.testing.assert_array_equal(level[...], level0[::2 ** k, ::2 ** k])
         files = {str(p.relative_to(out / str(k))) for p in (out / str(k) / "c").rglob("*") if p.is_file()}
-        assert files == {"c/0/0"}, (k, files)   # the object's chunk only: background chunks stay unwritten
+        # the object's chunk only: background chunks stay unwritten (at level 5 the object falls between the
+        # samples: nothing is written there at all)
+        assert files == ({"c/0/0"} if level[...].any() else set()), (k, files)
         shared += level.nchunks > 1 and k > 0
     assert shared, "some coarse level has several chunks (else this test shows nothing)"

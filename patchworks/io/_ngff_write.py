@@ -26,9 +26,11 @@ and reading a part of every tile.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import json
+import math
 import os
 import posixpath
 import socket
@@ -66,6 +68,12 @@ MIN_CHUNK_VOXELS = 128 * 128
 # shards for 18.2 vs 17.0 ms and 4.0 vs 3.8 ms. None = shard exactly when zarr's configured codec
 # pipeline is zarrs; True / False force it.
 SHARDING = None
+# The coarse levels whose chunks hold parts of several tiles are assembled on the driver, from parts the
+# relabel tasks send back with their results, when all of them together have at most this many voxels
+# (64 MiB of uint32 labels, twice that in the rare uint64 case): no part file per tile and level (a write
+# and a read; a PUT and a GET on an object store), no read of a finer level back, no task per shared
+# chunk. Past it (a deep 3-D volume's coarse levels), they are written as before.
+INLINE_LEVEL_VOXELS = 16 << 20
 # UDUNITS-2 names NGFF allows for space axes, from the spellings files carry
 _UNIT_NAMES = {"µm": "micrometer", "um": "micrometer", "μm": "micrometer", "micron": "micrometer",
                "microns": "micrometer", "\\u00b5m": "micrometer", "nm": "nanometer", "mm": "millimeter",
@@ -134,6 +142,7 @@ class LevelPlan:
     chunks: tuple
     inner: tuple | None
     derive: bool = False  # chunks subsampled from the finished level before (no part written by tiles)
+    inline: bool = False  # the tiles' parts travel with the relabel results; the driver writes the level
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
@@ -141,7 +150,7 @@ def _largest_divisor(n: int, at_most: int) -> int:
 
 
 def plan_levels(spatial_shape, boundaries, *, factors, level_shapes=None, shard: bool,
-                plane_axes=()) -> list[LevelPlan]:
+                plane_axes=(), inline_voxels: int | None = None) -> list[LevelPlan]:
     """One :class:`LevelPlan` per level.
 
     Parameters
@@ -158,7 +167,11 @@ def plan_levels(spatial_shape, boundaries, *, factors, level_shapes=None, shard:
     shard : bool
         Zarr v3 sharding: shard = the write unit, inner chunks one plane
         (``plane_axes``: 1 there) by at most 256 x 256.
+    inline_voxels : int, optional
+        Budget of the coarse levels assembled in the driver's memory
+        (:data:`INLINE_LEVEL_VOXELS` by default; 0 never inlines).
     """
+    inline_voxels = INLINE_LEVEL_VOXELS if inline_voxels is None else int(inline_voxels)
     # level 0: chunks that never straddle two cores (the core, or the gcd of irregular boundaries)
     core = [int(np.gcd.reduce(b[1:-1])) if len(b) > 2 else max(int(b[-1]), 1) for b in boundaries]
     plans = []
@@ -189,7 +202,19 @@ def plan_levels(spatial_shape, boundaries, *, factors, level_shapes=None, shard:
             derive = all(q % p == 0 for q, p in zip(f, prev.factors)) and \
                 all((n - 1) * r < m for n, r, m in zip(shape, ratio, prev.shape))
         plans.append(LevelPlan(shape=shape, factors=tuple(f), chunks=tuple(chunks), inner=inner, derive=derive))
-    return plans
+    return _inline_coarse(plans, boundaries, inline_voxels)
+
+
+def _inline_coarse(plans: list, boundaries, budget: int) -> list:
+    """Mark inline the levels from the first one whose chunks hold parts of several tiles (shared or derived)
+    on, when all of them together have at most ``budget`` voxels: their parts then travel with the
+    relabel results and the driver writes them, instead of a part file per tile and level (a PUT and a GET on
+    an object store) or a read of the finer level back."""
+    first = next((k for k, lv in enumerate(plans) if k and (lv.derive or _has_shared_chunks(
+        boundaries, lv.factors, lv.chunks, lv.shape))), None)
+    if first is None or sum(math.prod(lv.shape) for lv in plans[first:]) > budget:
+        return plans
+    return plans[:first] + [dataclasses.replace(lv, derive=False, inline=True) for lv in plans[first:]]
 
 
 def _level_cuts(b, q: int, n: int, c: int):
@@ -391,22 +416,31 @@ class LabelImageWriter:
         write_region(array, self._key(spatial_slices), data.reshape(self._place(data.shape, 1)))
 
     # -- writing -----------------------------------------------------------------------
-    def write_tile(self, linear_index: int, core, final: np.ndarray) -> None:
-        """Write one tile's final labels to every level (``core``: its spatial slices in level 0)."""
+    def write_tile(self, linear_index: int, core, final: np.ndarray) -> list:
+        """Write one tile's final labels to every level (``core``: its spatial slices in level 0).
+
+        Returns the tile's parts of the inline levels, ``[(level, level slices, labels), ...]``, which
+        :meth:`write_inline` writes once every tile has sent its own.
+        """
         self._put(0, core, final)
         pieces = {}  # parts of chunks shared with other tiles, all levels in one file per tile
+        inline = []
         for k in range(1, len(self.levels)):
             level = self.levels[k]
             if level.derive:  # built from level k - 1 once that is finished
                 continue
-            segs, picks = [], []
+            segs, picks, ranges = [], [], []
             for sl, q, c, n in zip(core, level.factors, level.chunks, level.shape):
                 s, e = _level_range(sl.start, sl.stop, q, n)
                 segs.append(_segments(s, e, c, n))
                 picks.append(slice(s * q - sl.start, (e - 1) * q - sl.start + 1 if e > s else 0, q))
+                ranges.append(slice(s, e))
             if not all(segs):
                 continue
             sub = final[tuple(picks)]  # level k's voxels of this tile: exact strided subsampling
+            if level.inline:
+                inline.append((k, tuple(ranges), np.ascontiguousarray(sub)))
+                continue
             starts = [seg[0][0] for seg in segs]
             for box in itertools.product(*segs):
                 local = tuple(slice(b[0] - s, b[1] - s) for b, s in zip(box, starts))
@@ -420,6 +454,38 @@ class LabelImageWriter:
             buffer = io.BytesIO()
             np.savez(buffer, **pieces)
             self.scratch.put(self._piece_key(linear_index), buffer.getvalue())
+        return inline
+
+    @property
+    def inline_levels(self) -> list[int]:
+        return [k for k, level in enumerate(self.levels) if level.inline]
+
+    def write_inline(self, parts, threads: int = 4) -> None:
+        """Write every chunk of the inline levels that the tiles' ``parts`` reach, each assembled from the parts
+        that meet it; a chunk left all background is not written (the group was created empty, so it reads as
+        the fill value). Memory: the parts plus one chunk per thread. ``threads`` write chunks concurrently."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        meeting: dict = {}  # (level, chunk index) -> the parts that meet that chunk
+        for k, ranges, data in parts:
+            chunks = self.levels[k].chunks
+            for index in itertools.product(*[range(r.start // c, _ceil_div(r.stop, c)) for r, c in zip(ranges, chunks)]):
+                meeting.setdefault((k, index), []).append((ranges, data))
+
+        def write(item):
+            (k, index), found = item
+            level = self.levels[k]
+            box = [(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, level.chunks, level.shape)]
+            out = np.zeros([e - b for b, e in box], self.dtype)
+            for ranges, data in found:
+                cut = [(max(r.start, b), min(r.stop, e)) for r, (b, e) in zip(ranges, box)]
+                out[tuple(slice(c0 - b, c1 - b) for (c0, c1), (b, _) in zip(cut, box))] = \
+                    data[tuple(slice(c0 - r.start, c1 - r.start) for (c0, c1), r in zip(cut, ranges))]
+            if out.any():
+                self._put(k, tuple(slice(b, e) for b, e in box), out)
+
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            list(pool.map(write, meeting.items()))
 
     @staticmethod
     def _piece_key(linear_index: int) -> str:
@@ -434,6 +500,8 @@ class LabelImageWriter:
         found = []
         for k in range(1, len(self.levels)):
             level = self.levels[k]
+            if level.inline:  # written by the driver from the parts the tiles sent back
+                continue
             per_axis = [(_level_cuts(b, q, n, c), _ceil_div(n, c))
                         for b, q, c, n in zip(grid.boundaries, level.factors, level.chunks, level.shape)]
             if not level.derive and not any(shared for shared, _ in per_axis):

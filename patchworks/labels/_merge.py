@@ -662,7 +662,8 @@ class ArrayOutput:
         write_region(self.array, core, final)
 
 
-def relabel_tile(output, tile, plan: TilePlan, ids: np.ndarray, local_lut, count: bool = False) -> int:
+def relabel_tile(output, tile, plan: TilePlan, ids: np.ndarray, local_lut, count: bool = False,
+                 inline: list | None = None) -> int:
     """Write one tile's final ids (the body of a relabel task); returns the objects it names first.
 
     ``ids, local_lut``: the tile as staged (from ``TileStaging.take``). ``output``
@@ -672,13 +673,15 @@ def relabel_tile(output, tile, plan: TilePlan, ids: np.ndarray, local_lut, count
     less those absorbed into a label of an earlier tile: summed over tiles,
     the number of objects. ``count``: the staged ids were not numbered
     ``1..n`` (gaps possible), so count the ids present here (one pass over
-    the tile).
+    the tile). ``inline`` collects the tile's parts of the label image's inline levels.
     """
     if local_lut is not None:  # raw ids: compose the two look-ups, then one pass over the tile
         final = apply_lut(plan.lookup(output.dtype)[local_lut], ids)
     else:
         final = plan.apply(ids, output.dtype)
-    output.write_tile(tile.linear_index, tile.spatial_core, final)
+    parts = output.write_tile(tile.linear_index, tile.spatial_core, final)
+    if parts and inline is not None:
+        inline.extend(parts)
     present = plan.n_labels
     if count and local_lut is None:  # fastremap: no int64 copy of the tile, unlike bincount
         values = fastremap.unique(ids)

@@ -36,8 +36,8 @@ from ._merge import (PLANE_SEAMS_PER_TASK, ArrayOutput, iou_pairs_for_tile, plan
 from ..io._ngff_write import build_label_image, check_ngff_labels, image_multiscales, register_label
 from ..segment._threshold import Threshold, otsu_threshold, sample_values
 from ..segment._instances import LogBlobs, Watershed
-from ..run._execute import (active_client, graph_tasks, group_size, input_chunks, new_token, resolve_tile_shape,
-                             run_tasks, shared, task_groups, tile_windows)
+from ..run._execute import (active_client, graph_tasks, group_size, input_chunks, local_threads, new_token,
+                             resolve_tile_shape, run_tasks, shared, task_groups, tile_windows)
 from ..run._rundir import RunDir, describe_fn, describe_source, fn_token, source_token
 from ._tile_task import StageJob
 from ._batch import BatchJob, batch_block, batch_grid, tiles_of
@@ -123,6 +123,7 @@ class _RelabelJob:
 @dataclass(frozen=True)
 class _Relabelled(Counted):
     rows: object = None      # the group's GroupRows when the run measures a table
+    inline: list = None      # its tiles' parts of the label image's inline levels (LabelImageWriter.write_tile)
 
 
 def _pairs(found) -> np.ndarray:
@@ -229,14 +230,14 @@ def _relabel_task(job: _RelabelJob, items, piece, n_tiles):
     With a table, each item's partials come from the same read of its staged
     object and go through the same plan (their rows: the result's ``rows``).
     """
-    named, rows = 0, []
+    named, rows, inline = 0, [], []
     for k, i in enumerate(items.tolist()):
         plan, tile = piece[k], job.grid.tile(i)  # items: the tiles staged with labels
         ids, lut, partials = job.staging.take(tile)  # one read: the tile and its partials
-        named += relabel_tile(job.output, tile, plan, ids, lut, job.count)
+        named += relabel_tile(job.output, tile, plan, ids, lut, job.count, inline)
         if job.table is not None:
             rows.append(tile_rows(job.table, i, plan, partials))
-    return _Relabelled(n_tiles=int(n_tiles), value=int(named),
+    return _Relabelled(n_tiles=int(n_tiles), value=int(named), inline=inline or None,
                        rows=None if job.table is None else group_rows(job.table, items, rows))
 
 
@@ -252,9 +253,12 @@ def _shared_chunk_task(job: _PyramidJob, level, chunks):
     return Counted(n_tiles=len(chunks))
 
 
-def _shared_levels(writer, grid, client, progress, token) -> None:
+def _shared_levels(writer, grid, client, progress, token, inline=()) -> None:
     """Write the pyramid chunks no tile writes alone, one phase per level (a derived level reads the one before);
-    each phase's chunks in groups (by work, as the other phases' items)."""
+    each phase's chunks in groups (by work, as the other phases' items). The inline levels are assembled from
+    the tiles' parts (``inline``) and written from here."""
+    if writer.inline_levels:
+        writer.write_inline(inline, threads=2 * local_threads())
     seams = writer.shared_chunks(grid)
     for level in sorted({k for k, _ in seams}):
         prefix = f"patchworks-pyramid-{token}-{level}"
@@ -463,6 +467,7 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
                             total=int(n_tiles.sum()))
         n_objects = int(sum(r.value for r in results))
         table_results = [r.rows for r in results] if table else None
+        inline = [part for r in results if r.inline for part in r.inline]
         del results
         if gaps and not return_count:
             n_objects = None  # unknown without that pass; ids are unique, max_label bounds them
@@ -471,7 +476,8 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
             # pyramid chunks holding parts of several tiles (coarse levels, or cores not multiples of the
             # factor), level by level; meanwhile the driver writes the table (both need only level 0 and
             # the scratch, finished now)
-            pyramid = _in_background(_shared_levels, writer, grid, client, progress, token)
+            pyramid = _in_background(_shared_levels, writer, grid, client, progress, token, inline)
+            del inline
             record = writer.record()
         # 5. the object table from the staged partials, through the same plan (no read of the labels);
         #    a label image keeps it at G/table, next to its levels
