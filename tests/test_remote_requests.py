@@ -190,3 +190,23 @@ def test_a_label_image_on_s3_is_created_in_one_batch_and_opened_without_reads(s3
         assert sorted(group.array_keys()) == [str(k) for k in range(len(writer.levels))]
     arrays[0][0:16, 0:16] = 7  # writes through the arrays opened from the metadata land in the store
     assert (group["0"][0:16, 0:16] == 7).all() and (group["0"][16:, :] == 0).all()
+
+
+def test_other_scratches_are_found_with_one_listing_of_their_stem_only(s3_server, s3_bucket):
+    """A run looks for unfinished runs of the same output (scratches named after it) with one listing that
+    the server filters by their common stem: a bucket root with many other keys is never paged through."""
+    from patchworks.run._rundir import _siblings
+
+    so = s3_server.storage_options
+    fs = s3_server.filesystem()
+    for i in range(30):
+        fs.pipe(f"{s3_bucket}/other-{i}.bin", b"x")
+    fs.pipe(f"{s3_bucket}/.patchworks-out.zarr-0123/run.json", b"{}")
+    fs.pipe(f"{s3_bucket}/.patchworks-out.zarr-4567/tiles/tile-0.bin", b"x")
+    fs.pipe(f"{s3_bucket}/.patchworks-outer.zarr-89ab/run.json", b"{}")  # another output's: not a sibling
+    s3_server.requests.reset()
+    found = _siblings(f"s3://{s3_bucket}", ".patchworks-out.zarr-", so)
+    assert sorted(found) == [f"s3://{s3_bucket}/.patchworks-out.zarr-0123", f"s3://{s3_bucket}/.patchworks-out.zarr-4567"]
+    lists = [(pattern, n) for kind, pattern, n in s3_server.requests.by_path() if kind == "list"]
+    assert sum(n for _, n in lists) == 1 and "prefix=.patchworks-out.zarr-" in lists[0][0], lists
+    assert sum(s3_server.requests.snapshot().values()) == 1
