@@ -21,7 +21,10 @@ reads level 0 back. A level with shared chunks whose finer neighbour is
 not level 0 is instead *derived*: each of its chunks is subsampled from the
 finished finer level (``level_k = level_{k-1}[::r]``, exact), level after
 level, which reads a small fraction of the data once instead of writing
-and reading a part of every tile.
+and reading a part of every tile. When the levels from the first one with
+shared chunks on are small (``INLINE_LEVEL_VOXELS`` in all), they are
+*inline* instead: each relabel task sends its tiles' parts of them back with
+its result, and the driver writes every chunk those parts reach.
 """
 
 from __future__ import annotations
@@ -299,7 +302,7 @@ class LabelImageWriter:
         self.store, self.path, self.dtype = str(store), path or "", np.dtype(dtype)
         self.scratch = scratch if isinstance(scratch, Scratch) else Scratch(scratch)
         self.storage_options = storage_options
-        self._arrays = None
+        self._arrays = self._metadata = None
 
     def _zarr_store(self, mode: str):
         if not is_remote(self.store):
@@ -469,7 +472,8 @@ class LabelImageWriter:
         meeting: dict = {}  # (level, chunk index) -> the parts that meet that chunk
         for k, ranges, data in parts:
             chunks = self.levels[k].chunks
-            for index in itertools.product(*[range(r.start // c, _ceil_div(r.stop, c)) for r, c in zip(ranges, chunks)]):
+            reach = [range(r.start // c, _ceil_div(r.stop, c)) for r, c in zip(ranges, chunks)]
+            for index in itertools.product(*reach):
                 meeting.setdefault((k, index), []).append((ranges, data))
 
         def write(item):

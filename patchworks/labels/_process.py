@@ -123,7 +123,7 @@ class _RelabelJob:
 @dataclass(frozen=True)
 class _Relabelled(Counted):
     rows: object = None      # the group's GroupRows when the run measures a table
-    inline: list = None      # its tiles' parts of the label image's inline levels (LabelImageWriter.write_tile)
+    inline: list | None = None  # its tiles' parts of the label image's inline levels (LabelImageWriter.write_tile)
 
 
 def _pairs(found) -> np.ndarray:
@@ -474,8 +474,8 @@ def _label_pipeline(*, grid: TileGrid, job_fn, source, windows, run: RunDir, con
         record, pyramid = {}, None
         if writer is not None:
             # pyramid chunks holding parts of several tiles (coarse levels, or cores not multiples of the
-            # factor), level by level; meanwhile the driver writes the table (both need only level 0 and
-            # the scratch, finished now)
+            # factor): the inline levels from the parts the tasks sent back, the others level by level;
+            # meanwhile the driver writes the table (both need only level 0 and the scratch, finished now)
             pyramid = _in_background(_shared_levels, writer, grid, client, progress, token, inline)
             del inline
             record = writer.record()

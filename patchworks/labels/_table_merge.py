@@ -159,7 +159,8 @@ def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path
     foreign, owner = foreign.take(order), owner[order]
     bounds = np.searchsorted(owner, np.arange(grid.n_tiles + 1))
 
-    record = {"labels": labels_rel, "stamp": labels_stamp(labels_path, storage_options, zarr_format), "n_objects": int(n_own.sum()),
+    record = {"labels": labels_rel, "stamp": labels_stamp(labels_path, storage_options, zarr_format),
+              "n_objects": int(n_own.sum()),
               "voxel_size": None if voxel_size is None else [float(v) for v in voxel_size],
               "units": None if units is None else list(units), "n_channels": int(n_channels)}
     writer = TableWriter(table_path, int(n_own.sum()), column_dtypes(ndim, n_channels, voxel_size=voxel_size),
