@@ -30,6 +30,18 @@ def test_cc3d_bool_regression_2d_8_connectivity():
     assert np.array_equal(label_components(mask, 2) != 0, mask)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 3, 1), (3, 1, 1), (2, 2, 2), (3, 3), (1, 4)])
+def test_every_tiny_mask_is_labelled_as_scipy_labels_it(shape):
+    """Degenerate tiles (a 1-thick window, a corner block): cc3d's binary mode raised on (1, 1, 3) [1, 0, 1]
+    with 26-connectivity, so every mask of these shapes is checked against scipy at every connectivity."""
+    n = int(np.prod(shape))
+    for bits in range(2 ** n):
+        mask = ((bits >> np.arange(n)) & 1).astype(bool).reshape(shape)
+        for connectivity in range(1, len(shape) + 1):
+            expected, _ = ndimage.label(mask, ndimage.generate_binary_structure(len(shape), connectivity))
+            assert_labels_equivalent(label_components(mask, connectivity), expected)
+
+
 def test_otsu_threshold_agrees_with_scikit_image():
     rng = np.random.default_rng(0)
     values = np.r_[rng.normal(10, 2, 5000), rng.normal(30, 4, 3000)]

@@ -36,13 +36,14 @@ def label_components(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
         raise ValueError(f"connectivity={connectivity!r}: use 1..{mask.ndim} for a {mask.ndim}-D tile")
     key = (mask.ndim, connectivity)
     if key in _CC3D_CONNECTIVITY:
-        # cc3d 4.1's binary mode mislabels some 2-D inputs with 8-connectivity (stray labels in
-        # background rows; a bool input takes that mode by itself): there the zero-copy uint8 view is
-        # labelled as values, which is right. Elsewhere the binary mode is right and faster (a 512^2
-        # mask 0.80 -> 0.60 ms, a 128^3 one 5.6 -> 5.3 ms), and cc3d holds the GIL throughout.
+        # cc3d 4.1 mislabels some *bool* 2-D inputs with 8-connectivity (stray
+        # labels in background rows); the zero-copy uint8 view is labelled right.
+        # Its binary mode (binary_image=True, what a bool input takes) is a quarter
+        # faster on 512^2 masks but mislabels there too, and with 26-connectivity
+        # raises on a (1, 1, 3) mask [1, 0, 1] ("Label 2 cannot be mapped to
+        # union-find array of length 2"): values mode everywhere.
         return cc3d.connected_components(np.ascontiguousarray(mask).view(np.uint8),
-                                         connectivity=_CC3D_CONNECTIVITY[key], out_dtype=np.uint32,
-                                         binary_image=key != (2, 2))
+                                         connectivity=_CC3D_CONNECTIVITY[key], out_dtype=np.uint32)
     structure = ndimage.generate_binary_structure(mask.ndim, connectivity)
     labels, _ = ndimage.label(mask, structure=structure, output=np.uint32)
     return labels
