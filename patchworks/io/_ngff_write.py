@@ -239,6 +239,16 @@ def _level_range(a: int, b: int, q: int, n: int) -> tuple[int, int]:
     return min(_ceil_div(a, q), n), min(_ceil_div(b, q), n)
 
 
+def _paste(out: np.ndarray, box, bounds, data: np.ndarray) -> None:
+    """Copy into ``out`` (the level region ``box``) the part of ``data`` (the region ``bounds``) inside it;
+    both as ``[(start, stop), ...]`` per axis."""
+    cut = [(max(p0, s), min(p1, e)) for (p0, p1), (s, e) in zip(bounds, box)]
+    if any(c0 >= c1 for c0, c1 in cut):
+        return
+    out[tuple(slice(c0 - s, c1 - s) for (c0, c1), (s, _) in zip(cut, box))] = \
+        data[tuple(slice(c0 - p0, c1 - p0) for (c0, c1), (p0, _) in zip(cut, bounds))]
+
+
 def _segments(s: int, e: int, c: int, n: int):
     """Split ``[s, e)`` into (start, stop, owned) runs: owned = whole chunks of size ``c`` inside it."""
     if e <= s:
@@ -304,15 +314,11 @@ class LabelImageWriter:
         self.storage_options = storage_options
         self._arrays = self._metadata = None
 
-    def _zarr_store(self, mode: str):
-        if not is_remote(self.store):
-            return self.store
-        return zarr_store(self.store, self.storage_options, read_only=mode == "r", parameter="write_to")
-
     def _store(self, mode: str):
-        """:meth:`_zarr_store` as a zarr store object (a local path as a ``LocalStore``)."""
-        store = self._zarr_store(mode)
-        return zarr.storage.LocalStore(store, read_only=mode == "r") if isinstance(store, str) else store
+        """The label image's zarr store (a ``LocalStore`` for a path, the object store of a URL)."""
+        if not is_remote(self.store):
+            return zarr.storage.LocalStore(self.store, read_only=mode == "r")
+        return zarr_store(self.store, self.storage_options, read_only=mode == "r", parameter="write_to")
 
     def spatial_voxel_size(self):
         """``(voxel_size, units)`` per spatial axis of the labels, as the scales say; ``(None, None)`` if unknown."""
@@ -403,13 +409,13 @@ class LabelImageWriter:
                 self._arrays = [open_array_from(store, posixpath.join(self.path, str(k)), self._metadata[str(k)],
                                                 config=config) for k in range(len(self.levels))]
             else:
-                group = zarr.open_group(store=self._zarr_store("r+"), path=self.path, mode="r+",
+                group = zarr.open_group(store=self._store("r+"), path=self.path, mode="r+",
                                         zarr_format=self.zarr_format)  # known: no probing of both formats' keys
                 self._arrays = [group[str(k)].with_config(config) for k in range(len(self.levels))]
         return self._arrays
 
     def group(self, mode="r"):
-        return zarr.open_group(store=self._zarr_store(mode), path=self.path, mode=mode, zarr_format=self.zarr_format)
+        return zarr.open_group(store=self._store(mode), path=self.path, mode=mode, zarr_format=self.zarr_format)
 
     def _key(self, spatial_slices):
         return self._place(spatial_slices, slice(0, 1))
@@ -482,9 +488,7 @@ class LabelImageWriter:
             box = [(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, level.chunks, level.shape)]
             out = np.zeros([e - b for b, e in box], self.dtype)
             for ranges, data in found:
-                cut = [(max(r.start, b), min(r.stop, e)) for r, (b, e) in zip(ranges, box)]
-                out[tuple(slice(c0 - b, c1 - b) for (c0, c1), (b, _) in zip(cut, box))] = \
-                    data[tuple(slice(c0 - r.start, c1 - r.start) for (c0, c1), r in zip(cut, ranges))]
+                _paste(out, box, [(r.start, r.stop) for r in ranges], data)
             if out.any():
                 self._put(k, tuple(slice(b, e) for b, e in box), out)
 
@@ -548,12 +552,7 @@ class LabelImageWriter:
             pieces = load_npz(io.BytesIO(raw), prefix)  # only this level's pieces are decoded
             for name in pieces:
                 bounds = [tuple(int(v) for v in part.split("-")) for part in name[len(prefix):].split("_")]
-                cut = [(max(p0, s), min(p1, e)) for (p0, p1), (s, e) in zip(bounds, box)]
-                if any(c0 >= c1 for c0, c1 in cut):
-                    continue
-                data = pieces[name]
-                out[tuple(slice(c0 - s, c1 - s) for (c0, c1), (s, _) in zip(cut, box))] = \
-                    data[tuple(slice(c0 - p0, c1 - p0) for (c0, c1), (p0, _) in zip(cut, bounds))]
+                _paste(out, box, bounds, pieces[name])
         if not found and self._unwritten(level_index, target):
             return  # no tile with labels meets this chunk
         self._put(level_index, target, out)
