@@ -212,8 +212,3 @@ class ObstoreKeys:
         listing = obstore.list_with_delimiter(self.store, None)
         return {meta["path"].rsplit("/", 1)[-1]: int(meta["size"]) for meta in listing["objects"]
                 if meta["path"].rsplit("/", 1)[-1].startswith(prefix)}
-
-    def subdirs(self) -> list[str]:
-        import obstore
-
-        return list(obstore.list_with_delimiter(self.store, None)["common_prefixes"])

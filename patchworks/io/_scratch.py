@@ -269,12 +269,6 @@ class Scratch:
         except FileNotFoundError:
             return {}
 
-    def exists(self) -> bool:
-        """True when anything is stored under the scratch."""
-        if not self.remote:
-            return self.path.is_dir()
-        return bool(self.keys()) or bool(self._keys.subdirs())
-
 
 class FsspecKeys:
     """The remote half of :class:`Scratch` on an fsspec filesystem (s3fs, gcsfs, adlfs, ...)."""
@@ -344,12 +338,6 @@ class FsspecKeys:
             if e.get("type") == "file" and name.startswith(prefix):
                 out[name] = int(e.get("size") or 0)
         return out
-
-    def subdirs(self) -> list[str]:
-        try:
-            return [e["name"] for e in self.fs.ls(self.root, detail=True) if e.get("type") == "directory"]
-        except FileNotFoundError:
-            return []
 
 
 def parent_and_name(location) -> tuple:

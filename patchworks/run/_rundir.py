@@ -153,18 +153,14 @@ def _siblings(parent, stem: str, storage_options) -> list:
     root = root.rstrip("/")
     fs.invalidate_cache(root)
     try:
-        # only the names that start with the stem, filtered by the server (s3fs, gcsfs): a plain listing of a
-        # bucket's root pages through every key there, 1000 a request
-        entries = list(fs.find(root, maxdepth=1, withdirs=True, detail=True, prefix=stem).values())
-    except (TypeError, ValueError, NotImplementedError):  # a filesystem whose find takes no prefix
-        entries = None
+        try:
+            # only the names that start with the stem, filtered by the server (s3fs, gcsfs): a plain listing
+            # of a bucket's root pages through every key there, 1000 a request
+            entries = list(fs.find(root, maxdepth=1, withdirs=True, detail=True, prefix=stem).values())
+        except (TypeError, ValueError, NotImplementedError):  # a filesystem whose find takes no prefix
+            entries = fs.ls(root, detail=True)
     except FileNotFoundError:
         return []
-    if entries is None:
-        try:
-            entries = fs.ls(root, detail=True)
-        except FileNotFoundError:
-            return []
     scheme = protocol_of(str(parent))
     return [f"{scheme}://{e['name'].rstrip('/')}" for e in entries
             if e.get("type") == "directory" and e["name"].rstrip("/").rsplit("/", 1)[-1].startswith(stem)]
