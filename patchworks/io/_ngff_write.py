@@ -447,7 +447,7 @@ class LabelImageWriter:
             if not all(segs):
                 continue
             sub = final[tuple(picks)]  # level k's voxels of this tile: exact strided subsampling
-            if level.inline:
+            if level.inline:  # a copy: a view would keep the whole tile alive in the task's result
                 inline.append((k, tuple(ranges), np.ascontiguousarray(sub)))
                 continue
             starts = [seg[0][0] for seg in segs]
