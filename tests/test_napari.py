@@ -96,7 +96,8 @@ def test_viewer_layers_without_display(label_image, monkeypatch):
     try:
         viewer = view(None, [label_image], show=False)
     except Exception as exc:  # no Qt platform at all on this machine
-        pytest.skip(f"napari cannot create a viewer here: {exc}")
+        pytest.skip(f"napari cannot create a viewer here ({exc}); run the test under a display, e.g. "
+                    "`xvfb-run python -m pytest tests/test_napari.py` (apt install xvfb)")
     try:
         [layer] = viewer.layers
         assert isinstance(layer, napari.layers.Labels) and layer.visible

@@ -508,7 +508,8 @@ def test_real_cellpose():
     name = "cyto3" if hasattr(models, "Cellpose") else default
     weights = Path(models.MODEL_DIR) / name
     if not weights.exists():
-        pytest.skip(f"Cellpose weights {weights} are not downloaded (they come from the internet on first use)")
+        pytest.skip(f"Cellpose weights {weights} are not downloaded (they come from the internet on first use); "
+                    "run this test once on a machine online to fetch them")
     img, centers = _discs_image()
     fn = cellpose_fn(name if hasattr(models, "Cellpose") else None, diameter=18)
     labels = tile_process(img, fn, tile_shape=(64, 128), overlap=16, compute=True, client=False)
@@ -521,7 +522,8 @@ def test_real_stardist():
     keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
     weights = keras_home / "models" / "StarDist2D" / "2D_versatile_fluo"
     if not weights.exists():
-        pytest.skip(f"StarDist weights {weights} are not downloaded (they come from the internet on first use)")
+        pytest.skip(f"StarDist weights {weights} are not downloaded (they come from the internet on first use); "
+                    "run this test once on a machine online to fetch them")
     img, centers = _discs_image()
     fn = stardist_fn("2D_versatile_fluo", image=img)
     labels = tile_process(img, fn, tile_shape=(64, 128), overlap=16, compute=True, client=False)
