@@ -300,3 +300,50 @@ def test_threads_option_is_checked_and_an_aggregator_pickles_mid_run():
         a.add(np.stack([sampler.read(s) for s in rest]), rest)
     np.testing.assert_array_equal(copy.result(), agg.result())
     np.testing.assert_allclose(agg.result(), img, rtol=1e-6)
+
+
+def _weight_sum_oracle(sampler, agg, times):
+    """sum(w) by a direct loop in float64: every patch's window, as often as it was added."""
+    total = np.zeros(sampler.spatial_shape)
+    for spec, n in zip(sampler.specs, times):
+        total[spec.window] += n * agg._window_for(spec)[spec.valid].astype(np.float64)
+    return total
+
+
+@settings(max_examples=150, deadline=None)
+@given(patch_grids(), st.sampled_from(["mean", "hann", "gaussian"]), st.integers(0, 2**32 - 1))
+def test_weight_sums_equal_a_direct_loop_over_the_added_patches(grid, window, seed):
+    """result() makes sum(w) from the specs: spread along the axes for a full grid, else patch by patch
+    (patches added twice or never, smaller edge patches); both equal the direct loop."""
+    shape, patch, overlap, edge = grid
+    rng = np.random.default_rng(seed)
+    img = rng.random(shape).astype(np.float32)
+    sampler = GridSampler(img, patch, overlap=overlap, edge=edge)
+    times = rng.choice([1, 1, 1, 2, 0], size=len(sampler)) if rng.random() < 0.5 else np.ones(len(sampler), int)
+    agg = Aggregator(sampler, window=window, threads=1)
+    for spec, n in zip(sampler.specs, times):
+        for _ in range(n):
+            agg.add(sampler.read(spec), spec)
+    if not times.any():
+        return
+    out = agg.result(allow_missing=True)
+    expected = _weight_sum_oracle(sampler, agg, times)
+    np.testing.assert_allclose(agg.weight_sum, expected, rtol=2e-6, atol=1e-6)
+    covered = expected > 0
+    np.testing.assert_allclose(out[covered], img[covered], rtol=1e-5, atol=1e-6)
+    assert not out[~covered].any()
+    # a GridSampler's patches are always a grid: the fast path is there whenever they are of one size
+    from patchworks.patches._grid_sampler import _grid_placements
+    one_size = all(tuple(s.size) == tuple(patch) for s in sampler.specs)
+    assert (_grid_placements(sampler.specs, patch) is not None) == one_size
+
+
+def test_mean_window_adds_predictions_as_they_are():
+    """All-ones weights skip the product: the sums are those of the predictions themselves."""
+    img = np.arange(2 * 12 * 10, dtype=np.float64).reshape(2, 12, 10)
+    sampler = GridSampler(img, (6, 4), overlap=(3, 2), channel_axis=0)
+    agg = Aggregator(sampler, window="mean")
+    assert agg._unit_weights and not Aggregator(sampler, window="hann")._unit_weights
+    out = _blend_batches(sampler, agg, 3, lambda b: b)
+    np.testing.assert_allclose(out, img, rtol=1e-6)
+    assert out.dtype == np.float32

@@ -11,6 +11,7 @@ in float32 and divide at the end.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 
@@ -267,6 +268,37 @@ _MIN_SLAB_PLANES = 8
 _MAX_BLEND_THREADS = 8
 
 
+def _grid_placements(specs, size) -> list | None:
+    """Per spatial axis, where the patches lie: ``[(image start, stop, patch start, stop), ...]``, when the
+    patches are all of ``size`` and are every combination of those placements once (a grid); else None."""
+    if not specs or any(tuple(s.size) != tuple(size) for s in specs):
+        return None
+    places = [tuple((w.start, w.stop, v.start, v.stop) for w, v in zip(s.window, s.valid)) for s in specs]
+    per_axis = [sorted(set(axis)) for axis in zip(*places)]
+    if len(set(places)) != len(places) or len(places) != math.prod(len(a) for a in per_axis):
+        return None
+    return per_axis
+
+
+def _spread_window(window: np.ndarray, places, shape) -> np.ndarray:
+    """The sum of ``window`` placed at every combination of ``places`` (see :func:`_grid_placements`).
+
+    The window is spread along the last axis first, then the one before...
+    (the intermediates grow from the window's shape to ``shape``), each
+    axis one slab add per placement: a 384^3 grid of 64^3 windows with
+    step 32 takes 10^8 adds instead of 3.5 10^8 strided ones.
+    """
+    total = window.astype(np.float32)
+    for a in reversed(range(len(shape))):
+        spread = np.zeros(total.shape[:a] + (shape[a],) + total.shape[a + 1:], np.float32)
+        lead = (slice(None),) * a
+        for i0, i1, v0, v1 in places[a]:
+            dst = spread[lead + (slice(i0, i1),)]
+            np.add(dst, total[lead + (slice(v0, v1),)], out=dst)
+        total = spread
+    return total
+
+
 def _blend_threads(threads) -> int:
     if threads is None:
         from patchworks.run._resources import available_cores
@@ -291,9 +323,11 @@ class Aggregator:
         but the output is held). Otherwise predictions are blended with
         these weights (see :func:`patchworks.run._windows.make_window`, or an
         array of ``patch_size``): a float32 accumulator of the output's size
-        plus float32 weights of the spatial size are kept until
-        :meth:`result`. For outputs far larger than memory use the streaming
-        blended writer (``tile_blend``) instead.
+        is kept until :meth:`result`, which then makes the sum of the
+        weights (float32, the spatial size) from where the patches lie:
+        each :meth:`add` only adds ``w * prediction``. For outputs far
+        larger than memory use the streaming blended writer
+        (``tile_blend``) instead.
     out_channels : int, optional
         Number of prediction channels, checked against the first batch;
         ``None`` takes it from the first batch (no channel axis when the
@@ -340,6 +374,8 @@ class Aggregator:
         self.window = window
         self.crop = isinstance(window, str) and window == "crop"
         self.weights_window = None if self.crop else make_window(window, sampler.patch_size)
+        # all-ones weights ("mean"): a prediction is added as it is, with no product first
+        self._unit_weights = not self.crop and bool((self.weights_window == 1).all())
         self._small_windows = {}
         if out_channels is not None and (not isinstance(out_channels, (int, np.integer)) or out_channels < 1):
             raise ValueError(f"out_channels={out_channels!r}: use a positive int, or None to take it from the "
@@ -350,13 +386,13 @@ class Aggregator:
         self._output, self._chunks, self._zarr_format, self._overwrite = output, chunks, zarr_format, overwrite
         self._out = None  # final output (crop) or None
         self._acc = None  # float32 sum(w * pred) (blended)
-        self.weight_sum = None  # float32 sum(w), spatial only (blended)
+        self.weight_sum = None  # float32 sum(w), spatial only (blended): made by result() from the specs
         self._has_channels = None
         self.threads = _blend_threads(threads)
         self._pool = None  # threads - 1 helpers; the calling thread blends one slab itself
         self._bufs = {}  # per slab: scratch for w * pred (blended)
         self._result = None  # the divided accumulator, once result() was called (numpy output)
-        self._seen = np.zeros(sampler.n_patches, dtype=bool)
+        self._seen = np.zeros(sampler.n_patches, dtype=np.int32)  # times each patch was added
 
     # -- layout helpers --------------------------------------------------
     def _idx(self, spatial):
@@ -388,7 +424,6 @@ class Aggregator:
             self._out = self._open_output(shape, dtype)
         if not self.crop:
             self._acc = np.zeros(shape, dtype=np.float32)
-            self.weight_sum = np.zeros(spatial, dtype=np.float32)
         self._shape, self._odtype = shape, dtype
 
     def _open_output(self, shape, dtype):
@@ -448,7 +483,7 @@ class Aggregator:
                 self._out[self._idx(spec.core)] = p[self._idx(spec.crop)]
             else:
                 self._blend(p, spec)
-            self._seen[spec.sample_idx] = True
+            self._seen[spec.sample_idx] += 1
 
     def _blend(self, p, spec):
         """Add ``w * p`` and ``w`` into the accumulators, in slabs along the first spatial axis, one per thread.
@@ -477,17 +512,41 @@ class Aggregator:
             f.result()
 
     def _fold(self, j, p, valid, window, w):
+        # only w * p: the weights' sum depends on the specs alone, result() makes it once (a fifth less
+        # memory traffic per patch, where the adds into the accumulator are bound by memory)
         src = p[self._idx(valid)]
+        dst = self._acc[self._idx(window)]
+        if self._unit_weights:
+            np.add(dst, src, out=dst, casting="unsafe")
+            return
         # product into a reused buffer (one per slab), then one in-place add: no temporary per patch
         buf = self._bufs.get(j)
         if buf is None or buf.size < src.size:
             buf = self._bufs[j] = np.empty(src.size, np.float32)
         tmp = buf[:src.size].reshape(src.shape)
         np.multiply(src, self._expand(w), out=tmp, casting="unsafe")
-        dst = self._acc[self._idx(window)]
         np.add(dst, tmp, out=dst)
-        wsum = self.weight_sum[window]
-        np.add(wsum, w, out=wsum)
+
+    def _weight_sums(self) -> np.ndarray:
+        """``sum(w)`` over the added patches (each as often as it was added), float32, spatial shape.
+
+        A full grid of equal patches, each added once, is spread along one
+        axis after the other (:func:`_spread_window`): a few adds of large
+        slabs instead of one strided add per patch. Anything else adds each
+        patch's window.
+        """
+        spatial = tuple(self.sampler.spatial_shape)
+        specs = self.sampler.specs
+        places = _grid_placements(specs, self.weights_window.shape) if (self._seen == 1).all() else None
+        if places is not None:
+            return _spread_window(self.weights_window, places, spatial)
+        total = np.zeros(spatial, np.float32)
+        for spec, times in zip(specs, self._seen):
+            if times:
+                dst = total[spec.window]
+                w = self._window_for(spec)[spec.valid]
+                np.add(dst, w if times == 1 else w * np.float32(times), out=dst)
+        return total
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -521,7 +580,7 @@ class Aggregator:
     @property
     def n_missing(self) -> int:
         """Patches of the sampler not added yet."""
-        return int((~self._seen).sum())
+        return int((self._seen == 0).sum())
 
     def result(self, *, allow_missing=False):
         """The aggregated image (numpy array, or the zarr array for ``output=``).
@@ -537,6 +596,8 @@ class Aggregator:
         self.close()
         if self.crop:
             return self._out
+        if self.weight_sum is None:
+            self.weight_sum = self._weight_sums()
         if self._out is None:
             if self._result is None:  # divide in place: no full-size temporaries (result() may be called again)
                 w = self._expand(self.weight_sum)
