@@ -121,8 +121,9 @@ def test_default_levels_stop_near_256_pixels_and_z_is_never_subsampled(tmp_path)
     shapes = [group[d["path"]].shape for d in multiscale(group)["datasets"]]
     assert shapes == [(3, 600, 1100), (3, 300, 550), (3, 150, 275), (3, 75, 138)]  # halved until <= 256
     assert scales(group) == [[1.0, 1.0, 1.0], [1.0, 2.0, 2.0], [1.0, 4.0, 4.0], [1.0, 8.0, 8.0]]
-    # chunks: the core, core / factor, but never below 128 x 128 voxels (several tiles' parts then)
-    assert [group[str(k)].chunks for k in range(4)] == [(3, 256, 256), (3, 128, 128), (3, 128, 128), (3, 75, 128)]
+    # chunks: level 0 the core; levels 1-3 are small (inline: the driver writes them) and their y and x
+    # grow together up to 512^2 voxels or the level's extent
+    assert [group[str(k)].chunks for k in range(4)] == [(3, 256, 256), (3, 300, 512), (3, 150, 275), (3, 75, 138)]
     assert group["0"].shards is None
 
 
