@@ -90,6 +90,24 @@ def test_iou_table_equals_regionprops(tmp_path_factory, case, overlap):
     assert_table_matches(read_table(out), np.asarray(labels), image)
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 3, 7])
+@pytest.mark.parametrize("sequential", [True, False])
+def test_table_finished_in_batches_of_tiles_equals_regionprops(tmp_path, monkeypatch, chunk_rows, sequential):
+    """The driver reduces the rows of several tiles at once (batches of the table's chunk): objects owned by
+    one tile and seen by many, tiles that own nothing, batches ending inside a tile's rows."""
+    import patchworks.io._table_store as store
+
+    monkeypatch.setattr(store, "_CHUNK_ROWS", chunk_rows)
+    image = blobs((30, 41), 5, density=0.6)
+    image[10:13, :] = 1.0   # one object across every tile of a row
+    image[20:30, 30:41] = 0.0  # tiles without objects
+    out = tmp_path / "labels.zarr"
+    labels = tile_process(image, threshold(0.0), tile_shape=(7, 6), write_to=out, sequential_labels=sequential)
+    table = read_table(out)
+    assert zarr.open_array(str(out / "table" / "label"), mode="r").chunks == (chunk_rows,)
+    assert_table_matches(table, np.asarray(labels), image)
+
+
 def test_objects_spanning_many_tiles_and_multichannel(tmp_path):
     rng = np.random.default_rng(3)
     mask = np.zeros((40, 50), bool)

@@ -194,7 +194,7 @@ class TableWriter:
     """
 
     def __init__(self, path, n_rows: int, dtypes: dict, *, record: dict, zarr_format: int = 3,
-                 chunk_rows: int = _CHUNK_ROWS, storage_options: dict | None = None):
+                 chunk_rows: int | None = None, storage_options: dict | None = None):
         if is_remote(path):
             self.path = str(path)
         else:
@@ -204,6 +204,7 @@ class TableWriter:
         store = zarr_store(self.path, storage_options, read_only=False, parameter="write_to")
         names = list(dtypes)
         self.index = names[0]
+        chunk_rows = _CHUNK_ROWS if chunk_rows is None else chunk_rows
         self.n_rows, self.chunk = int(n_rows), int(max(1, min(chunk_rows, max(n_rows, 1))))
         # Every node's metadata is drafted in memory, then written in one concurrent batch: one PUT per node.
         # Creating the columns one by one in the store sent ~5 requests each (existence checks of the array

@@ -166,25 +166,31 @@ def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path
     writer = TableWriter(table_path, int(n_own.sum()), column_dtypes(ndim, n_channels, voxel_size=voxel_size),
                          record=record, zarr_format=zarr_format,
                          storage_options=storage_options)
-    batch, n_batch = [], 0  # finished columns made for many tiles at once: per-call costs, not per tile
+    # rows of many tiles reduced and finished at once (per-call costs, not per tile): the tiles own
+    # increasing ranges of labels, so the batch's rows sorted by label are its tiles' rows one after the other
+    batch, first, n_batch = [], 0, 0
     owners = np.flatnonzero(n_own)
     stored = _Prefetch(scratch, [_own_stem(i) + ".npy" for i in owners if int(i) not in inline])
-    for i in owners:
+
+    def finish(last: int) -> None:
+        rows = reduce_partials(Partials.concat(batch + [foreign.take(slice(bounds[first], bounds[last + 1]))]))
+        if len(rows) != n_batch:
+            raise RuntimeError(f"tiles {first}..{last}: boundary rows name objects the tiles do not own")
+        writer.append(table_columns(rows, grid.spatial_shape, voxel_size=voxel_size))
+
+    for j, i in enumerate(owners):
+        if not batch:
+            first = int(owners[j - 1]) + 1 if j else 0  # foreign rows of tiles owning nothing: none (checked)
         rows = inline.pop(int(i), None)
         if rows is None:
             rows = Partials.load(stored, _own_stem(i), ndim, n_channels)
-        lo, hi = bounds[i], bounds[i + 1]
-        if hi > lo:
-            rows = reduce_partials(Partials.concat([rows, foreign.take(slice(lo, hi))]))
-            if len(rows) != n_own[i]:
-                raise RuntimeError(f"tile {i}: boundary rows name objects the tile does not own")
         batch.append(rows)
         n_batch += len(rows)
         if n_batch >= writer.chunk:
-            writer.append(table_columns(Partials.concat(batch), grid.spatial_shape, voxel_size=voxel_size))
+            finish(int(i))
             batch, n_batch = [], 0
     if batch:
-        writer.append(table_columns(Partials.concat(batch), grid.spatial_shape, voxel_size=voxel_size))
+        finish(grid.n_tiles - 1)
     writer.close()
     return int(n_own.sum())
 
