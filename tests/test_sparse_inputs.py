@@ -118,7 +118,7 @@ def test_sparse_images_label_exactly_with_empty_tiles_everywhere(tmp_path_factor
 
 
 def test_pyramid_chunks_over_empty_tiles_are_never_written(tmp_path):
-    image = np.zeros((1024, 1024), np.uint8)
+    image = np.zeros((2048, 2048), np.uint8)  # level 1 in two chunks even when inline (up to 512^2 voxels each)
     image[5:20, 7:30] = 255        # one object in the first tile
     path = tmp_path / "in.zarr"
     _sparse_zarr(path, image, (64, 64))
