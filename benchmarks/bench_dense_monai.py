@@ -15,7 +15,9 @@ numpy for us and in torch for MONAI, so the table measures the blending). Rows:
 * ``tile_map mem`` -- ``tile_map(numpy, fn, patch_size=64, overlap=0.5, compute=True)``;
 * ``stream np``    -- the same streamed to a zarr store (numpy in);
 * ``stream zarr``  -- the same from a zarr input (chunks 64^3) to a zarr store;
-* ``sampler``      -- ``GridSampler`` + ``Aggregator`` loop, batches of 4, numpy out.
+* ``sampler``      -- ``GridSampler`` + ``Aggregator`` loop, batches of 4, numpy out;
+* ``sampler torch`` -- the same loop with the network in torch (its output a tensor, as a PyTorch
+                      user's), which the Aggregator folds with torch's kernels (only with torch installed).
 
 Each job runs in a fresh subprocess that samples its own resident memory every
 5 ms (``peak MB`` = peak minus the RSS just before the job; the input volume is
@@ -88,8 +90,17 @@ def _job(spec: dict) -> dict:
             with torch.inference_mode():
                 return sliding_window_inference(torch.from_numpy(image)[None, None], (roi,) * 3, BATCH, net,
                                                 overlap=0.5, mode=mode, sigma_scale=0.125)[0].numpy()
-    elif kind == "sampler":
+    elif kind in ("sampler", "sampler torch"):
         from patchworks import Aggregator, GridSampler
+
+        net = identity4
+        if kind == "sampler torch":  # the loop of a PyTorch user: the network and its output in torch
+            import torch
+            torch.set_num_threads(THREADS)
+
+            def net(batch):
+                with torch.inference_mode():
+                    return torch.from_numpy(batch)[:, None].repeat(1, C, 1, 1, 1)
 
         def job():
             sampler = GridSampler(image, roi, overlap=roi // 2, edge="shift")
@@ -97,7 +108,7 @@ def _job(spec: dict) -> dict:
             specs = sampler.specs
             for k in range(0, len(specs), BATCH):
                 batch = np.stack([sampler.read(s) for s in specs[k:k + BATCH]])
-                agg.add(identity4(batch), specs[k:k + BATCH])
+                agg.add(net(batch), specs[k:k + BATCH])
             return agg.result()
     else:
         from patchworks import tile_map
@@ -135,7 +146,8 @@ def _run_job(spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-TARGETS = {"tile_map mem": (1.0, None), "stream np": (1.5, 0.5), "stream zarr": (1.5, 0.5), "sampler": (1.0, None)}
+TARGETS = {"tile_map mem": (1.0, None), "stream np": (1.5, 0.5), "stream zarr": (1.5, 0.5), "sampler": (1.0, None),
+           "sampler torch": (1.0, None)}
 
 
 def main(argv=None):
@@ -152,11 +164,12 @@ def main(argv=None):
     roi = 16 if args.small else ROI
     sides = [40] if args.small else [int(s) for s in (args.sides or "192,384").split(",")]
     repeats = 1 if args.small else args.repeats
-    kinds = (["monai"] if have_monai else []) + ["tile_map mem", "stream np", "stream zarr", "sampler"]
+    kinds = (["monai"] if have_monai else []) + ["tile_map mem", "stream np", "stream zarr", "sampler"] + \
+        (["sampler torch"] if importlib.util.find_spec("torch") is not None else [])
     print(f"windows {roi}^3, overlap 0.5 (step {roi // 2}), {C} output channels, identity network, "
           f"batches of {BATCH}, {THREADS} threads, best of {repeats} interleaved rounds"
           + ("" if have_monai else "; MONAI not installed: its rows are skipped"))
-    header = f"{'volume':>7} {'mode':<9} {'path':<13} {'time s':>7} {'vs monai':>8} {'peak MB':>8} " \
+    header = f"{'volume':>7} {'mode':<9} {'path':<14} {'time s':>7} {'vs monai':>8} {'peak MB':>8} " \
              f"{'peak/monai':>10} {'err':>8}  target"
     print(header)
     print("-" * len(header))
@@ -185,7 +198,7 @@ def main(argv=None):
                         ok = r["seconds"] <= tt * ref["seconds"] and (mt is None or r["peak_mb"] <= mt * ref["peak_mb"])
                         target = f"<= {tt}x time" + (f", <= {mt}x peak" if mt else "") + (" met" if ok else " MISSED")
                     flag = "" if r["err"] <= 1e-5 else "  MISMATCH"
-                    print(f"{side:>5}^3 {'mean' if mode == 'constant' else mode:<9} {kind:<13} {r['seconds']:>7.2f} "
+                    print(f"{side:>5}^3 {'mean' if mode == 'constant' else mode:<9} {kind:<14} {r['seconds']:>7.2f} "
                           f"{t_ratio:>8} {r['peak_mb']:>8.0f} {m_ratio:>10} {r['err']:>8.1e}  {target}{flag}",
                           flush=True)
 

@@ -347,3 +347,22 @@ def test_mean_window_adds_predictions_as_they_are():
     out = _blend_batches(sampler, agg, 3, lambda b: b)
     np.testing.assert_allclose(out, img, rtol=1e-6)
     assert out.dtype == np.float32
+
+
+@pytest.mark.parametrize("window", ["gaussian", "mean"])
+@pytest.mark.parametrize("layout", ["channels-first", "channels-last", "no-channels"])
+def test_torch_predictions_blend_bit_for_bit_as_numpy_ones(window, layout):
+    """Float32 tensors are folded by torch's kernels: the same sums as numpy's, with padded edges too."""
+    torch = pytest.importorskip("torch", reason="PyTorch adapter is optional (patchworks[torch])")
+    img = np.random.default_rng(2).random((23, 19, 21)).astype(np.float32)
+    sampler = GridSampler(img, (8, 6, 7), overlap=(4, 3, 2), edge="pad")
+    channel_last = layout == "channels-last"
+    fn = {"channels-first": lambda b: np.stack([b, 2 * b], axis=1),
+          "channels-last": lambda b: np.stack([b, 2 * b], axis=-1),
+          "no-channels": lambda b: b}[layout]
+    ref = _blend_batches(sampler, Aggregator(sampler, window=window, channel_last=channel_last), 3, fn)
+    agg = Aggregator(sampler, window=window, channel_last=channel_last)
+    with torch.inference_mode():
+        out = _blend_batches(sampler, agg, 3, lambda b: torch.from_numpy(np.ascontiguousarray(fn(b))))
+    assert agg._acc_t is None  # result() let go of the torch view
+    np.testing.assert_array_equal(out, ref)
