@@ -10,7 +10,8 @@ The first run in a process of ``benchmarks/bench_scale.py`` (10^4 sparse
 with the thresholds at that ceiling from the start, 15,000 faults and
 1.8 s, as a second run in the same process already had.
 
-So the first local run of a process sets ``M_MMAP_THRESHOLD`` to 32 MiB and
+So the first local run of a process (and the first :class:`~patchworks.Aggregator`,
+whose caller's loop allocates the same way) sets ``M_MMAP_THRESHOLD`` to 32 MiB and
 ``M_TRIM_THRESHOLD`` to 64 MiB, once, and leaves them: they are the values
 glibc converges to on its own. Only on glibc (Linux); not when the user set
 any ``MALLOC_*_`` tuning variable (their choice wins), nor with
