@@ -29,6 +29,7 @@ from ..grid import TileGrid
 from ..io._sources import LazySource, open_image
 from ..run._execute import (_want_progress, active_client, local_threads, new_token, resolve_tile_shape, run_tasks,
                             shared, tile_windows)
+from ..run._heap import settle_malloc
 from ..run._resources import available_memory
 from ..run._reach import check_workers_reach
 from ..run._rundir import RunDir, describe_source, fn_token, source_token
@@ -383,6 +384,7 @@ def _local_threads() -> int:
 
 
 def _run_locally(job: MapJob, first, windows, progress, memory_budget, scratch) -> None:
+    settle_malloc()  # windows, predictions and block accumulators come and go: no page-fault storm
     bar = None
     if _want_progress(progress):
         from tqdm.auto import tqdm
