@@ -5,8 +5,8 @@ grid and reads each patch lazily (only the voxels it needs, padded with
 ``np.pad`` semantics past the image edge). The aggregator takes the model's
 predictions batch by batch and puts them back together: crop mode writes each
 patch's core straight to the output; blended modes (``"mean"``, ``"hann"``,
-``"gaussian"`` or your own weights) accumulate ``sum(w * pred)`` and ``sum(w)``
-in float32 and divide at the end.
+``"gaussian"`` or your own weights) accumulate ``sum(w * pred)`` in float32,
+then make ``sum(w)`` from where the patches lie and divide at the end.
 """
 
 from __future__ import annotations
@@ -498,7 +498,7 @@ class Aggregator:
             self._seen[spec.sample_idx] += 1
 
     def _blend(self, p, spec):
-        """Add ``w * p`` and ``w`` into the accumulators, in slabs along the first spatial axis, one per thread.
+        """Add ``w * p`` into the accumulator, in slabs along the first spatial axis, one per thread.
 
         The slabs of one patch never overlap, and each patch is finished
         before the next starts (patches of a batch may overlap each other).
