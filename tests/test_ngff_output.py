@@ -113,6 +113,29 @@ def test_every_level_is_strided_subsampling_of_level_0(tmp_path, monkeypatch, im
         assert seen["inline parts"] == 0
 
 
+@pytest.mark.parametrize("shard", [False, True])
+def test_small_levels_go_inline_in_chunks_of_512_squared(shard):
+    """The plan of the benchmarks' cases: levels whose chunks would be small, or shared, from the first that fits
+    the budget on, are inline with chunks grown to 512^2 voxels (or the level); big 3-D levels stay with their
+    tiles; sharded inner chunks follow the grown chunks."""
+    from patchworks.io._ngff_write import INLINE_CHUNK_VOXELS, plan_levels
+
+    def plan(shape, core, factor_axes):
+        bounds = [np.arange(0, n + 1, c) for n, c in zip(shape, core)]
+        factors = [tuple(2 ** k if a in factor_axes else 1 for a in range(len(shape))) for k in range(7)]
+        return plan_levels(shape, bounds, factors=factors, shard=shard, plane_axes=())
+
+    levels = plan((16384, 16384), (1024, 1024), (0, 1))  # 512^2 tiles in batches of 2 x 2
+    assert [lv.inline for lv in levels] == [False] * 3 + [True] * 4
+    assert [lv.chunks for lv in levels] == [(1024, 1024), (512, 512), (256, 256), (512, 512), (512, 512),
+                                           (512, 512), (256, 256)]  # levels 5 and 6 in one chunk each
+    assert all(np.prod(lv.chunks) <= INLINE_CHUNK_VOXELS for lv in levels[3:])
+    if shard:
+        assert [lv.inner for lv in levels[3:]] == [(256, 256)] * 4
+    levels = plan((512, 512, 512), (128, 128, 128), (1, 2))[:2]  # level 1: 2^25 voxels, over the budget
+    assert [(lv.chunks, lv.inline) for lv in levels] == [((128, 128, 128), False), ((128, 64, 64), False)]
+
+
 def test_default_levels_stop_near_256_pixels_and_z_is_never_subsampled(tmp_path):
     image = np.zeros((3, 600, 1100), np.float32)
     image[:, 100:130, 900:1000] = 1
