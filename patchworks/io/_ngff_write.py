@@ -196,15 +196,8 @@ def plan_levels(spatial_shape, boundaries, *, factors, level_shapes=None, shard:
                 c = 1 << max(0, int(np.log2(max(1, t // q // 2))))
             chunks.append(max(1, min(c, n)))
         # never tiny: the subsampled axes grow together (chunks then span several tiles' ranges)
-        while np.prod(chunks) < MIN_CHUNK_VOXELS:
-            grow = [a for a, (q, c, n) in enumerate(zip(f, chunks, shape)) if q > 1 and c < n]
-            if not grow:
-                break
-            for a in grow:
-                chunks[a] = min(2 * chunks[a], shape[a])
-        inner = None
-        if shard:
-            inner = tuple(1 if ax in plane_axes else _largest_divisor(c, COARSEST) for ax, c in enumerate(chunks))
+        chunks = _grown(chunks, f, shape, MIN_CHUNK_VOXELS)
+        inner = _inner_chunks(chunks, plane_axes) if shard else None
         derive = False
         if k >= 2 and _has_shared_chunks(boundaries, f, chunks, shape):
             prev = plans[-1]
@@ -234,17 +227,28 @@ def _inline_coarse(plans: list, boundaries, budget: int, plane_axes=()) -> list:
         return plans
     inline = []
     for lv in plans[first:]:
-        chunks = list(lv.chunks)
-        while math.prod(chunks) < INLINE_CHUNK_VOXELS:
-            grow = [a for a, (q, c, n) in enumerate(zip(lv.factors, chunks, lv.shape)) if q > 1 and c < n]
-            if not grow:
-                break
-            for a in grow:
-                chunks[a] = min(2 * chunks[a], lv.shape[a])
-        inner = None if lv.inner is None else \
-            tuple(1 if ax in plane_axes else _largest_divisor(c, COARSEST) for ax, c in enumerate(chunks))
-        inline.append(dataclasses.replace(lv, chunks=tuple(chunks), inner=inner, derive=False, inline=True))
+        chunks = _grown(lv.chunks, lv.factors, lv.shape, INLINE_CHUNK_VOXELS)
+        inner = None if lv.inner is None else _inner_chunks(chunks, plane_axes)
+        inline.append(dataclasses.replace(lv, chunks=chunks, inner=inner, derive=False, inline=True))
     return plans[:first] + inline
+
+
+def _grown(chunks, factors, shape, voxels: int) -> tuple:
+    """``chunks`` with their subsampled axes (factor > 1) doubled together until they hold ``voxels``, each axis
+    at most the level's extent."""
+    chunks = list(chunks)
+    while math.prod(chunks) < voxels:
+        grow = [a for a, (q, c, n) in enumerate(zip(factors, chunks, shape)) if q > 1 and c < n]
+        if not grow:
+            break
+        for a in grow:
+            chunks[a] = min(2 * chunks[a], shape[a])
+    return tuple(chunks)
+
+
+def _inner_chunks(chunks, plane_axes) -> tuple:
+    """A shard's inner chunks: one plane along ``plane_axes``, at most :data:`COARSEST` on the others."""
+    return tuple(1 if ax in plane_axes else _largest_divisor(c, COARSEST) for ax, c in enumerate(chunks))
 
 
 def _level_cuts(b, q: int, n: int, c: int):
