@@ -168,7 +168,7 @@ def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path
                          storage_options=storage_options)
     # rows of many tiles reduced and finished at once (per-call costs, not per tile): the tiles own
     # increasing ranges of labels, so the batch's rows sorted by label are its tiles' rows one after the other
-    batch, first, n_batch = [], 0, 0
+    batch, first, n_batch = [], 0, 0  # first: the batch's first tile (those owning nothing included)
     owners = np.flatnonzero(n_own)
     stored = _Prefetch(scratch, [_own_stem(i) + ".npy" for i in owners if int(i) not in inline])
 
@@ -178,9 +178,7 @@ def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path
             raise RuntimeError(f"tiles {first}..{last}: boundary rows name objects the tiles do not own")
         writer.append(table_columns(rows, grid.spatial_shape, voxel_size=voxel_size))
 
-    for j, i in enumerate(owners):
-        if not batch:
-            first = int(owners[j - 1]) + 1 if j else 0  # foreign rows of tiles owning nothing: none (checked)
+    for i in owners:
         rows = inline.pop(int(i), None)
         if rows is None:
             rows = Partials.load(stored, _own_stem(i), ndim, n_channels)
@@ -188,7 +186,7 @@ def write_object_table(*, scratch, grid: TileGrid, plan, table_path, labels_path
         n_batch += len(rows)
         if n_batch >= writer.chunk:
             finish(int(i))
-            batch, n_batch = [], 0
+            batch, first, n_batch = [], int(i) + 1, 0
     if batch:
         finish(grid.n_tiles - 1)
     writer.close()

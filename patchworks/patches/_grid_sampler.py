@@ -552,10 +552,7 @@ class Aggregator:
         if self._unit_weights:
             dst.add_(src)
             return
-        w = torch.from_numpy(self._window_for(spec))[spec.valid]
-        if self._has_channels:
-            w = w[..., None] if self.channel_last else w[None]
-        dst.add_(src * w)
+        dst.add_(src * self._expand(torch.from_numpy(self._window_for(spec))[spec.valid]))
 
     def _weight_sums(self) -> np.ndarray:
         """``sum(w)`` over the added patches (each as often as it was added), float32, spatial shape.
