@@ -358,7 +358,8 @@ def test_mean_window_adds_predictions_as_they_are():
 @pytest.mark.parametrize("layout", ["channels-first", "channels-last", "no-channels"])
 def test_torch_predictions_blend_bit_for_bit_as_numpy_ones(window, layout):
     """Float32 tensors are folded by torch's kernels: the same sums as numpy's, with padded edges too."""
-    torch = pytest.importorskip("torch", reason="PyTorch adapter is optional (patchworks[torch])")
+    torch = pytest.importorskip("torch", reason="torch is not installed, so no tensor reaches the Aggregator's torch "
+                                                "fold; run with pip install 'patchworks[torch]'")
     img = np.random.default_rng(2).random((23, 19, 21)).astype(np.float32)
     sampler = GridSampler(img, (8, 6, 7), overlap=(4, 3, 2), edge="pad")
     channel_last = layout == "channels-last"
