@@ -14,6 +14,13 @@ tiles/s of both, remote/local time, requests per tile (read = object GETs,
 ranged or whole, write = PUTs, list, head, delete) and the peak RSS of this
 process and its children (cluster workers included). Target: remote/local
 <= 1.5.
+
+CPU seconds, measured per run: ``ours`` is this process and its children
+(the cluster's workers) without the server, ``server`` is the moto process.
+The server shares the machine's cores with the run, so the remote wall time
+carries its CPU too; ``ours rem/loc`` is the ratio of our own CPU, the part
+of the difference that is patchworks' request overhead (client encoding,
+hashing, HTTP), and ``server s/req`` what moto costs per request here.
 """
 
 from __future__ import annotations
@@ -99,6 +106,25 @@ def reset(endpoint) -> None:
     urllib.request.urlopen(urllib.request.Request(endpoint + "/__reset__", method="POST")).read()
 
 
+def _cpu(proc) -> float:
+    try:
+        t = proc.cpu_times()
+        return t.user + t.system
+    except Exception:  # noqa: BLE001 -- a process that ended meanwhile
+        return 0.0
+
+
+def cpu_split(server_pid: int) -> tuple[float, float]:
+    """``(ours, server)``: CPU seconds so far of this process with its children but the server's tree, and of
+    the server's tree (for deltas around a run; children that live through the run, as the cluster's do)."""
+    import psutil
+
+    me, server = psutil.Process(), psutil.Process(server_pid)
+    theirs = {server_pid} | {c.pid for c in server.children(recursive=True)}
+    ours = _cpu(me) + sum(_cpu(c) for c in me.children(recursive=True) if c.pid not in theirs)
+    return ours, _cpu(server) + sum(_cpu(c) for c in server.children(recursive=True))
+
+
 def tree_peak(fn):
     """``(result, seconds, peak MB)``: ``fn()`` and the peak RSS of this process plus its children."""
     return peak_rss(fn, children=True, above_start=False)
@@ -164,12 +190,18 @@ def main(argv=None) -> int:
                     write_input(image, tile, str(local_in))
                     write_input(image, tile, zarr_store(remote_in, so, read_only=False))
                 del image
+                c0 = cpu_split(server.pid)
                 _, t_local, m_local = tree_peak(lambda: run(str(local_in), work / f"out-{name}.zarr", tile, client))
+                c1 = cpu_split(server.pid)
                 remote_src = zarr.open_array(store=zarr_store(remote_in, so, read_only=True), mode="r")
                 reset(endpoint)
+                c2 = cpu_split(server.pid)
                 _, t_remote, m_remote = tree_peak(
                     lambda: run(remote_src, f"s3://{bucket}/out-{name}.zarr", tile, client, so))
+                c3 = cpu_split(server.pid)
                 c = counts(endpoint)
+                ours_local, ours_remote, server_cpu = c1[0] - c0[0], c3[0] - c2[0], c3[1] - c2[1]
+                n_requests = sum(c[k] for k in ("read", "write", "list", "head", "delete"))
                 detail.append((executor, f"{name}/{tile}", n_tiles, paths(endpoint)))
                 same = np.array_equal(
                     zarr.open_group(str(work / f"out-{name}.zarr"), mode="r")["0"][...],
@@ -179,7 +211,8 @@ def main(argv=None) -> int:
                 rows.append((executor, f"{name}/{tile}", n_tiles, n_tiles / t_local, n_tiles / t_remote,
                              t_remote / t_local, *(c[k] / n_tiles for k in ("read", "write", "list", "head",
                                                                              "delete")),
-                             m_local, m_remote, "yes" if same else "NO"))
+                             m_local, m_remote, ours_local, ours_remote, ours_remote / max(ours_local, 1e-9),
+                             server_cpu, 1e3 * server_cpu / max(n_requests, 1), "yes" if same else "NO"))
     finally:
         for client, cluster in clients:
             client.close()
@@ -187,7 +220,8 @@ def main(argv=None) -> int:
         server.terminate()
         server.wait()
     header = ("executor", "case", "tiles", "local t/s", "remote t/s", "remote/local", "read/t", "write/t",
-              "list/t", "head/t", "del/t", "peak MB loc", "peak MB rem", "equal")
+              "list/t", "head/t", "del/t", "peak MB loc", "peak MB rem", "ours CPU loc", "ours CPU rem",
+              "ours rem/loc", "server CPU", "server ms/req", "equal")
     print("  ".join(f"{h:>12}" for h in header))
     for r in rows:
         cells = [f"{v:>12.2f}" if isinstance(v, float) else f"{v!s:>12}" for v in r]
@@ -202,6 +236,8 @@ def main(argv=None) -> int:
                     print(f"    {kind:<7} {n:6d}  {pattern}")
     print("requests per tile: read = object GETs (ranged or whole), write = PUT/POST, list, head, delete; "
           "counted by the server")
+    print("CPU seconds: ours = this process and the cluster's workers, server = the moto process (on the same "
+          "cores, so the remote wall time carries it); ours rem/loc = our own CPU remote against local")
     print("target: remote/local <= 1.5 (the server is on 127.0.0.1, so the difference is request overhead)")
     print("identical labels remote vs local:", "yes" if ok else "NO")
     return 0 if ok else 1
