@@ -127,6 +127,11 @@ class MapJob:
     channels_inferred: bool = False   # out_channels came from the first window's result
     cache: Any = None                 # ChunkCache over ``source``: each chunk decoded once, not once per window
     _wsums: dict = field(default_factory=dict, repr=False)
+    _unit_weights: bool = field(init=False, repr=False)
+
+    def __post_init__(self):
+        # all-ones weights ("mean"): a window contributes its prediction as it is, with no product first
+        self._unit_weights = self.weights is not None and bool((self.weights == 1).all())
 
     # -- units ------------------------------------------------------------
     @property
@@ -193,6 +198,8 @@ class MapJob:
                 self.write(tile, core if self.finalize is None else self.finalize(core), tile.spatial_core)
                 return None
             return core
+        if self._unit_weights:
+            return pred.astype(np.float32, copy=False)
         w = self.weights[_sub(tile.spatial_window, lay.full_window(tile))]
         return pred.astype(np.float32, copy=False) * w
 
@@ -241,6 +248,11 @@ class MapJob:
 
     def finish(self, block: Tile, acc) -> None:
         if self.weights is not None:
+            if self.finalize is None and isinstance(self.output, np.ndarray) and self.output.dtype == np.float32:
+                # in memory: the quotient goes straight into the output, not into acc and then copied there
+                key = block.spatial_core if self.final_channels is None else (slice(None), *block.spatial_core)
+                np.divide(acc, self.weight_sum(block), out=self.output[key])
+                return
             np.divide(acc, self.weight_sum(block), out=acc)  # in place: this task is the only reader
         self.write(block, acc if self.finalize is None else self.finalize(acc), block.spatial_core)
 
