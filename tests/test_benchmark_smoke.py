@@ -101,6 +101,12 @@ def test_bench_remote_smoke():
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith("threads")]
     assert len(rows) == 2 and all(r[-1] == "yes" for r in rows), proc.stdout
     assert all(float(r[header.index("list/t")]) < 2 for r in rows), "no listing per tile"
+    # the CPU split closes each row: ours local, ours remote, their ratio, the server's CPU, its ms per request
+    assert "rem/loc" in header and "ms/req" in header, header
+    for r in rows:
+        ours_local, ours_remote, ratio, server_cpu, per_request = map(float, r[-6:-1])
+        assert ours_local > 0 and ours_remote > 0 and server_cpu > 0 and per_request > 0, r
+        assert abs(ratio - ours_remote / ours_local) < 0.02 + 0.05 * ratio, r  # printed to 2 decimals
     assert "identical labels remote vs local: yes" in proc.stdout
     by_object = {tuple(line.split()[:-1]) for line in proc.stdout.splitlines() if line.startswith("  ")}
     seen = {(" ".join(k[:-1]), k[-1]) for k in by_object}
