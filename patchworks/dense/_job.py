@@ -4,8 +4,9 @@ Shared by the local streaming loop and the dask graph. A *unit* is what one
 call of ``fn`` sees: one window, or ``batch_size`` consecutive windows
 stacked on a leading axis. A window's *piece* is what it contributes:
 ``float32 pred * weights`` over the window clipped to the image (``pred``
-itself, only read, when the weights are all ones), or its core (crop). Block ``b`` accumulates the pieces of its contributors in
-raster order, so the result never depends on which task finishes first.
+itself, only read, when the weights are all ones), or its core (crop).
+Block ``b`` accumulates the pieces of its contributors in raster order, so
+the result never depends on which task finishes first.
 """
 
 from __future__ import annotations
