@@ -20,7 +20,7 @@ CPU seconds, measured per run: ``ours`` is this process and its children
 The server shares the machine's cores with the run, so the remote wall time
 carries its CPU too; ``ours rem/loc`` is the ratio of our own CPU, the part
 of the difference that is patchworks' request overhead (client encoding,
-hashing, HTTP), and ``server s/req`` what moto costs per request here.
+hashing, HTTP), and ``server ms/req`` what moto costs per request here.
 """
 
 from __future__ import annotations
@@ -106,12 +106,15 @@ def reset(endpoint) -> None:
     urllib.request.urlopen(urllib.request.Request(endpoint + "/__reset__", method="POST")).read()
 
 
-def _cpu(proc) -> float:
+def cpu_seconds(pid=None) -> float:
+    """CPU seconds (user + system) used so far by this process, or by process ``pid`` (0 once it has ended)."""
+    import psutil
+
     try:
-        t = proc.cpu_times()
-        return t.user + t.system
-    except Exception:  # noqa: BLE001 -- a process that ended meanwhile
+        t = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
         return 0.0
+    return t.user + t.system
 
 
 def cpu_split(server_pid: int) -> tuple[float, float]:
@@ -119,10 +122,10 @@ def cpu_split(server_pid: int) -> tuple[float, float]:
     the server's tree (for deltas around a run; children that live through the run, as the cluster's do)."""
     import psutil
 
-    me, server = psutil.Process(), psutil.Process(server_pid)
-    theirs = {server_pid} | {c.pid for c in server.children(recursive=True)}
-    ours = _cpu(me) + sum(_cpu(c) for c in me.children(recursive=True) if c.pid not in theirs)
-    return ours, _cpu(server) + sum(_cpu(c) for c in server.children(recursive=True))
+    theirs = {server_pid} | {c.pid for c in psutil.Process(server_pid).children(recursive=True)}
+    ours = cpu_seconds() + sum(cpu_seconds(c.pid) for c in psutil.Process().children(recursive=True)
+                               if c.pid not in theirs)
+    return ours, sum(cpu_seconds(pid) for pid in theirs)
 
 
 def tree_peak(fn):

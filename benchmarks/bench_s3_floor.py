@@ -34,20 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_remote import make_image, start_server  # noqa: E402
+from bench_remote import cpu_seconds, make_image, start_server  # noqa: E402
 from patchworks.grid import TileGrid  # noqa: E402
 from patchworks.io._objstore import ObstoreKeys, s3_object_store  # noqa: E402
 from patchworks.io._scratch import Scratch  # noqa: E402
 from patchworks.io._urls import filesystem, read_options  # noqa: E402
 from patchworks.labels._stage_store import TileStaging  # noqa: E402
-
-
-def _cpu(pid=None) -> float:
-    """CPU seconds (user + system) used so far by this process, or by process ``pid``."""
-    import psutil
-
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
 
 
 def per_request(fn, n: int, threads: int, server_pid: int) -> tuple[float, float, float]:
@@ -60,13 +52,13 @@ def per_request(fn, n: int, threads: int, server_pid: int) -> tuple[float, float
         for i in range(n):
             fn(t, i)
     workers = [threading.Thread(target=loop, args=(t,)) for t in range(threads)]
-    c0, s0, start = _cpu(), _cpu(server_pid), time.perf_counter()
+    c0, s0, start = cpu_seconds(), cpu_seconds(server_pid), time.perf_counter()
     for w in workers:
         w.start()
     for w in workers:
         w.join()
     wall, k = time.perf_counter() - start, 1000 / (n * threads)
-    return wall * k, (_cpu() - c0) * k, (_cpu(server_pid) - s0) * k
+    return wall * k, (cpu_seconds() - c0) * k, (cpu_seconds(server_pid) - s0) * k
 
 
 def staged_tile(shape, tile) -> tuple:
