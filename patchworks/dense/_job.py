@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..grid import Tile
+from ..run._windows import unit_weights
 from ._layout import Layout
 
 _INFER = "infer"  # out_channels not given: taken from the first window's result
@@ -131,8 +132,7 @@ class MapJob:
     _unit_weights: bool = field(init=False, repr=False)
 
     def __post_init__(self):
-        # all-ones weights ("mean"): a window contributes its prediction as it is, with no product first
-        self._unit_weights = self.weights is not None and bool((self.weights == 1).all())
+        self._unit_weights = unit_weights(self.weights)
 
     # -- units ------------------------------------------------------------
     @property

@@ -370,7 +370,7 @@ class Aggregator:
     def __init__(self, sampler, *, window="crop", out_channels=None, channel_last=False, dtype=None,
                  output=None, chunks=None, zarr_format=3, overwrite=False, threads=None):
         from patchworks.run._heap import settle_malloc
-        from patchworks.run._windows import make_window
+        from patchworks.run._windows import make_window, unit_weights
 
         if not hasattr(sampler, "grid") or getattr(sampler.grid, "patch_size", None) is None:
             raise TypeError(f"sampler={type(sampler).__name__}: expected a GridSampler")
@@ -378,8 +378,7 @@ class Aggregator:
         self.window = window
         self.crop = isinstance(window, str) and window == "crop"
         self.weights_window = None if self.crop else make_window(window, sampler.patch_size)
-        # all-ones weights ("mean"): a prediction is added as it is, with no product first
-        self._unit_weights = not self.crop and bool((self.weights_window == 1).all())
+        self._unit_weights = unit_weights(self.weights_window)  # "mean": no product before each add
         self._small_windows = {}
         if out_channels is not None and (not isinstance(out_channels, (int, np.integer)) or out_channels < 1):
             raise ValueError(f"out_channels={out_channels!r}: use a positive int, or None to take it from the "

@@ -153,3 +153,9 @@ def window_for_region(kind, full_shape, region) -> np.ndarray:
     """
     full = make_window(kind, full_shape) if isinstance(kind, str) else _check_user_window(kind, _shape(full_shape))
     return np.ascontiguousarray(full[tuple(region)])
+
+
+def unit_weights(weights) -> bool:
+    """Whether ``weights`` are all ones (``"mean"``, or a user's): a prediction then enters a blend as it is,
+    with no product first."""
+    return weights is not None and bool((np.asarray(weights) == 1).all())
